@@ -1,0 +1,1 @@
+//! studio-node: the content repository server.

@@ -1,0 +1,1 @@
+//! studio-operator: reconciles StudioCluster resources.

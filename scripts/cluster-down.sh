@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Stops the local cluster started by scripts/cluster-up.sh: the kubelet first (it stops
+# its pods), then any pod process left in a studio-pod-* network namespace, then the
+# control plane; removes the studio-* network namespaces, their veths and the bridge.
+# Idempotent. Keeps $STUDIO_CLUSTER_DIR (pki, logs, pod logs) for post-mortems;
+# cluster-up starts from empty etcd and kubelet state.
+set -euo pipefail
+# shellcheck source=scripts/lib-cluster.sh
+source "$(dirname "$0")/lib-cluster.sh"
+
+[ "$(id -u)" = 0 ] || die "cluster-down needs root"
+command -v ip >/dev/null || die "missing tool 'ip' (apt-get install iproute2)"
+
+if [ -d "$DIR/run" ]; then
+  exec 9>"$DIR/run/lock"
+  flock -w 300 9 || die "another cluster-up/cluster-down holds $DIR/run/lock for more than 300 s"
+fi
+
+teardown
+left=$(leftovers)
+if [ -n "$left" ]; then
+  echo "[cluster] error: could not remove:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+log "cluster is down"

@@ -1,9 +1,134 @@
 //! StudioCluster API types and the names shared by the operator and the node.
 
+pub mod cluster;
+
+pub use cluster::*;
+
+/// API group of every Studio resource.
+pub const GROUP: &str = "studio.cms.io";
+/// Served and stored version of `StudioCluster`.
+pub const VERSION: &str = "v1alpha1";
+/// The one server-side-apply field manager the operator writes with.
+pub const FIELD_MANAGER: &str = "studio-operator";
+/// Finalizer the operator puts on every StudioCluster it manages.
+pub const FINALIZER: &str = "studio.cms.io/cleanup";
+
 /// Label and annotation names shared by every component.
 pub mod labels {
     /// The StudioCluster a pod belongs to.
     pub const CLUSTER: &str = "studio.cms.io/cluster";
     /// The role a node holds: `primary`, `replica` or `arbiter`.
     pub const ROLE: &str = "studio.cms.io/role";
+    /// What an object is to its cluster: `data`, `arbiter` (pods), or `nodes` etc.
+    pub const COMPONENT: &str = "studio.cms.io/component";
+    /// Standard recommended labels.
+    pub const APP_NAME: &str = "app.kubernetes.io/name";
+    pub const APP_INSTANCE: &str = "app.kubernetes.io/instance";
+    pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
+    pub const APP_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Label the StatefulSet controller stamps on each pod with its revision.
+    pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
+    /// Label the StatefulSet controller stamps on each pod with its name.
+    pub const STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+
+    /// Value of [`APP_NAME`] on everything Studio runs.
+    pub const APP_NAME_VALUE: &str = "studio";
+    /// Value of [`APP_MANAGED_BY`] on everything the operator creates.
+    pub const MANAGED_BY_VALUE: &str = "studio-operator";
+}
+
+/// Values of the [`labels::ROLE`] label.
+pub mod roles {
+    pub const PRIMARY: &str = "primary";
+    pub const REPLICA: &str = "replica";
+    pub const ARBITER: &str = "arbiter";
+}
+
+/// Values of the [`labels::COMPONENT`] label.
+pub mod components {
+    /// A data node (a pod of the `<name>` StatefulSet).
+    pub const DATA: &str = "data";
+    /// The arbiter (a pod of the `<name>-arbiter` StatefulSet).
+    pub const ARBITER: &str = "arbiter";
+}
+
+/// Annotation names.
+pub mod annotations {
+    /// On a StudioCluster: ask for a planned switchover to the named pod. The operator
+    /// removes it once the switchover is done (or refused, with an Event saying why).
+    pub const SWITCHOVER_TO: &str = "studio.cms.io/switchover-to";
+    /// On a StudioCluster: the operator records here the pod it last switched to, with the
+    /// outcome, so a repeated request is not retried forever.
+    pub const LAST_SWITCHOVER: &str = "studio.cms.io/last-switchover";
+    /// On a StudioCluster with `primaryUpdateStrategy: supervised`: set to `true` to let
+    /// the operator restart the primary during an upgrade (after switching it away).
+    pub const APPROVE_PRIMARY_UPDATE: &str = "studio.cms.io/approve-primary-update";
+    /// On pods: the journal term the node reports (written by the node, read by tools).
+    pub const TERM: &str = "studio.cms.io/term";
+    /// On the Secret: the operator generated it (so it is never regenerated).
+    pub const GENERATED: &str = "studio.cms.io/generated";
+    /// On the data pods' template: hash of the settings that require a restart.
+    pub const CONFIG_HASH: &str = "studio.cms.io/config-hash";
+}
+
+/// Keys of the cluster Secret (generated, or the user's `spec.auth.existingSecret`).
+pub mod secret_keys {
+    /// HMAC key the nodes sign and verify client JWTs with.
+    pub const JWT_KEY: &str = "jwt-key";
+    /// Shared token nodes (and the operator) present on internal/admin calls.
+    pub const CLUSTER_TOKEN: &str = "cluster-token";
+}
+
+/// Condition types on `StudioCluster.status.conditions`.
+pub mod conditions {
+    /// Every node is running, ready and up to date, and there is one primary.
+    pub const READY: &str = "Ready";
+    /// The operator is moving the cluster towards its spec (creating, scaling, upgrading).
+    pub const PROGRESSING: &str = "Progressing";
+    /// The cluster serves but with less redundancy than asked (or without a primary).
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Names of the objects the operator derives from a StudioCluster's name.
+pub mod names {
+    /// The data-node StatefulSet (same name as the cluster).
+    pub fn statefulset(cluster: &str) -> String {
+        cluster.to_string()
+    }
+    pub fn arbiter_statefulset(cluster: &str) -> String {
+        format!("{cluster}-arbiter")
+    }
+    /// Headless Service governing both StatefulSets.
+    pub fn nodes_service(cluster: &str) -> String {
+        format!("{cluster}-nodes")
+    }
+    pub fn primary_service(cluster: &str) -> String {
+        format!("{cluster}-primary")
+    }
+    pub fn replicas_service(cluster: &str) -> String {
+        format!("{cluster}-replicas")
+    }
+    /// The generated Secret (JWT key + cluster token).
+    pub fn secret(cluster: &str) -> String {
+        format!("{cluster}-auth")
+    }
+    /// ServiceAccount, Role and RoleBinding of the nodes.
+    pub fn service_account(cluster: &str) -> String {
+        format!("{cluster}-node")
+    }
+    pub fn pdb(cluster: &str) -> String {
+        cluster.to_string()
+    }
+    /// The election Lease the nodes hold.
+    pub fn primary_lease(cluster: &str) -> String {
+        format!("{cluster}-primary")
+    }
+    /// The bootstrap record (a ConfigMap created atomically by the first node).
+    pub fn bootstrap_configmap(cluster: &str) -> String {
+        format!("{cluster}-bootstrap")
+    }
+    /// Pod name of ordinal `i` of the data StatefulSet.
+    pub fn data_pod(cluster: &str, ordinal: i32) -> String {
+        format!("{cluster}-{ordinal}")
+    }
 }

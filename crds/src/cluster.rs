@@ -1,0 +1,492 @@
+//! The `StudioCluster` custom resource (`studio.cms.io/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a Studio content-repository cluster: one primary, `nodes - 1`
+/// replicas and an optional arbiter.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "studio.cms.io",
+    version = "v1alpha1",
+    kind = "StudioCluster",
+    plural = "studioclusters",
+    singular = "studiocluster",
+    namespaced,
+    shortname = "sc",
+    shortname = "studio",
+    category = "studio",
+    status = "StudioClusterStatus",
+    doc = "A Studio content-repository cluster: one primary, replicas and an optional arbiter, managed by studio-operator.",
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".spec.nodes",
+        description = "Desired data nodes"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyNodes",
+        description = "Data nodes ready"
+    ),
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.currentPrimary",
+        description = "Pod holding the primary role"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.replication) || self.replication.mode != 'sync' || self.replication.syncReplicas <= self.nodes - 1 + ((has(self.arbiter) && self.arbiter.enabled) ? 1 : 0)"
+).message("spec.replication.syncReplicas must not exceed the members that can acknowledge a write: nodes - 1, plus 1 when the arbiter is enabled").field_path(".replication.syncReplicas"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.election) || !has(self.election.priorities) || self.election.priorities.exists(k, self.election.priorities[k] > 0)"
+).message("spec.election.priorities must leave at least one data node with a priority above 0").field_path(".election.priorities"))]
+pub struct StudioClusterSpec {
+    /// Number of data nodes (primary + replicas).
+    #[serde(default = "default_nodes")]
+    #[schemars(range(min = 1, max = 32))]
+    pub nodes: i32,
+
+    /// Optional arbiter: a witness that replicates and acknowledges writes, serves
+    /// snapshots, never serves clients and never becomes primary.
+    #[serde(default)]
+    pub arbiter: ArbiterSpec,
+
+    /// Container image of studio-node.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
+    pub image: String,
+
+    /// Pull policy of the image.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+
+    /// Compute resources of each data node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Persistent storage of each data node (and the arbiter).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Replication between the primary and the other members.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// What a replica does with requests: `CUD` forwards writes to the primary, `ALL`
+    /// forwards reads too, `DISABLED` answers 503 with the primary's address.
+    #[serde(default)]
+    pub coordinator_mode: CoordinatorMode,
+
+    /// Primary election on the `<name>-primary` Lease.
+    #[serde(default)]
+    pub election: ElectionSpec,
+
+    /// How the operator rolls out changes to the pods.
+    #[serde(default)]
+    pub upgrades: UpgradeSpec,
+
+    /// Scheduling and metadata overrides for the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOverrides>,
+
+    /// Credentials of the cluster (JWT signing key, cluster token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Stop reconciling: the operator leaves every object as it is (status still updated).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_nodes() -> i32 {
+    1
+}
+
+/// The optional arbiter.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArbiterSpec {
+    /// Run one arbiter pod (`<name>-arbiter-0`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Compute resources of the arbiter (defaults to the data nodes' resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Storage of each member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+).message("spec.storage.storageClassName is immutable").field_path(".storageClassName"))]
+pub struct StorageSpec {
+    /// Size of each PersistentVolumeClaim (a Kubernetes quantity, e.g. `10Gi`). Can only grow.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.storage.size must be a positive quantity such as 10Gi"))]
+    #[x_kube(validation = Rule::new("!isQuantity(oldSelf) || !isQuantity(self) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("spec.storage.size can only grow"))]
+    pub size: String,
+
+    /// StorageClass of the claims (the cluster default when unset). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to a node's PersistentVolumeClaim when the node is scaled away or
+    /// the StudioCluster is deleted.
+    #[serde(default)]
+    pub pvc_retention: PvcRetention,
+}
+
+fn default_storage_size() -> String {
+    "1Gi".to_string()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            pvc_retention: PvcRetention::default(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PvcRetention {
+    /// Keep the claims (data survives scale-down and deletion of the StudioCluster).
+    #[default]
+    Retain,
+    /// Delete the claims together with their pods / the StudioCluster.
+    Delete,
+}
+
+impl PvcRetention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retain => "Retain",
+            Self::Delete => "Delete",
+        }
+    }
+}
+
+/// Replication settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// `async`: a write is acknowledged after the primary's commit. `sync`: after the
+    /// primary and `syncReplicas` other members hold it durably.
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// Members (replicas or arbiter) that must hold a write before it is acknowledged in
+    /// `sync` mode.
+    #[serde(default = "default_sync_replicas")]
+    #[schemars(range(min = 1, max = 32))]
+    pub sync_replicas: i32,
+}
+
+fn default_sync_replicas() -> i32 {
+    1
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::default(),
+            sync_replicas: default_sync_replicas(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    #[default]
+    Async,
+    Sync,
+}
+
+impl ReplicationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::Sync => "sync",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CoordinatorMode {
+    #[default]
+    #[serde(rename = "CUD")]
+    Cud,
+    #[serde(rename = "ALL")]
+    All,
+    #[serde(rename = "DISABLED")]
+    Disabled,
+}
+
+impl CoordinatorMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cud => "CUD",
+            Self::All => "ALL",
+            Self::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// Election of the primary on the `<name>-primary` Lease (client-go semantics).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.renewDeadlineSeconds < self.leaseDurationSeconds").message("spec.election.renewDeadlineSeconds must be less than spec.election.leaseDurationSeconds").field_path(".renewDeadlineSeconds"))]
+#[x_kube(validation = Rule::new("double(self.retryPeriodSeconds) * 1.2 < double(self.renewDeadlineSeconds)").message("spec.election.retryPeriodSeconds times 1.2 must be less than spec.election.renewDeadlineSeconds").field_path(".retryPeriodSeconds"))]
+#[x_kube(validation = Rule::new("!has(self.priorities) || !has(self.eligiblePattern)").message("spec.election: set either priorities or eligiblePattern, not both").field_path(".eligiblePattern"))]
+pub struct ElectionSpec {
+    /// How long a primary's Lease lasts without renewal before another node may take it.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(range(min = 2, max = 300))]
+    pub lease_duration_seconds: i32,
+    /// The primary turns read-only and steps down if it could not renew for this long.
+    #[serde(default = "default_renew_deadline")]
+    #[schemars(range(min = 1, max = 299))]
+    pub renew_deadline_seconds: i32,
+    /// How often the Lease is renewed and candidates retry.
+    #[serde(default = "default_retry_period")]
+    #[schemars(range(min = 1, max = 120))]
+    pub retry_period_seconds: i32,
+    /// Election priority per data pod name (`<name>-0` …); higher wins a tie, 0 never
+    /// becomes primary. Pods not listed have priority 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0 && self[k] <= 1000)").message("spec.election.priorities values must be between 0 and 1000"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 253)").message("spec.election.priorities keys must be pod names (at most 253 characters)"))]
+    pub priorities: Option<BTreeMap<String, i32>>,
+    /// Only data pods whose name matches this regular expression may become primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub eligible_pattern: Option<String>,
+}
+
+fn default_lease_duration() -> i32 {
+    15
+}
+fn default_renew_deadline() -> i32 {
+    10
+}
+fn default_retry_period() -> i32 {
+    2
+}
+
+impl Default for ElectionSpec {
+    fn default() -> Self {
+        Self {
+            lease_duration_seconds: default_lease_duration(),
+            renew_deadline_seconds: default_renew_deadline(),
+            retry_period_seconds: default_retry_period(),
+            priorities: None,
+            eligible_pattern: None,
+        }
+    }
+}
+
+/// How changes to the pods are rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// `unsupervised`: the operator switches the primary over to an upgraded replica and
+    /// restarts the old primary. `supervised`: it upgrades the replicas and waits for a
+    /// user switchover (`kubectl studio promote`) or the
+    /// `studio.cms.io/approve-primary-update: "true"` annotation.
+    #[serde(default)]
+    pub primary_update_strategy: PrimaryUpdateStrategy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryUpdateStrategy {
+    #[default]
+    Unsupervised,
+    Supervised,
+}
+
+/// Scheduling and metadata overrides for the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Replaces the default (preferred anti-affinity across nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Extra pod labels (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Credentials: the operator generates a Secret `<name>-auth` once unless
+/// `existingSecret` names one (which must hold the keys `jwt-key` and `cluster-token`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub existing_secret: Option<String>,
+}
+
+/// Observed state, written by the operator only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StudioClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Human-readable summary of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Pod holding the primary role (the `<name>-primary` Lease holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+    /// Data nodes that are ready.
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// One entry per member (data nodes and arbiter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+    /// Id the first node generated at bootstrap; data of another cluster never joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Revision of the data StatefulSet the pods are being moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Objects created, waiting for the first primary.
+    Creating,
+    /// All members ready and up to date, one primary.
+    Ready,
+    /// Adding or removing nodes.
+    Scaling,
+    /// Rolling a new pod template out.
+    Upgrading,
+    /// Waiting for the user to switch the primary over (supervised upgrade).
+    WaitingForUser,
+    /// Serving with reduced redundancy, or without a primary.
+    Degraded,
+    /// The spec cannot be reconciled (see the message).
+    Invalid,
+    /// `spec.paused` is set.
+    Paused,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "Creating",
+            Self::Ready => "Ready",
+            Self::Scaling => "Scaling",
+            Self::Upgrading => "Upgrading",
+            Self::WaitingForUser => "WaitingForUser",
+            Self::Degraded => "Degraded",
+            Self::Invalid => "Invalid",
+            Self::Paused => "Paused",
+        }
+    }
+}
+
+/// One member of the cluster as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Pod name.
+    pub name: String,
+    /// `primary`, `replica`, `arbiter`, or `unknown`.
+    pub role: String,
+    pub ready: bool,
+    /// Election term of the member's last journal entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
+    /// Sequence number of the member's last journal entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    /// Entries behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// The pod runs the StatefulSet's update revision.
+    #[serde(default)]
+    pub up_to_date: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+/// The last change of primary the operator observed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    pub time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    /// `failover` (unplanned) or `switchover` (planned).
+    pub kind: String,
+}
+
+impl StudioCluster {
+    /// Whether an arbiter is requested.
+    pub fn arbiter_enabled(&self) -> bool {
+        self.spec.arbiter.enabled
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! StudioCluster API types and the names shared by the operator and the node.
 
 pub mod cluster;
+pub mod node_api;
 
 pub use cluster::*;
 

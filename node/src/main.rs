@@ -1,3 +1,26 @@
-fn main() {
-    println!("studio-node");
+//! studio-node: the content repository server.
+
+use clap::Parser;
+use studio_node::config::Config;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("studio-node: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(studio_node::server::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "studio-node failed");
+            eprintln!("studio-node: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

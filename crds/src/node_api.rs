@@ -1,0 +1,217 @@
+//! The node's admin/internal HTTP contract, shared by the operator and the nodes.
+//! Serde types and route paths only (no HTTP framework here).
+//!
+//! Authentication: every route under [`INTERNAL_PREFIX`] requires
+//! `Authorization: Bearer <cluster token>`; content routes use a user JWT.
+//! [`CLUSTER_STATUS`], [`HEALTHZ`], [`READYZ`] and [`METRICS`] need no token.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every internal (node-to-node and operator-to-node) route.
+pub const INTERNAL_PREFIX: &str = "/internal/v1";
+
+/// GET: [`ClusterStatus`] of the answering node.
+pub const CLUSTER_STATUS: &str = "/api/v1/cluster/status";
+/// GET: 200 while the process is alive.
+pub const HEALTHZ: &str = "/healthz";
+/// GET: 200 when the node can serve its role, 503 otherwise.
+pub const READYZ: &str = "/readyz";
+/// GET: Prometheus text exposition.
+pub const METRICS: &str = "/metrics";
+
+/// POST [`PromoteRequest`] → [`AdminResponse`]: replica → primary at a new term.
+pub const ADMIN_PROMOTE: &str = "/internal/v1/admin/promote";
+/// POST [`DemoteRequest`] → [`AdminResponse`]: primary → read-only replica at once.
+pub const ADMIN_DEMOTE: &str = "/internal/v1/admin/demote";
+/// POST [`FollowRequest`] → [`AdminResponse`]: follow a (new) primary.
+pub const ADMIN_FOLLOW: &str = "/internal/v1/admin/follow";
+/// POST [`SwitchoverRequest`] → [`AdminResponse`]: planned hand-over to a target.
+pub const ADMIN_SWITCHOVER: &str = "/internal/v1/admin/switchover";
+/// GET → [`QuarantineList`].
+pub const ADMIN_QUARANTINE: &str = "/internal/v1/admin/quarantine";
+/// GET → [`DigestResponse`]: content digest for convergence checks.
+pub const ADMIN_DIGEST: &str = "/internal/v1/admin/digest";
+
+/// GET with [`StreamParams`] as query: long-lived stream of newline-delimited JSON
+/// [`StreamFrame`]s.
+pub const REPLICATION_STREAM: &str = "/internal/v1/replication/stream";
+/// GET: a consistent snapshot of the database (body: SQLite file); headers
+/// [`HEADER_SNAPSHOT_SEQ`] and [`HEADER_SNAPSHOT_TERM`] give its position.
+pub const SNAPSHOT: &str = "/internal/v1/snapshot";
+/// GET `/internal/v1/blobs/{sha256}`: a binary's bytes.
+pub const BLOB_PREFIX: &str = "/internal/v1/blobs";
+
+/// Serve the request locally on a replica, without forwarding.
+pub const HEADER_DIRECT: &str = "x-studio-direct";
+/// On a forwarded response: the node that forwarded it.
+pub const HEADER_FORWARDED_FROM: &str = "x-studio-forwarded-from";
+/// On a 503 from a replica in coordinator mode DISABLED: the primary's address.
+pub const HEADER_PRIMARY: &str = "x-studio-primary";
+/// Journal position of a snapshot.
+pub const HEADER_SNAPSHOT_SEQ: &str = "x-studio-snapshot-seq";
+pub const HEADER_SNAPSHOT_TERM: &str = "x-studio-snapshot-term";
+
+/// A journal position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WirePosition {
+    pub seq: u64,
+    pub term: u64,
+}
+
+/// Role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Primary,
+    Replica,
+    Arbiter,
+}
+
+/// The answer of [`CLUSTER_STATUS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub node_id: String,
+    pub role: NodeRole,
+    pub term: u64,
+    pub seq: u64,
+    /// Term of the last journal entry (may be below `term` right after a promote).
+    #[serde(default)]
+    pub last_term: u64,
+    /// Writes refused locally (demoted, fenced, or a replica).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Address of the primary this node follows (replicas) or its own (primary).
+    #[serde(default)]
+    pub primary: Option<String>,
+    #[serde(default)]
+    pub replication_mode: String,
+    #[serde(default)]
+    pub sync_replicas: u32,
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+    #[serde(default)]
+    pub quarantined: u64,
+    #[serde(default)]
+    pub oldest_seq: u64,
+}
+
+/// A peer as seen by this node (on a primary: each connected replica).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub node_id: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub role: Option<NodeRole>,
+    pub seq: u64,
+    pub term: u64,
+    pub lag_entries: u64,
+    pub lag_seconds: f64,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    /// The new term; must exceed every term this node has seen.
+    pub term: u64,
+    /// Promote even when the safety checks cannot prove no acknowledged write is lost.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DemoteRequest {
+    /// The primary to follow after demoting, if known.
+    #[serde(default)]
+    pub follow: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowRequest {
+    /// Base URL of the primary, e.g. `http://10.0.0.5:8080`.
+    pub primary: String,
+    #[serde(default)]
+    pub term: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    /// Node id or base URL of the replica to hand over to.
+    pub target: String,
+    /// How long to wait for the target to catch up, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Answer of the admin POST routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub ok: bool,
+    pub role: NodeRole,
+    pub term: u64,
+    pub seq: u64,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One quarantined journal entry; `entry` is the node's journal entry JSON
+/// (`{seq, term, time, op}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedEntry {
+    pub id: u64,
+    pub reason: String,
+    pub quarantined_at: i64,
+    pub entry: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineList {
+    pub entries: Vec<QuarantinedEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestResponse {
+    pub digest: String,
+    pub seq: u64,
+    pub term: u64,
+}
+
+/// Query parameters of [`REPLICATION_STREAM`]: where the replica's journal ends and
+/// what it holds durably (acknowledgements ride on the stream's requests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamParams {
+    pub node_id: String,
+    pub after_seq: u64,
+    pub after_term: u64,
+    #[serde(default)]
+    pub role: Option<NodeRole>,
+    /// The replica's own base URL (for status and switchover).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// One line of the replication stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum StreamFrame {
+    /// A journal entry (`{seq, term, time, op}`).
+    Entry { entry: serde_json::Value },
+    /// The requested position is not in the primary's history; the replica must
+    /// quarantine its entries after `common` and continue from there.
+    Diverged { common: WirePosition },
+    /// The requested position is older than the retention window: clone.
+    CloneRequired { oldest_seq: u64 },
+    /// Keep-alive with the primary's position.
+    Heartbeat { primary: WirePosition, time: i64 },
+}
+
+/// A JSON error body, as every node endpoint answers on failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}

@@ -1,0 +1,251 @@
+//! Command line and environment configuration (every flag has an env fallback).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Studio content repository node.
+///
+/// Run a single primary with `--standalone`, a replica with `--follow URL`. Content
+/// requests need a bearer JWT (HS256) signed with the JWT secret; internal and admin
+/// endpoints (/internal/v1/...) need the cluster token. When a secret is not
+/// configured the matching authentication is disabled (a warning is logged).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "studio-node", version, about, long_about)]
+pub struct Config {
+    /// Run as a single primary without a cluster (bootstraps an empty data dir).
+    #[arg(long, env = "STUDIO_STANDALONE", default_value_t = false)]
+    pub standalone: bool,
+
+    /// Directory holding the database (studio.db) and binaries (blobs/).
+    #[arg(long, env = "STUDIO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Address to listen on for HTTP (content, admin, internal, metrics).
+    #[arg(long, env = "STUDIO_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL of the primary to replicate from (starts the node as a replica).
+    #[arg(long, env = "STUDIO_FOLLOW", value_name = "URL")]
+    pub follow: Option<String>,
+
+    /// This node's id in the cluster (default: $POD_NAME, else the host name).
+    #[arg(long, env = "STUDIO_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// URL other nodes reach this node at (default: http://<listen address>).
+    #[arg(long, env = "STUDIO_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// File holding the HS256 secret that signs user JWTs.
+    #[arg(long, env = "STUDIO_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// The HS256 JWT secret itself (prefer --jwt-secret-file).
+    #[arg(
+        long = "jwt-secret",
+        env = "STUDIO_JWT_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the bearer token for internal/admin endpoints.
+    #[arg(long, env = "STUDIO_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+
+    /// The cluster token itself (prefer --cluster-token-file).
+    #[arg(
+        long = "cluster-token",
+        env = "STUDIO_CLUSTER_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub cluster_token: Option<String>,
+
+    /// Role to start in (default: primary with --standalone, replica with --follow).
+    #[arg(long, env = "STUDIO_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+
+    /// async: acknowledge after the local commit; sync: after --sync-replicas members
+    /// also hold the entry durably.
+    #[arg(long, env = "STUDIO_REPLICATION_MODE", value_enum, default_value_t = ReplicationMode::Async)]
+    pub replication_mode: ReplicationMode,
+
+    /// Write quorum K in sync mode: replicas (arbiter included) that must hold an
+    /// entry before the client is answered.
+    #[arg(long, env = "STUDIO_SYNC_REPLICAS", default_value_t = 1)]
+    pub sync_replicas: u32,
+
+    /// How long a sync write waits for its quorum before failing (e.g. 5s, 500ms).
+    #[arg(long, env = "STUDIO_SYNC_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub sync_timeout: Duration,
+
+    /// What a replica does with client requests: CUD forwards writes to the primary,
+    /// ALL forwards reads too, DISABLED answers writes with 503 and the primary's address.
+    #[arg(long, env = "STUDIO_COORDINATOR_MODE", value_enum, default_value_t = CoordinatorMode::Cud)]
+    pub coordinator_mode: CoordinatorMode,
+
+    /// Largest accepted JSON request body, in bytes.
+    #[arg(long, env = "STUDIO_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted binary upload, in bytes.
+    #[arg(long, env = "STUDIO_MAX_BINARY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_binary_bytes: u64,
+
+    /// Journal entries kept for replicas to catch up from; older ones are compacted
+    /// (a replica further behind re-clones).
+    #[arg(long, env = "STUDIO_JOURNAL_RETENTION", default_value_t = 100_000)]
+    pub journal_retention: u64,
+
+    /// Log format.
+    #[arg(long, env = "STUDIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "STUDIO_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Primary,
+    Replica,
+    Arbiter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplicationMode {
+    Async,
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoordinatorMode {
+    #[value(name = "CUD", alias = "cud")]
+    Cud,
+    #[value(name = "ALL", alias = "all")]
+    All,
+    #[value(name = "DISABLED", alias = "disabled")]
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+impl Config {
+    /// The node id: flag, else $POD_NAME, else $HOSTNAME / host name, else "studio-node".
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        for var in ["POD_NAME", "HOSTNAME"] {
+            if let Ok(v) = std::env::var(var)
+                && !v.is_empty()
+            {
+                return v;
+            }
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "studio-node".to_string())
+    }
+
+    /// The URL peers use to reach this node.
+    pub fn advertise_url(&self) -> String {
+        if let Some(u) = &self.advertise_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        if let Ok(ip) = std::env::var("POD_IP")
+            && !ip.is_empty()
+        {
+            return format!("http://{ip}:{}", self.listen.port());
+        }
+        format!("http://{}", self.listen)
+    }
+
+    /// The starting role.
+    pub fn initial_role(&self) -> RoleArg {
+        match self.role {
+            Some(r) => r,
+            None if self.follow.is_some() => RoleArg::Replica,
+            None => RoleArg::Primary,
+        }
+    }
+
+    /// Reads a secret from its file (trimmed) or its direct value.
+    fn secret(
+        file: &Option<PathBuf>,
+        value: &Option<String>,
+        what: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(f) = file {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {what} file {}: {e}", f.display()))?;
+            let s = s.trim();
+            if s.is_empty() {
+                anyhow::bail!("{what} file {} is empty", f.display());
+            }
+            return Ok(Some(s.as_bytes().to_vec()));
+        }
+        Ok(value
+            .as_ref()
+            .map(|v| v.trim().as_bytes().to_vec())
+            .filter(|v| !v.is_empty()))
+    }
+
+    pub fn jwt_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        Self::secret(&self.jwt_secret_file, &self.jwt_secret, "JWT secret")
+    }
+
+    pub fn cluster_token(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        Self::secret(
+            &self.cluster_token_file,
+            &self.cluster_token,
+            "cluster token",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Authentication: user JWTs (HS256) for content, a cluster token for internal and
+//! admin routes. Secrets and tokens are never logged.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::app::AppState;
+
+/// A role level; each level includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Reader,
+    Editor,
+    Admin,
+}
+
+impl Level {
+    fn name(&self) -> &'static str {
+        match self {
+            Level::Reader => "reader",
+            Level::Editor => "editor",
+            Level::Admin => "admin",
+        }
+    }
+}
+
+/// Verification material.
+pub struct Auth {
+    jwt: Option<(DecodingKey, Validation)>,
+    cluster_token: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("jwt", &self.jwt.is_some())
+            .field("cluster_token", &self.cluster_token.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+impl Auth {
+    pub fn new(jwt_secret: Option<Vec<u8>>, cluster_token: Option<Vec<u8>>) -> Auth {
+        let jwt = jwt_secret.map(|s| {
+            let mut v = Validation::new(Algorithm::HS256);
+            // `exp` is checked when present but not required.
+            v.required_spec_claims.clear();
+            v.validate_exp = true;
+            v.leeway = 30;
+            (DecodingKey::from_secret(&s), v)
+        });
+        Auth { jwt, cluster_token }
+    }
+
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    pub fn cluster_token_enabled(&self) -> bool {
+        self.cluster_token.is_some()
+    }
+
+    /// Checks a user bearer token; returns the caller.
+    pub fn verify_user(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let Some((key, validation)) = &self.jwt else {
+            return Ok(Caller {
+                sub: "anonymous".into(),
+                level: Some(Level::Admin),
+            });
+        };
+        let token = bearer(header)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", describe(&e))))?;
+        let level = data
+            .claims
+            .roles
+            .iter()
+            .filter_map(|r| match r.as_str() {
+                "reader" => Some(Level::Reader),
+                "editor" => Some(Level::Editor),
+                "admin" => Some(Level::Admin),
+                _ => None,
+            })
+            .max();
+        if data.claims.sub.is_empty() {
+            return Err(ApiError::unauthorized("invalid token: empty subject"));
+        }
+        Ok(Caller {
+            sub: data.claims.sub,
+            level,
+        })
+    }
+
+    /// Checks the cluster token (constant-time comparison).
+    pub fn verify_cluster(&self, header: Option<&str>) -> Result<(), ApiError> {
+        let Some(expected) = &self.cluster_token else {
+            return Ok(());
+        };
+        let token = bearer(header)?.as_bytes();
+        let mut diff =
+            (token.len() ^ expected.len()) as u8 | u8::from(token.len() != expected.len());
+        for (i, b) in expected.iter().enumerate() {
+            diff |= b ^ token.get(i).copied().unwrap_or(0);
+        }
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized("invalid cluster token"))
+        }
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind::*;
+    match e.kind() {
+        ExpiredSignature => "expired",
+        InvalidSignature => "bad signature",
+        InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed (HS256 only)",
+        ImmatureSignature => "not yet valid",
+        InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed",
+        _ => "rejected",
+    }
+}
+
+fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    let Some(h) = header else {
+        return Err(ApiError::unauthorized("missing bearer token"));
+    };
+    match h.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::unauthorized(
+            "authorization must be 'Bearer <token>'",
+        )),
+    }
+}
+
+/// The authenticated user of a content request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub sub: String,
+    /// Highest role held, if any.
+    pub level: Option<Level>,
+}
+
+impl Caller {
+    /// 403 unless the caller holds `needed` (or a higher role).
+    pub fn require(&self, needed: Level) -> Result<(), ApiError> {
+        match self.level {
+            Some(l) if l >= needed => Ok(()),
+            _ => Err(ApiError::forbidden(format!(
+                "this request needs the {} role",
+                needed.name()
+            ))),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if parts.headers.get(AUTHORIZATION).is_some() && header.is_none() {
+            return Err(ApiError::unauthorized(
+                "authorization header is not valid text",
+            ));
+        }
+        state.auth.verify_user(header)
+    }
+}
+
+/// Middleware guarding internal/admin routes with the cluster token.
+pub async fn require_cluster_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.auth.verify_cluster(header) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}

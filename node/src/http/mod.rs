@@ -1,0 +1,151 @@
+//! The HTTP API: content (`/api/v1`), operations (`/healthz`, `/readyz`,
+//! `/metrics`, `/api/v1/cluster/status`) and internal routes (`/internal/v1`, behind
+//! the cluster token).
+
+pub mod admin;
+pub mod auth;
+pub mod content;
+pub mod error;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use studio_crds::node_api::{self, ClusterStatus};
+
+use crate::app::AppState;
+use crate::metrics::HttpLabels;
+use error::ApiError;
+
+/// The whole router of a node.
+pub fn router(state: AppState) -> Router {
+    let internal = admin::router()
+        .merge(crate::replication::http::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_cluster_token,
+        ));
+    let content = content::router().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::replication::http::coordinator,
+    ));
+    Router::new()
+        .route(node_api::HEALTHZ, get(healthz))
+        .route(node_api::READYZ, get(readyz))
+        .route(node_api::METRICS, get(metrics))
+        .route(node_api::CLUSTER_STATUS, get(cluster_status))
+        .merge(content)
+        .merge(internal)
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Counts and times every request; logs it (never its headers).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    let labels = HttpLabels {
+        method: method.clone(),
+        route,
+        status,
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms = elapsed.as_millis() as u64, "request");
+    } else {
+        tracing::debug!(%method, %path, status, ms = elapsed.as_millis() as u64, "request");
+    }
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let info = state.role.get();
+    let ok = match info.role {
+        crate::roles::Role::Primary => state.role.writable(),
+        _ => info.primary.is_some(),
+    } && crate::replication::ready(&state);
+    if ok {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let pos = state.store.position();
+    state.metrics.journal_seq.set(pos.seq as i64);
+    state.metrics.journal_term.set(pos.term as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// This node's view of the cluster.
+pub async fn status_of(state: &AppState) -> Result<ClusterStatus, ApiError> {
+    let info = state.role.get();
+    let (cluster_id, oldest, quarantined) = state
+        .store
+        .call(|s| {
+            Ok((
+                s.cluster_id()?,
+                s.oldest_seq()?,
+                s.quarantine_list()?.len() as u64,
+            ))
+        })
+        .await?;
+    let pos = state.store.position();
+    Ok(ClusterStatus {
+        cluster_id,
+        node_id: state.node_id.to_string(),
+        role: info.role,
+        term: info.term.max(pos.term),
+        seq: pos.seq,
+        last_term: pos.term,
+        read_only: !state.role.writable(),
+        primary: info.primary.clone(),
+        replication_mode: match state.config.replication_mode {
+            crate::config::ReplicationMode::Async => "async".into(),
+            crate::config::ReplicationMode::Sync => "sync".into(),
+        },
+        sync_replicas: state.config.sync_replicas,
+        peers: crate::replication::peers(state),
+        quarantined,
+        oldest_seq: oldest,
+    })
+}
+
+async fn cluster_status(State(state): State<AppState>) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(status_of(&state).await?))
+}

@@ -1,0 +1,137 @@
+//! Prometheus metrics (prometheus-client).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The matched route template (bounded cardinality), or "unmatched".
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the node exposes on /metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily,
+    /// Last durable journal seq.
+    pub journal_seq: Gauge,
+    /// Term of the last journal entry.
+    pub journal_term: Gauge,
+    /// Journal entries written locally as primary.
+    pub writes: Counter,
+    /// Journal entries applied from a primary (rate = apply rate).
+    pub applied: Counter,
+    /// Per replica (on the primary) or towards the primary (on a replica): entries behind.
+    pub replication_lag_entries: Family<PeerLabels, Gauge>,
+    /// Same, in seconds.
+    pub replication_lag_seconds: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    /// Entries in quarantine.
+    pub quarantined: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("studio");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let journal_seq = Gauge::default();
+        let journal_term = Gauge::default();
+        let writes = Counter::default();
+        let applied = Counter::default();
+        let replication_lag_entries = Family::<PeerLabels, Gauge>::default();
+        let replication_lag_seconds = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        let quarantined = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        registry.register(
+            "journal_seq",
+            "Last durable journal sequence number",
+            journal_seq.clone(),
+        );
+        registry.register(
+            "journal_term",
+            "Term of the last journal entry",
+            journal_term.clone(),
+        );
+        registry.register(
+            "journal_writes",
+            "Journal entries written as primary",
+            writes.clone(),
+        );
+        registry.register(
+            "journal_applied",
+            "Journal entries applied from the primary",
+            applied.clone(),
+        );
+        registry.register(
+            "replication_lag_entries",
+            "Replication lag in journal entries",
+            replication_lag_entries.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Replication lag in seconds",
+            replication_lag_seconds.clone(),
+        );
+        registry.register(
+            "quarantined_entries",
+            "Journal entries in quarantine",
+            quarantined.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            journal_seq,
+            journal_term,
+            writes,
+            applied,
+            replication_lag_entries,
+            replication_lag_seconds,
+            quarantined,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,755 @@
+//! Storage: content, version history, the journal, the term history, the quarantine
+//! and binaries, in one SQLite database (WAL, `synchronous=FULL`) plus a directory of
+//! content-addressed blob files.
+//!
+//! Every write is one transaction that validates the op, applies it and appends one
+//! journal entry; it is durable (WAL fsync) when `write`/`apply_entry` return.
+//!
+//! ## Rewinding (divergence)
+//! Each applied entry also stores the before-images of the rows it changed in the
+//! `undo` table. [`Store::truncate_after`] rolls entries back newest first from those
+//! images, exactly, inside one transaction. Undo records are compacted together with
+//! the journal, so a rewind to a point older than [`Store::oldest_seq`]` - 1` is
+//! refused with [`StoreError::Compacted`]: such a node re-clones instead.
+//!
+//! Sync methods block (SQLite); call them from async code through [`Store::call`]
+//! (`spawn_blocking`).
+
+pub mod apply;
+pub mod blobs;
+pub mod path;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+pub use types::*;
+
+use apply::{ITEM_COLS, get_item, row_to_item};
+
+/// Storage errors. The HTTP layer maps them to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("version conflict on {path}: expected {expected}, current {actual}")]
+    Conflict {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("{0} has children (use recursive)")]
+    HasChildren(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("out of order entry: expected seq {expected}, got {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("stale term {got}: the journal is at term {current}")]
+    StaleTerm { current: u64, got: u64 },
+    #[error("journal compacted: entries before {oldest} are gone")]
+    Compacted { oldest: u64 },
+    #[error("payload too large: limit {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("task: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, term INTEGER NOT NULL, time INTEGER NOT NULL, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS terms (term INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    rid INTEGER PRIMARY KEY,
+    ws TEXT NOT NULL, path TEXT NOT NULL, parent TEXT NOT NULL,
+    id TEXT NOT NULL, type TEXT NOT NULL, props TEXT NOT NULL,
+    version INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL, author TEXT NOT NULL,
+    UNIQUE (ws, path));
+CREATE INDEX IF NOT EXISTS items_parent ON items (ws, parent, path);
+CREATE INDEX IF NOT EXISTS items_id ON items (ws, id);
+CREATE TABLE IF NOT EXISTS versions (
+    id TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL,
+    props TEXT NOT NULL, time INTEGER NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (id, version));
+CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS undo (seq INTEGER NOT NULL, n INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, before TEXT, PRIMARY KEY (seq, n));
+CREATE TABLE IF NOT EXISTS quarantine (qid INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL, term INTEGER NOT NULL, time INTEGER NOT NULL, op TEXT NOT NULL, reason TEXT NOT NULL, added INTEGER NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5 (body);
+"#;
+
+/// Meta keys with this prefix describe the local node and survive `restore_from`.
+pub const LOCAL_META_PREFIX: &str = "local.";
+
+/// The content store of one node.
+pub struct Store {
+    dir: PathBuf,
+    db_path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    pos_tx: watch::Sender<Position>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (transactions
+    // roll back on drop), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_position(conn: &Connection) -> Result<Position> {
+    let get = |k: &str| -> Result<u64> {
+        let v: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![k], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    };
+    Ok(Position {
+        seq: get("last_seq")?,
+        term: get("last_term")?,
+    })
+}
+
+fn set_position(conn: &Connection, pos: Position) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1), ('last_term', ?2)",
+        params![pos.seq.to_string(), pos.term.to_string()],
+    )?;
+    Ok(())
+}
+
+fn entry_from_row(seq: i64, term: i64, time: i64, op: &str) -> Result<JournalEntry> {
+    Ok(JournalEntry {
+        seq: seq as u64,
+        term: term as u64,
+        time,
+        op: serde_json::from_str(op)?,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: `dir/studio.db` and `dir/blobs/`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Arc<Store>> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(dir.join("blobs").join("tmp"))?;
+        let db_path = dir.join("studio.db");
+        let conn = open_conn(&db_path)?;
+        conn.execute_batch(SCHEMA)?;
+        let pos = read_position(&conn)?;
+        let (pos_tx, _) = watch::channel(pos);
+        // Leftovers of interrupted uploads.
+        if let Ok(rd) = std::fs::read_dir(dir.join("blobs").join("tmp")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Arc::new(Store {
+            dir,
+            db_path,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            pos_tx,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs blocking store code on the blocking thread pool.
+    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = lock(&self.readers).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.db_path)?,
+        };
+        let out = f(&conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Watch the last durable position (wakes replication streams).
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.pos_tx.subscribe()
+    }
+
+    /// The last durable journal position.
+    pub fn position(&self) -> Position {
+        *self.pos_tx.borrow()
+    }
+
+    /// Primary path: validate `op`, apply it and append it to the journal under
+    /// `term`, in one durable transaction.
+    pub fn write(&self, op: Op, term: u64) -> Result<JournalEntry> {
+        self.write_applied(op, term).map(|(e, _)| e)
+    }
+
+    /// Like [`Store::write`], also returning what the write changed.
+    pub fn write_applied(&self, op: Op, term: u64) -> Result<(JournalEntry, Applied)> {
+        let mut conn = lock(&self.writer);
+        let pos = read_position(&conn)?;
+        if term < pos.term {
+            return Err(StoreError::StaleTerm {
+                current: pos.term,
+                got: term,
+            });
+        }
+        let entry = JournalEntry {
+            seq: pos.seq + 1,
+            term,
+            time: now_ms(),
+            op,
+        };
+        let applied = Self::commit_entry(&mut conn, &entry, pos)?;
+        drop(conn);
+        self.pos_tx.send_replace(entry.position());
+        Ok((entry, applied))
+    }
+
+    /// Replica path: apply an entry written by a primary. Its seq must be the next
+    /// one and its term at least the current term.
+    pub fn apply_entry(&self, entry: &JournalEntry) -> Result<Applied> {
+        let mut conn = lock(&self.writer);
+        let pos = read_position(&conn)?;
+        if entry.seq != pos.seq + 1 {
+            return Err(StoreError::OutOfOrder {
+                expected: pos.seq + 1,
+                got: entry.seq,
+            });
+        }
+        if entry.term < pos.term {
+            return Err(StoreError::StaleTerm {
+                current: pos.term,
+                got: entry.term,
+            });
+        }
+        let applied = Self::commit_entry(&mut conn, entry, pos)?;
+        drop(conn);
+        self.pos_tx.send_replace(entry.position());
+        Ok(applied)
+    }
+
+    fn commit_entry(conn: &mut Connection, entry: &JournalEntry, pos: Position) -> Result<Applied> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied = apply::apply(&tx, entry)?;
+        tx.execute(
+            "INSERT INTO journal (seq, term, time, op) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                entry.seq as i64,
+                entry.term as i64,
+                entry.time,
+                serde_json::to_string(&entry.op)?
+            ],
+        )?;
+        if entry.term > pos.term || pos.seq == 0 {
+            tx.execute(
+                "INSERT OR IGNORE INTO terms (term, first_seq) VALUES (?1, ?2)",
+                params![entry.term as i64, entry.seq as i64],
+            )?;
+        }
+        set_position(&tx, entry.position())?;
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// Up to `limit` entries with seq > `after`, in order. `Compacted` if some of
+    /// them are gone (the caller must clone).
+    pub fn entries_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
+        self.with_reader(|c| {
+            let oldest = Self::oldest_in(c)?;
+            if after + 1 < oldest {
+                return Err(StoreError::Compacted { oldest });
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, t, tm, op) = row?;
+                out.push(entry_from_row(s, t, tm, &op)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The entry at `seq`, if still in the journal.
+    pub fn entry_at(&self, seq: u64) -> Result<Option<JournalEntry>> {
+        self.with_reader(|c| {
+            let row = c
+                .query_row(
+                    "SELECT seq, term, time, op FROM journal WHERE seq = ?1",
+                    params![seq as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            row.map(|(s, t, tm, op)| entry_from_row(s, t, tm, &op))
+                .transpose()
+        })
+    }
+
+    fn oldest_in(c: &Connection) -> Result<u64> {
+        let min: Option<i64> = c.query_row("SELECT MIN(seq) FROM journal", [], |r| r.get(0))?;
+        match min {
+            Some(m) => Ok(m as u64),
+            None => Ok(read_position(c)?.seq + 1),
+        }
+    }
+
+    /// The oldest seq still in the journal (last seq + 1 when the journal is empty).
+    pub fn oldest_seq(&self) -> Result<u64> {
+        self.with_reader(Self::oldest_in)
+    }
+
+    /// The first seq of each term, ascending by term.
+    pub fn term_history(&self) -> Result<Vec<TermStart>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT term, first_seq FROM terms ORDER BY term")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TermStart {
+                    term: r.get::<_, i64>(0)? as u64,
+                    first_seq: r.get::<_, i64>(1)? as u64,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        })
+    }
+
+    /// The term of the entry at `seq` according to the term history (0 for seq 0).
+    pub fn term_at(&self, seq: u64) -> Result<u64> {
+        self.with_reader(|c| Self::term_at_in(c, seq))
+    }
+
+    fn term_at_in(c: &Connection, seq: u64) -> Result<u64> {
+        if seq == 0 {
+            return Ok(0);
+        }
+        let t: Option<i64> = c.query_row(
+            "SELECT MAX(term) FROM terms WHERE first_seq <= ?1",
+            params![seq as i64],
+            |r| r.get(0),
+        )?;
+        Ok(t.unwrap_or(0) as u64)
+    }
+
+    /// Removes every entry after `seq` and rolls the content back to the state at
+    /// `seq`. Returns the removed entries (to be quarantined by the caller).
+    pub fn truncate_after(&self, seq: u64) -> Result<Vec<JournalEntry>> {
+        let mut conn = lock(&self.writer);
+        let pos = read_position(&conn)?;
+        if seq >= pos.seq {
+            return Ok(Vec::new());
+        }
+        let oldest = Self::oldest_in(&conn)?;
+        if seq + 1 < oldest {
+            return Err(StoreError::Compacted { oldest });
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let removed = {
+            let mut stmt =
+                tx.prepare("SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![seq as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, t, tm, op) = row?;
+                out.push(entry_from_row(s, t, tm, &op)?);
+            }
+            out
+        };
+        let undo: Vec<(String, String, Option<String>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT tbl, key, before FROM undo WHERE seq > ?1 ORDER BY seq DESC, n DESC",
+            )?;
+            let rows = stmt.query_map(params![seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (tbl, key, before) in &undo {
+            apply::revert(&tx, tbl, key, before.as_deref())?;
+        }
+        tx.execute("DELETE FROM undo WHERE seq > ?1", params![seq as i64])?;
+        tx.execute("DELETE FROM journal WHERE seq > ?1", params![seq as i64])?;
+        tx.execute(
+            "DELETE FROM terms WHERE first_seq > ?1",
+            params![seq as i64],
+        )?;
+        let term = Self::term_at_in(&tx, seq)?;
+        let new_pos = Position { seq, term };
+        set_position(&tx, new_pos)?;
+        tx.commit()?;
+        drop(conn);
+        self.pos_tx.send_replace(new_pos);
+        Ok(removed)
+    }
+
+    /// Drops journal entries (and their undo records) with seq < `seq`.
+    pub fn compact_before(&self, seq: u64) -> Result<u64> {
+        let conn = lock(&self.writer);
+        let n = conn.execute("DELETE FROM journal WHERE seq < ?1", params![seq as i64])?;
+        conn.execute("DELETE FROM undo WHERE seq < ?1", params![seq as i64])?;
+        Ok(n as u64)
+    }
+
+    /// Keeps `entries` aside with a reason.
+    pub fn quarantine_add(&self, entries: &[JournalEntry], reason: &str) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for e in entries {
+            tx.execute(
+                "INSERT INTO quarantine (seq, term, time, op, reason, added) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![e.seq as i64, e.term as i64, e.time, serde_json::to_string(&e.op)?, reason, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Everything in quarantine, oldest first.
+    pub fn quarantine_list(&self) -> Result<Vec<QuarantineRecord>> {
+        self.with_reader(Self::quarantine_in)
+    }
+
+    fn quarantine_in(c: &Connection) -> Result<Vec<QuarantineRecord>> {
+        let mut stmt = c.prepare(
+            "SELECT qid, seq, term, time, op, reason, added FROM quarantine ORDER BY qid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, s, t, tm, op, reason, added) = row?;
+            out.push(QuarantineRecord {
+                id: id as u64,
+                reason,
+                quarantined_at: added,
+                entry: entry_from_row(s, t, tm, &op)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes a consistent copy of the database to `path` (which must not exist)
+    /// while writes continue (`VACUUM INTO` on its own read transaction). Binaries
+    /// are not included: a cloner fetches every blob listed by [`Store::blob_list`]
+    /// of the snapshot.
+    pub fn snapshot_to(&self, path: &Path) -> Result<Position> {
+        let conn = open_conn(&self.db_path)?;
+        // VACUUM INTO reads one consistent snapshot; the position travels inside it
+        // (meta table), so it is read back from the copy.
+        let target = path.to_string_lossy().to_string();
+        conn.execute("VACUUM INTO ?1", params![target])?;
+        drop(conn);
+        let copy = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let pos = read_position(&copy)?;
+        Ok(pos)
+    }
+
+    /// Replaces the whole content (journal, terms, items, versions, blobs table) with
+    /// the snapshot at `path`. Quarantine and `local.*` meta keys are kept.
+    pub fn restore_from(&self, path: &Path) -> Result<Position> {
+        let src = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut conn = lock(&self.writer);
+        let quarantine = Self::quarantine_in(&conn)?;
+        let local: Vec<(String, String)> = {
+            let mut stmt = conn.prepare("SELECT key, value FROM meta WHERE key LIKE 'local.%'")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut conn)?;
+            backup.run_to_completion(1024, std::time::Duration::from_millis(0), None)?;
+        }
+        conn.execute_batch(SCHEMA)?;
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM quarantine", [])?;
+        for q in &quarantine {
+            tx.execute(
+                "INSERT INTO quarantine (qid, seq, term, time, op, reason, added) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![q.id as i64, q.entry.seq as i64, q.entry.term as i64, q.entry.time, serde_json::to_string(&q.entry.op)?, q.reason, q.quarantined_at],
+            )?;
+        }
+        tx.execute("DELETE FROM meta WHERE key LIKE 'local.%'", [])?;
+        for (k, v) in &local {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        tx.commit()?;
+        let pos = read_position(&conn)?;
+        drop(conn);
+        // Pooled readers hold no transaction; they see the new pages.
+        self.pos_tx.send_replace(pos);
+        Ok(pos)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        self.with_reader(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(Into::into)
+        })
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        let conn = lock(&self.writer);
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The cluster id this data belongs to (replicated: it travels with snapshots).
+    pub fn cluster_id(&self) -> Result<Option<String>> {
+        self.meta_get("cluster_id")
+    }
+
+    pub fn set_cluster_id(&self, id: &str) -> Result<()> {
+        self.meta_set("cluster_id", id)
+    }
+
+    /// Whether the repository holds nothing yet (no journal entry ever applied).
+    pub fn is_empty(&self) -> bool {
+        self.position().seq == 0
+    }
+
+    /// sha256 over a canonical dump of both workspaces, the version history and the
+    /// binaries table: equal digests mean equal content.
+    pub fn digest(&self) -> Result<String> {
+        self.with_reader(|c| {
+            let mut h = Sha256::new();
+            c.execute_batch("BEGIN")?;
+            let res = (|| -> Result<()> {
+                let mut stmt = c.prepare(&format!("SELECT {ITEM_COLS} FROM items ORDER BY ws, path"))?;
+                let rows = stmt.query_map([], row_to_item)?;
+                for r in rows {
+                    let r = r?;
+                    for f in [&r.ws, &r.path, &r.id, &r.item_type, &r.props, &r.author] {
+                        h.update(f.as_bytes());
+                        h.update([0u8]);
+                    }
+                    h.update(format!("{}\0{}\0{}\n", r.version, r.created, r.modified).as_bytes());
+                }
+                let mut stmt = c.prepare(
+                    "SELECT id, version, path, type, props, time, author, seq FROM versions ORDER BY id, version",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    for i in 0..8 {
+                        let v: rusqlite::types::Value = r.get(i)?;
+                        h.update(format!("{v:?}\0").as_bytes());
+                    }
+                    h.update(b"\n");
+                }
+                let mut stmt = c.prepare("SELECT sha256, size FROM blobs ORDER BY sha256")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let s: String = r.get(0)?;
+                    let n: i64 = r.get(1)?;
+                    h.update(format!("{s}\0{n}\n").as_bytes());
+                }
+                Ok(())
+            })();
+            let _ = c.execute_batch("COMMIT");
+            res?;
+            Ok(hex::encode(h.finalize()))
+        })
+    }
+
+    // ---- content reads -------------------------------------------------------------
+
+    pub fn get_item(&self, ws: Workspace, path: &str) -> Result<Option<Item>> {
+        self.with_reader(|c| Ok(get_item(c, ws.as_str(), path)?.map(apply::ItemRow::into_item)))
+    }
+
+    /// Children of `parent` (`/` for top level), ordered by path, paged.
+    pub fn children(
+        &self,
+        ws: Workspace,
+        parent: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<Item>, u64)> {
+        self.with_reader(|c| {
+            let total: i64 = c.query_row(
+                "SELECT COUNT(*) FROM items WHERE ws = ?1 AND parent = ?2",
+                params![ws.as_str(), parent],
+                |r| r.get(0),
+            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLS} FROM items WHERE ws = ?1 AND parent = ?2 ORDER BY path LIMIT ?3 OFFSET ?4"
+            ))?;
+            let rows = stmt.query_map(params![ws.as_str(), parent, limit as i64, offset as i64], row_to_item)?;
+            let items = rows.map(|r| r.map(apply::ItemRow::into_item)).collect::<rusqlite::Result<_>>()?;
+            Ok((items, total as u64))
+        })
+    }
+
+    /// Version history of the authoring item at `path`, newest first.
+    pub fn versions(&self, path: &str) -> Result<Vec<Version>> {
+        self.with_reader(|c| {
+            let Some(item) = get_item(c, Workspace::Authoring.as_str(), path)? else {
+                return Err(StoreError::NotFound(path.to_string()));
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT version, path, type, props, time, author, seq FROM versions WHERE id = ?1 ORDER BY version DESC",
+            )?;
+            let rows = stmt.query_map(params![item.id], |r| {
+                Ok(Version {
+                    version: r.get::<_, i64>(0)? as u64,
+                    path: r.get(1)?,
+                    item_type: r.get(2)?,
+                    properties: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    time: r.get(4)?,
+                    author: r.get(5)?,
+                    seq: r.get::<_, i64>(6)? as u64,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        })
+    }
+
+    /// Full-text search over text properties. `query` is split into words that must
+    /// all match (FTS5 syntax is not exposed).
+    pub fn search(
+        &self,
+        ws: Workspace,
+        query: &str,
+        prefix: Option<&str>,
+        item_type: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<SearchHit>> {
+        let words: Vec<String> = query
+            .split_whitespace()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect();
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fts_query = words.join(" ");
+        let prefix = prefix.unwrap_or("/").to_string();
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT i.path, i.id, i.type, i.version, snippet(items_fts, 0, '[', ']', '…', 12)
+                 FROM items_fts f JOIN items i ON i.rid = f.rowid
+                 WHERE items_fts MATCH ?1 AND i.ws = ?2
+                   AND (?3 = '/' OR i.path = ?3 OR (i.path >= ?3 || '/' AND i.path < ?3 || '0'))
+                   AND (?4 IS NULL OR i.type = ?4)
+                 ORDER BY rank LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![fts_query, ws.as_str(), prefix, item_type, limit as i64],
+                |r| {
+                    Ok(SearchHit {
+                        path: r.get(0)?,
+                        id: r.get(1)?,
+                        item_type: r.get(2)?,
+                        version: r.get::<_, i64>(3)? as u64,
+                        snippet: r.get(4)?,
+                    })
+                },
+            )?;
+            rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        })
+    }
+
+    /// Size of a registered binary.
+    pub fn blob_registered(&self, sha256: &str) -> Result<Option<u64>> {
+        self.with_reader(|c| {
+            let v: Option<i64> = c
+                .query_row(
+                    "SELECT size FROM blobs WHERE sha256 = ?1",
+                    params![sha256],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(v.map(|v| v as u64))
+        })
+    }
+
+    /// Every registered binary (sha256, size), e.g. to fetch after a clone.
+    pub fn blob_list(&self) -> Result<Vec<(String, u64)>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare("SELECT sha256, size FROM blobs ORDER BY sha256")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        })
+    }
+}

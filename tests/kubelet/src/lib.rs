@@ -1,0 +1,276 @@
+//! `studio-kubelet`: a process kubelet for Studio's test control plane.
+//!
+//! It plays the kubelet for one or more Nodes of a real kube-apiserver, with no
+//! container runtime: every container of a pod bound to one of its Nodes runs as a
+//! local process inside the pod's own network namespace.
+//!
+//! # Rules (documented here, relied upon by tests)
+//! - **Image → binary** ([`image`]): the last path segment of the image repository,
+//!   tag and digest ignored, names a file in `--bin-dir`
+//!   (`ghcr.io/x/studio-node:v2` → `$bin_dir/studio-node`). An unmapped image leaves
+//!   the container waiting with reason `ErrImageNeverPull` and a message naming the rule.
+//!   `command[0]` replaces the binary only if it is an absolute path that exists, or if
+//!   its file name exists in `--bin-dir`; otherwise it is taken as the image's own
+//!   entrypoint and dropped (`command[1..]` and `args` still apply). `$(VAR)` expands.
+//! - **Env** ([`env`]): literal values, `fieldRef` (metadata.name/namespace/uid/
+//!   labels['x']/annotations['x'], spec.nodeName, spec.serviceAccountName,
+//!   status.podIP, status.hostIP), `secretKeyRef`, `configMapKeyRef`, `envFrom`
+//!   (optional flags honoured). Added: `KUBECONFIG` (per-pod kubeconfig with the pod's
+//!   ServiceAccount token), `KUBERNETES_SERVICE_HOST`/`_PORT` (from `--api-server`),
+//!   `HOSTNAME`, `HOME`, `PATH`, `STUDIO_ROOT`, `STUDIO_MOUNT_<VOLUME>`. The
+//!   kubelet's own environment is never inherited.
+//! - **Volumes** ([`volumes`]): no mount namespaces; every `mountPath` prefix in args,
+//!   command and env values is rewritten to the volume's host directory
+//!   (`--data-dir=/data` → `--data-dir=<state>/volumes/pvc-<uid>`), see the module.
+//! - **PVCs** ([`provisioner`]): `<state-dir>/volumes/pvc-<pvc-uid>`, a hostPath PV made
+//!   by the built-in provisioner; survives pod restarts and re-creation, removed with the
+//!   PVC.
+//! - **Network** ([`network`]): netns `studio-pod-<8 hex of uid>`, veth
+//!   `sv<8 hex>` on the bridge, `eth0` with an address from the pod CIDR (from x.y.1.1),
+//!   default route via the gateway. Containers run via `ip netns exec`, each in its own
+//!   process group.
+//! - **Restarts** ([`pod`]): per restartPolicy, back-off 1 s doubling to 30 s.
+//! - **Logs**: `<state-dir>/pods/<namespace>_<pod>_<uid>/<container>.log`
+//!   (stdout+stderr, appended across restarts, kept after the pod is deleted).
+//! - **Deletion**: SIGTERM to the process group, wait the grace period, SIGKILL, remove
+//!   the netns, then delete the pod with grace 0.
+
+pub mod env;
+pub mod image;
+pub mod ipam;
+pub mod kubelet;
+pub mod network;
+pub mod node;
+pub mod pod;
+pub mod probes;
+pub mod provisioner;
+pub mod status;
+pub mod token;
+pub mod volumes;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Command-line flags.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "studio-kubelet",
+    version,
+    about = "A process kubelet: runs pods bound to its Nodes as local processes in network namespaces"
+)]
+pub struct Args {
+    /// Kubeconfig the kubelet itself uses (needs rights over nodes, leases, pods,
+    /// PVs/PVCs, storage classes, secrets, configmaps and serviceaccount tokens).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Comma-separated Node names this kubelet registers and serves.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// API server URL written into each pod's kubeconfig (reachable from pod netns).
+    #[arg(long)]
+    pub api_server: String,
+    /// CA bundle of the API server, referenced by each pod's kubeconfig.
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// Existing bridge the pods' veths are attached to.
+    #[arg(long, default_value = "studiobr0")]
+    pub bridge: String,
+    /// Pods' default gateway (the bridge's address in the root netns).
+    #[arg(long, default_value = "10.213.0.1")]
+    pub gateway: Ipv4Addr,
+    /// Pod CIDR; pods get addresses from its second /24 on.
+    #[arg(long, default_value = "10.213.0.0/16")]
+    pub pod_cidr: String,
+    /// Node InternalIP and pods' hostIP (defaults to the gateway).
+    #[arg(long)]
+    pub host_ip: Option<Ipv4Addr>,
+    /// Directory holding the binaries images map to.
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// Directory for pod state, logs and PVC data.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// CPU capacity each Node reports.
+    #[arg(long, default_value = "8")]
+    pub node_cpu: String,
+    /// Memory capacity each Node reports.
+    #[arg(long, default_value = "32Gi")]
+    pub node_memory: String,
+    /// Pod capacity each Node reports.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Node status/Lease heartbeat period in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_seconds: u64,
+    /// First container restart back-off in milliseconds (doubles per restart).
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    /// Maximum container restart back-off in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub backoff_max_seconds: u64,
+    /// Log as JSON lines instead of plain text (stderr either way).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn split_server(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .with_context(|| format!("--api-server {url:?} must start with https:// or http://"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Ok((
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().with_context(|| format!("port in {url:?}"))?,
+        )),
+        None => Ok((hostport.to_string(), 443)),
+    }
+}
+
+async fn client_from(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("loading kubeconfig")?;
+    kube::Client::try_from(cfg).context("building API client")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM received"),
+                _ = i.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs the kubelet until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cidr: ipam::Cidr = args
+        .pod_cidr
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let (api_host, api_port) = split_server(&args.api_server)?;
+    anyhow::ensure!(
+        args.bin_dir.is_dir(),
+        "--bin-dir {} is not a directory",
+        args.bin_dir.display()
+    );
+    anyhow::ensure!(
+        args.ca_file.is_file(),
+        "--ca-file {} does not exist",
+        args.ca_file.display()
+    );
+    std::fs::create_dir_all(args.state_dir.join("pods")).context("creating --state-dir")?;
+    let volumes_root = args.state_dir.join("volumes");
+    std::fs::create_dir_all(&volumes_root).context("creating volumes dir")?;
+    let client = client_from(&args.kubeconfig).await?;
+
+    tracing::info!("cleaning up leftovers of a previous run");
+    network::cleanup_all().await;
+
+    let settings = pod::Settings {
+        nodes: args.nodes.clone(),
+        api_server: args.api_server.clone(),
+        api_host,
+        api_port,
+        ca_file: std::fs::canonicalize(&args.ca_file).unwrap_or(args.ca_file.clone()),
+        bridge: args.bridge.clone(),
+        gateway: args.gateway,
+        host_ip: args.host_ip.unwrap_or(args.gateway),
+        cidr,
+        bin_dir: std::fs::canonicalize(&args.bin_dir).unwrap_or(args.bin_dir.clone()),
+        state_dir: std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone()),
+        backoff_base: Duration::from_millis(args.backoff_base_ms.max(1)),
+        backoff_max: Duration::from_secs(args.backoff_max_seconds.max(1)),
+    };
+    let mut background = Vec::new();
+    for n in &args.nodes {
+        let info = node::NodeSpecInfo {
+            name: n.clone(),
+            host_ip: settings.host_ip.to_string(),
+            cpu: args.node_cpu.clone(),
+            memory: args.node_memory.clone(),
+            max_pods: args.max_pods,
+        };
+        background.push(tokio::spawn(node::run(
+            client.clone(),
+            info,
+            Duration::from_secs(args.heartbeat_seconds.max(1)),
+        )));
+    }
+    background.push(tokio::spawn(provisioner::run(
+        client.clone(),
+        settings.state_dir.join("volumes"),
+    )));
+    let shared = Arc::new(pod::Shared {
+        client,
+        settings: settings.clone(),
+        ipam: Mutex::new(ipam::Ipam::new(cidr)),
+    });
+    tracing::info!(nodes = ?settings.nodes, "studio-kubelet running");
+    kubelet::run(shared, shutdown_signal()).await;
+    for b in background {
+        b.abort();
+    }
+    network::cleanup_all().await;
+    tracing::info!("studio-kubelet stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_split() {
+        assert_eq!(
+            split_server("https://10.213.0.2:6443").unwrap(),
+            ("10.213.0.2".to_string(), 6443)
+        );
+        assert_eq!(
+            split_server("https://api.local/").unwrap(),
+            ("api.local".to_string(), 443)
+        );
+        assert!(split_server("10.0.0.1:6443").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = Args::try_parse_from([
+            "studio-kubelet",
+            "--kubeconfig",
+            "/k",
+            "--nodes",
+            "local-1,local-2,local-3",
+            "--api-server",
+            "https://10.213.0.2:6443",
+            "--ca-file",
+            "/ca",
+            "--bin-dir",
+            "/b",
+            "--state-dir",
+            "/s",
+        ])
+        .unwrap();
+        assert_eq!(a.nodes, vec!["local-1", "local-2", "local-3"]);
+        assert_eq!(a.bridge, "studiobr0");
+        assert_eq!(a.gateway, Ipv4Addr::new(10, 213, 0, 1));
+    }
+}

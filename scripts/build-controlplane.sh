@@ -46,7 +46,7 @@ fi
 
 if ! fresh helm "$HELM_VERSION" || [ ! -x "$bin/helm" ]; then
   log "building helm $HELM_VERSION"
-  (cd "$cp_dir/helm" && go build -trimpath -ldflags "-s -w" -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+  (cd "$cp_dir/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
   mark helm "$HELM_VERSION"
 fi
 echo "$bin"

@@ -1,5 +1,8 @@
 //! The `StudioCluster` custom resource (`studio.cms.io/v1alpha1`).
 
+// kube-derive printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};

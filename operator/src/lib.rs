@@ -1,4 +1,13 @@
-//! studio-operator: reconciles StudioCluster resources.
+//! studio-operator: reconciles StudioCluster resources into a running, self-healing
+//! Studio cluster.
+
+pub mod build;
+pub mod controller;
+pub mod error;
+pub mod metrics;
+pub mod node_client;
+pub mod plan;
+pub mod server;
 
 /// The StudioCluster CRD as YAML, as committed under `deploy/crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

@@ -1,0 +1,753 @@
+//! The StudioCluster controller: read → validate → build → apply → status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use studio_crds::{
+    FIELD_MANAGER, FINALIZER, FailoverRecord, Phase, PvcRetention, StudioCluster,
+    StudioClusterStatus, annotations, conditions, labels, names, secret_keys,
+};
+use tracing::{info, warn};
+
+use crate::build::{self, Owned};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::node_client::NodeClient;
+use crate::plan::{self, Observed, Plan, Reason, Step};
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub nodes: NodeClient,
+    /// Switchovers this operator started: cluster key → (target, when), so that the
+    /// resulting change of primary is recorded as a switchover, not a failover.
+    pub switchovers: Mutex<HashMap<String, (String, Instant)>>,
+    /// Consecutive failures per cluster, for the back-off.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            nodes: NodeClient::new(),
+            switchovers: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn event(&self, sc: &StudioCluster, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sc.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+fn key(sc: &StudioCluster) -> String {
+    format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any())
+}
+
+/// Runs the controller for one namespace (or all, with `None`) until shutdown.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    fn api<K>(c: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        labels::APP_MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+    let pods = watcher::Config::default().labels(labels::CLUSTER);
+    Controller::new(
+        api::<StudioCluster>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), managed.clone())
+    .owns(api::<Service>(&client, &namespace), managed.clone())
+    .owns(api::<Secret>(&client, &namespace), managed.clone())
+    .owns(api::<ServiceAccount>(&client, &namespace), managed.clone())
+    .owns(api::<Role>(&client, &namespace), managed.clone())
+    .owns(api::<RoleBinding>(&client, &namespace), managed.clone())
+    .owns(api::<PodDisruptionBudget>(&client, &namespace), managed)
+    .watches(api::<Pod>(&client, &namespace), pods, |pod: Pod| {
+        let cluster = pod.labels().get(labels::CLUSTER).cloned();
+        let ns = pod.namespace();
+        cluster.into_iter().map(move |c| {
+            let r = ObjectRef::<StudioCluster>::new(&c);
+            match &ns {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        })
+    })
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+            Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+async fn reconcile(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<StudioCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let k = key(&sc);
+    let res = finalizer(&api, FINALIZER, sc, |ev| async {
+        match ev {
+            Finalizer::Apply(sc) => apply(sc, ctx.clone()).await,
+            Finalizer::Cleanup(sc) => cleanup(sc, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), res.as_ref().err());
+    if res.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&k);
+    }
+    res
+}
+
+fn error_policy(sc: Arc<StudioCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(key(&sc)).or_insert(0);
+            *n += 1;
+            *n
+        }
+        Err(_) => 1,
+    };
+    warn!(cluster = %key(&sc), error = %err, attempt, "reconcile failed");
+    Action::requeue(err.backoff(attempt))
+}
+
+/// Server-side apply of one object with the operator's field manager.
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &pp, &Patch::Apply(obj)).await?)
+}
+
+async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let client = &ctx.client;
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = sc.name_any();
+
+    // Validate what the schema cannot.
+    if let Err(why) = plan::validate(&sc) {
+        ctx.event(&sc, EventType::Warning, "InvalidSpec", why.clone())
+            .await;
+        let status = StudioClusterStatus {
+            observed_generation: sc.metadata.generation,
+            phase: Some(Phase::Invalid),
+            message: Some(why.clone()),
+            conditions: conditions_for(&sc, Phase::Invalid, &why, sc.status.as_ref()),
+            ..sc.status.clone().unwrap_or_default()
+        };
+        patch_status(client, &sc, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    // Read.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let data_sts = sts_api.get_opt(&names::statefulset(&name)).await?;
+    let arbiter_sts = sts_api.get_opt(&names::arbiter_statefulset(&name)).await?;
+    let pods = pod_api
+        .list(&ListParams::default().labels(&format!("{}={}", labels::CLUSTER, name)))
+        .await?;
+    let lease = lease_api.get_opt(&names::primary_lease(&name)).await?;
+    let mut obs = Observed::new(&pods.items, &name)
+        .with_statefulsets(data_sts.as_ref(), arbiter_sts.as_ref());
+    obs.lease_holder = lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty());
+    ctx.nodes.fill_status(&mut obs.members).await;
+
+    // Build and decide.
+    let plan = plan::plan(&sc, &obs);
+    if sc.spec.paused {
+        update_status(&ctx, &sc, &obs, &plan).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
+    // Credentials: generated once, never regenerated.
+    let token = ensure_secret(&ctx, &sc).await?;
+
+    // Storage growth: claims are patched and the StatefulSet re-created around its pods
+    // (volumeClaimTemplates are immutable).
+    if let Some(sts) = &data_sts {
+        grow_storage(&ctx, &sc, sts).await?;
+    }
+    if let Some(sts) = &arbiter_sts {
+        grow_storage(&ctx, &sc, sts).await?;
+    }
+
+    // Apply.
+    let owned = build::build_owned(&sc, plan.data_replicas)?;
+    apply_owned(client, &ns, &owned).await?;
+    if !sc.spec.arbiter.enabled && arbiter_sts.is_some() {
+        sts_api
+            .delete(&names::arbiter_statefulset(&name), &DeleteParams::default())
+            .await?;
+        ctx.event(
+            &sc,
+            EventType::Normal,
+            "ArbiterRemoved",
+            "arbiter disabled: arbiter StatefulSet deleted".into(),
+        )
+        .await;
+    }
+    if let Some(current) = obs.sts_replicas
+        && current != plan.data_replicas
+    {
+        ctx.event(
+            &sc,
+            EventType::Normal,
+            "Scaling",
+            format!(
+                "data nodes {current} → {} (spec.nodes {})",
+                plan.data_replicas, sc.spec.nodes
+            ),
+        )
+        .await;
+    }
+
+    // Repair role labels that disagree with the Lease.
+    if !plan.repairs.is_empty() {
+        for r in &plan.repairs {
+            let patch = json!({"metadata": {"labels": {labels::ROLE: r.role}}});
+            pod_api
+                .patch(&r.pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        ctx.event(
+            &sc,
+            EventType::Warning,
+            "RoleLabelsRepaired",
+            format!(
+                "role labels disagreed with the Lease {}: {}",
+                names::primary_lease(&name),
+                plan::describe_repairs(&plan.repairs)
+            ),
+        )
+        .await;
+    }
+
+    // The one disruptive step.
+    let mut requeue = if plan.phase == Phase::Ready {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(5)
+    };
+    if let Some(step) = &plan.step {
+        requeue = Duration::from_secs(2);
+        execute(&ctx, &sc, &obs, step, token.as_deref()).await?;
+    }
+
+    update_status(&ctx, &sc, &obs, &plan).await?;
+    Ok(Action::requeue(requeue))
+}
+
+async fn apply_owned(client: &Client, ns: &str, o: &Owned) -> Result<()> {
+    ssa(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        &o.service_account,
+    )
+    .await?;
+    ssa(&Api::<Role>::namespaced(client.clone(), ns), &o.role).await?;
+    ssa(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        &o.role_binding,
+    )
+    .await?;
+    let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+    for s in &o.services {
+        ssa(&svc, s).await?;
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    ssa(&sts, &o.statefulset).await?;
+    if let Some(a) = &o.arbiter {
+        ssa(&sts, a).await?;
+    }
+    ssa(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &o.pdb,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ensures the credentials Secret exists; returns the cluster token (for admin calls).
+async fn ensure_secret(ctx: &Context, sc: &StudioCluster) -> Result<Option<String>> {
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::secret_name(sc);
+    let existing = api.get_opt(&name).await?;
+    let secret = match existing {
+        Some(s) => s,
+        None if sc
+            .spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.existing_secret.as_ref())
+            .is_some() =>
+        {
+            let why = format!("spec.auth.existingSecret: Secret {name} does not exist");
+            ctx.event(sc, EventType::Warning, "InvalidSpec", why.clone())
+                .await;
+            return Err(Error::InvalidSpec(why));
+        }
+        None => {
+            let mut random = [0u8; 64];
+            getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+            let s = build::build_secret(sc, &random)?;
+            match api.create(&PostParams::default(), &s).await {
+                Ok(s) => {
+                    ctx.event(
+                        sc,
+                        EventType::Normal,
+                        "SecretCreated",
+                        format!("generated credentials in Secret {name}"),
+                    )
+                    .await;
+                    s
+                }
+                // Someone (another operator replica) created it meanwhile: use theirs.
+                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let data = secret.data.unwrap_or_default();
+    for k in [secret_keys::JWT_KEY, secret_keys::CLUSTER_TOKEN] {
+        if !data.contains_key(k) {
+            let why = format!("Secret {name} lacks key {k}");
+            ctx.event(sc, EventType::Warning, "InvalidSpec", why).await;
+            return Err(Error::SecretKey(name, k));
+        }
+    }
+    Ok(data
+        .get(secret_keys::CLUSTER_TOKEN)
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string()))
+}
+
+fn template_storage(sts: &StatefulSet) -> Option<String> {
+    sts.spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(build::DATA_VOLUME))?
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|q| q.0.clone())
+}
+
+async fn grow_storage(ctx: &Context, sc: &StudioCluster, sts: &StatefulSet) -> Result<()> {
+    let want = &sc.spec.storage.size;
+    let Some(have) = template_storage(sts) else {
+        return Ok(());
+    };
+    if &have == want {
+        return Ok(());
+    }
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let sts_name = sts.name_any();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    for i in 0..replicas {
+        let pvc = format!("{}-{sts_name}-{i}", build::DATA_VOLUME);
+        let patch = json!({"spec": {"resources": {"requests": {"storage": want}}}});
+        match pvcs
+            .patch(&pvc, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                ctx.event(
+                    sc,
+                    EventType::Warning,
+                    "StorageResizeFailed",
+                    format!("cannot resize {pvc} to {want}: {e}"),
+                )
+                .await;
+                return Err(e.into());
+            }
+        }
+    }
+    // Orphan the pods: the re-created StatefulSet adopts them.
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    api.delete(&sts_name, &dp).await?;
+    ctx.event(
+        sc,
+        EventType::Normal,
+        "StorageResized",
+        format!("claims of {sts_name} resized {have} → {want}"),
+    )
+    .await;
+    Ok(())
+}
+
+async fn execute(
+    ctx: &Context,
+    sc: &StudioCluster,
+    obs: &Observed,
+    step: &Step,
+    token: Option<&str>,
+) -> Result<()> {
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let scs: Api<StudioCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    match step {
+        Step::Switchover { from, to, reason } => {
+            let Some(primary) = obs.member(from) else {
+                return Ok(());
+            };
+            info!(cluster = %key(sc), %from, %to, reason = reason.as_str(), "switchover");
+            ctx.event(
+                sc,
+                EventType::Normal,
+                "Switchover",
+                format!(
+                    "switching the primary {from} over to {to} ({})",
+                    reason.as_str()
+                ),
+            )
+            .await;
+            if let Ok(mut s) = ctx.switchovers.lock() {
+                s.insert(key(sc), (to.clone(), Instant::now()));
+            }
+            match ctx.nodes.switchover(primary, to, token).await {
+                Ok(msg) => {
+                    ctx.metrics.switchovers.inc();
+                    if *reason == Reason::User {
+                        clear_switchover_request(&scs, sc, &format!("{to}: done")).await?;
+                    }
+                    info!(cluster = %key(sc), %to, %msg, "switchover accepted");
+                }
+                Err(e) => {
+                    ctx.event(
+                        sc,
+                        EventType::Warning,
+                        "SwitchoverFailed",
+                        format!("switchover {from} → {to} failed: {e}"),
+                    )
+                    .await;
+                    return Err(e);
+                }
+            }
+        }
+        Step::RestartPod { name, primary } => {
+            let what = if *primary { "primary" } else { "member" };
+            ctx.event(
+                sc,
+                EventType::Normal,
+                "Upgrade",
+                format!("restarting {what} {name} on the new revision"),
+            )
+            .await;
+            pods.delete(name, &DeleteParams::default()).await?;
+        }
+        Step::RejectSwitchover { target, why } => {
+            ctx.event(
+                sc,
+                EventType::Warning,
+                "SwitchoverRejected",
+                format!("switchover to {target} refused: {why}"),
+            )
+            .await;
+            clear_switchover_request(&scs, sc, &format!("{target}: refused: {why}")).await?;
+        }
+        Step::SwitchoverDone { target } => {
+            clear_switchover_request(&scs, sc, &format!("{target}: done")).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn clear_switchover_request(
+    api: &Api<StudioCluster>,
+    sc: &StudioCluster,
+    outcome: &str,
+) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {
+        annotations::SWITCHOVER_TO: null,
+        annotations::LAST_SWITCHOVER: outcome,
+    }}});
+    api.patch(
+        &sc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
+    // Owned objects go through their owner references (garbage collector). What the
+    // nodes created themselves (Lease, bootstrap record) is removed here; claims follow
+    // the StatefulSets' retention policy.
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = sc.name_any();
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    ignore_404(
+        leases
+            .delete(&names::primary_lease(&name), &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    ignore_404(
+        cms.delete(&names::bootstrap_configmap(&name), &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    if sc.spec.storage.pvc_retention == PvcRetention::Delete {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let lp = ListParams::default().labels(&format!("{}={}", labels::CLUSTER, name));
+        ignore_404(
+            pvcs.delete_collection(&DeleteParams::default(), &lp)
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    ctx.event(
+        &sc,
+        EventType::Normal,
+        "Deleted",
+        format!("cluster {name} deleted; owned objects follow"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn ignore_404(r: std::result::Result<(), kube::Error>) -> Result<()> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+async fn update_status(
+    ctx: &Context,
+    sc: &StudioCluster,
+    obs: &Observed,
+    plan: &Plan,
+) -> Result<()> {
+    let prev = sc.status.clone().unwrap_or_default();
+    let primary = obs.primary().map(|m| m.name.clone());
+    let mut last_failover = prev.last_failover.clone();
+    if let (Some(old), Some(new)) = (&prev.current_primary, &primary)
+        && old != new
+    {
+        let planned = ctx
+            .switchovers
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&key(sc)))
+            .map(|(to, at)| &to == new && at.elapsed() < Duration::from_secs(120))
+            .unwrap_or(false);
+        let kind = if planned { "switchover" } else { "failover" };
+        last_failover = Some(FailoverRecord {
+            time: Time(Timestamp::now()),
+            from: Some(old.clone()),
+            to: new.clone(),
+            kind: kind.into(),
+        });
+        if planned {
+            ctx.event(
+                sc,
+                EventType::Normal,
+                "SwitchedOver",
+                format!("primary is now {new} (was {old})"),
+            )
+            .await;
+        } else {
+            ctx.metrics.failovers.inc();
+            ctx.event(
+                sc,
+                EventType::Warning,
+                "Failover",
+                format!("primary changed from {old} to {new}"),
+            )
+            .await;
+        }
+    }
+    let members = plan::member_statuses(obs);
+    let status = StudioClusterStatus {
+        observed_generation: sc.metadata.generation,
+        phase: Some(plan.phase),
+        message: Some(plan.message.clone()),
+        conditions: conditions_for(sc, plan.phase, &plan.message, sc.status.as_ref()),
+        current_primary: primary.or(if plan.phase == Phase::Paused {
+            prev.current_primary.clone()
+        } else {
+            None
+        }),
+        ready_nodes: obs.data().filter(|m| m.ready && !m.terminating).count() as i32,
+        members,
+        last_failover,
+        cluster_id: obs
+            .members
+            .iter()
+            .find_map(|m| m.node.as_ref().and_then(|n| n.cluster_id.clone()))
+            .or(prev.cluster_id),
+        update_revision: obs.update_revision.clone(),
+    };
+    if sc.status.as_ref() != Some(&status) {
+        if prev.phase != Some(plan.phase) {
+            info!(cluster = %key(sc), phase = plan.phase.as_str(), message = %plan.message, "phase");
+        }
+        patch_status(&ctx.client, sc, &status).await?;
+    }
+    Ok(())
+}
+
+async fn patch_status(
+    client: &Client,
+    sc: &StudioCluster,
+    status: &StudioClusterStatus,
+) -> Result<()> {
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<StudioCluster> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"status": status});
+    api.patch_status(
+        &sc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// kstatus-compatible conditions for a phase; `lastTransitionTime` only moves when a
+/// condition's status changes.
+pub fn conditions_for(
+    sc: &StudioCluster,
+    phase: Phase,
+    message: &str,
+    prev: Option<&StudioClusterStatus>,
+) -> Vec<Condition> {
+    let gen_ = sc.metadata.generation;
+    let (ready, progressing, degraded) = match phase {
+        Phase::Ready => ("True", "False", "False"),
+        Phase::Creating | Phase::Scaling | Phase::Upgrading => ("False", "True", "False"),
+        Phase::WaitingForUser => ("False", "True", "False"),
+        Phase::Degraded => ("False", "False", "True"),
+        Phase::Invalid => ("False", "False", "True"),
+        Phase::Paused => ("Unknown", "False", "False"),
+    };
+    let reason = phase.as_str();
+    let prev_conds: BTreeMap<String, Condition> = prev
+        .map(|p| {
+            p.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Time(Timestamp::now());
+    [
+        (conditions::READY, ready),
+        (conditions::PROGRESSING, progressing),
+        (conditions::DEGRADED, degraded),
+    ]
+    .into_iter()
+    .map(|(t, s)| {
+        let ltt = match prev_conds.get(t) {
+            Some(p) if p.status == s => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        Condition {
+            type_: t.into(),
+            status: s.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: gen_,
+            last_transition_time: ltt,
+        }
+    })
+    .collect()
+}

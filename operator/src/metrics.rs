@@ -1,0 +1,101 @@
+//! Prometheus metrics of the operator.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub switchovers: Counter,
+    pub failovers: Counter,
+    pub leader: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("studio_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let switchovers = Counter::default();
+        let failovers = Counter::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations failed, by error kind",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconciliation",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "switchovers",
+            "Switchovers the operator requested",
+            switchovers.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Unplanned changes of primary observed",
+            failovers.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the elected leader",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            switchovers,
+            failovers,
+            leader,
+        }
+    }
+
+    pub fn observe_reconcile(&self, took: Duration, err: Option<&Error>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        if let Some(e) = err {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    error: e.metric_label().into(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,631 @@
+//! Pure day-2 decisions: how many data pods the StatefulSet should have now, which
+//! role labels disagree with the Lease, and the one disruptive step (switchover or pod
+//! restart) to take next for a user switchover, a scale-down or a rolling upgrade.
+//!
+//! The reconciler gathers an [`Observed`] snapshot, asks [`plan`] what to do, does it,
+//! and comes back: at most one disruptive step per reconcile, so every step starts
+//! from fresh facts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use studio_crds::node_api::{ClusterStatus, NodeRole};
+use studio_crds::{
+    Phase, PrimaryUpdateStrategy, StudioCluster, annotations, components, labels, roles,
+};
+
+/// A replica more than this many journal entries behind the primary is not "caught up"
+/// for a switchover or before the next restart of a rolling upgrade.
+pub const MAX_CATCH_UP_LAG: u64 = 1000;
+
+/// One pod of the cluster, reduced to what decisions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub ordinal: Option<i32>,
+    pub arbiter: bool,
+    /// The `studio.cms.io/role` label.
+    pub role_label: Option<String>,
+    pub ready: bool,
+    pub terminating: bool,
+    pub ip: Option<String>,
+    /// The pod's `controller-revision-hash`.
+    pub revision: Option<String>,
+    /// What the node itself reports on `/api/v1/cluster/status`, if it answered.
+    pub node: Option<ClusterStatus>,
+}
+
+impl Member {
+    pub fn from_pod(pod: &Pod, cluster: &str) -> Option<Member> {
+        let name = pod.metadata.name.clone()?;
+        let labels_map = pod.metadata.labels.clone().unwrap_or_default();
+        let arbiter =
+            labels_map.get(labels::COMPONENT).map(String::as_str) == Some(components::ARBITER);
+        let ordinal = if arbiter {
+            None
+        } else {
+            name.strip_prefix(cluster)
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|o| o.parse::<i32>().ok())
+        };
+        let status = pod.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .unwrap_or(false);
+        Some(Member {
+            name,
+            ordinal,
+            arbiter,
+            role_label: labels_map.get(labels::ROLE).cloned(),
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            ip: status
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty()),
+            revision: labels_map.get(labels::CONTROLLER_REVISION_HASH).cloned(),
+            node: None,
+        })
+    }
+
+    /// Journal position reported by the node (seq, term).
+    pub fn position(&self) -> Option<(u64, u64)> {
+        self.node.as_ref().map(|n| (n.seq, n.last_term))
+    }
+
+    pub fn reports_primary(&self) -> bool {
+        self.node
+            .as_ref()
+            .map(|n| n.role == NodeRole::Primary)
+            .unwrap_or(false)
+    }
+}
+
+/// What the reconciler saw, as plain data.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Data pods and the arbiter pod.
+    pub members: Vec<Member>,
+    /// `spec.replicas` of the existing data StatefulSet.
+    pub sts_replicas: Option<i32>,
+    /// `status.updateRevision` of the data StatefulSet.
+    pub update_revision: Option<String>,
+    /// `status.updateRevision` of the arbiter StatefulSet.
+    pub arbiter_update_revision: Option<String>,
+    /// `spec.holderIdentity` of the `<name>-primary` Lease.
+    pub lease_holder: Option<String>,
+}
+
+impl Observed {
+    pub fn new(pods: &[Pod], cluster: &str) -> Self {
+        let mut members: Vec<Member> = pods
+            .iter()
+            .filter_map(|p| Member::from_pod(p, cluster))
+            .collect();
+        members
+            .sort_by(|a, b| (a.arbiter, a.ordinal, &a.name).cmp(&(b.arbiter, b.ordinal, &b.name)));
+        Observed {
+            members,
+            ..Default::default()
+        }
+    }
+
+    pub fn with_statefulsets(
+        mut self,
+        data: Option<&StatefulSet>,
+        arbiter: Option<&StatefulSet>,
+    ) -> Self {
+        self.sts_replicas = data.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas);
+        self.update_revision = data
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        self.arbiter_update_revision = arbiter
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone());
+        self
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn data(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| !m.arbiter)
+    }
+
+    /// The primary: the Lease holder when its pod exists, else the one pod labelled
+    /// primary, else the one node reporting itself primary.
+    pub fn primary(&self) -> Option<&Member> {
+        if let Some(h) = &self.lease_holder
+            && let Some(m) = self.data().find(|m| &m.name == h && !m.terminating)
+        {
+            return Some(m);
+        }
+        let labelled: Vec<&Member> = self
+            .data()
+            .filter(|m| m.role_label.as_deref() == Some(roles::PRIMARY) && !m.terminating)
+            .collect();
+        if labelled.len() == 1 {
+            return Some(labelled[0]);
+        }
+        let reporting: Vec<&Member> = self
+            .data()
+            .filter(|m| m.reports_primary() && !m.terminating)
+            .collect();
+        if reporting.len() == 1 {
+            Some(reporting[0])
+        } else {
+            None
+        }
+    }
+
+    /// Whether a pod runs the latest template of its StatefulSet. Unknown revisions
+    /// count as up to date (nothing to roll).
+    pub fn up_to_date(&self, m: &Member) -> bool {
+        let target = if m.arbiter {
+            &self.arbiter_update_revision
+        } else {
+            &self.update_revision
+        };
+        match (target, &m.revision) {
+            (Some(t), Some(r)) => t == r,
+            _ => true,
+        }
+    }
+
+    /// Entries `m` is behind the primary, when both positions are known.
+    pub fn lag(&self, m: &Member) -> Option<u64> {
+        let p = self.primary()?.node.as_ref()?;
+        let n = m.node.as_ref()?;
+        Some(p.seq.saturating_sub(n.seq))
+    }
+
+    fn caught_up(&self, m: &Member) -> bool {
+        self.lag(m).map(|l| l <= MAX_CATCH_UP_LAG).unwrap_or(true)
+    }
+}
+
+/// Why the operator switches the primary over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The user asked with the `studio.cms.io/switchover-to` annotation.
+    User,
+    /// The primary's pod is about to be removed by a scale-down.
+    ScaleDown,
+    /// Rolling upgrade: every replica is upgraded, the primary is next.
+    Upgrade,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::User => "requested",
+            Reason::ScaleDown => "scale-down",
+            Reason::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// The next disruptive step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Ask the primary `from` to hand over to `to`.
+    Switchover {
+        from: String,
+        to: String,
+        reason: Reason,
+    },
+    /// Delete a pod so the StatefulSet recreates it from the new template.
+    RestartPod { name: String, primary: bool },
+    /// The user's switchover request cannot be honoured; drop it and say why.
+    RejectSwitchover { target: String, why: String },
+    /// The user's switchover request is already satisfied; drop it.
+    SwitchoverDone { target: String },
+}
+
+/// A role label to rewrite so that it agrees with the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelRepair {
+    pub pod: String,
+    pub role: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// `spec.replicas` to apply on the data StatefulSet.
+    pub data_replicas: i32,
+    pub step: Option<Step>,
+    pub repairs: Vec<LabelRepair>,
+    pub phase: Phase,
+    pub message: String,
+}
+
+/// Decides what to do next. Pure: same inputs, same plan.
+pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
+    let desired = sc.spec.nodes.max(1);
+    let current = obs.sts_replicas.unwrap_or(desired);
+    let primary = obs.primary().map(|m| m.name.clone());
+    let repairs = label_repairs(obs);
+    let mut data_replicas = desired;
+    let mut step = None;
+    let mut phase = None;
+    let mut message = String::new();
+
+    if sc.spec.paused {
+        return Plan {
+            data_replicas: current,
+            step: None,
+            repairs: vec![],
+            phase: Phase::Paused,
+            message: "reconciliation paused (spec.paused)".into(),
+        };
+    }
+
+    // 1. A user's switchover request.
+    let requested = sc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::SWITCHOVER_TO))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if let Some(target) = requested {
+        step = Some(user_switchover(obs, primary.as_deref(), &target, desired));
+        if matches!(step, Some(Step::Switchover { .. })) {
+            phase = Some(Phase::Upgrading);
+            message = format!("switching the primary over to {target}");
+        }
+    }
+
+    // 2. Scale-down: never remove the primary's pod while it is primary.
+    if desired < current {
+        let primary_removed = primary
+            .as_deref()
+            .and_then(|p| obs.member(p))
+            .and_then(|m| m.ordinal)
+            .map(|o| o >= desired)
+            .unwrap_or(false);
+        if primary_removed {
+            data_replicas = current;
+            if step.is_none() {
+                let from = primary.clone().unwrap_or_default();
+                match best_candidate(
+                    obs,
+                    |m| m.ordinal.map(|o| o < desired).unwrap_or(false),
+                    Some(&from),
+                ) {
+                    Some(to) => {
+                        message = format!(
+                            "switching the primary {from} over to {to} before scaling down to {desired}"
+                        );
+                        step = Some(Step::Switchover {
+                            from,
+                            to,
+                            reason: Reason::ScaleDown,
+                        });
+                    }
+                    None => {
+                        message = format!(
+                            "scale-down to {desired} waits: no ready, caught-up replica among the remaining pods to take over from {from}"
+                        )
+                    }
+                }
+            }
+        } else if message.is_empty() {
+            message = format!("scaling down from {current} to {desired} nodes");
+        }
+        phase.get_or_insert(Phase::Scaling);
+    } else if desired > current {
+        message = format!("scaling up from {current} to {desired} nodes");
+        phase = Some(Phase::Scaling);
+    }
+
+    // 3. Rolling upgrade (only once the pod count is settled).
+    if step.is_none() && desired == current {
+        let (s, p, msg) = upgrade_step(sc, obs, primary.as_deref());
+        if let Some(p) = p {
+            step = s;
+            phase = Some(p);
+            message = msg;
+        }
+    }
+
+    let ready = obs.data().filter(|m| m.ready && !m.terminating).count() as i32;
+    let phase = phase.unwrap_or_else(|| {
+        if primary.is_none() {
+            if obs.members.iter().any(|m| {
+                m.node
+                    .as_ref()
+                    .and_then(|n| n.cluster_id.as_ref())
+                    .is_some()
+            }) {
+                message = "no primary".into();
+                Phase::Degraded
+            } else {
+                message = "waiting for the first primary".into();
+                Phase::Creating
+            }
+        } else if ready < desired
+            || (sc.spec.arbiter.enabled && !obs.members.iter().any(|m| m.arbiter && m.ready))
+        {
+            message = format!("{ready} of {desired} data nodes ready");
+            if obs.data().count() < desired as usize {
+                Phase::Scaling
+            } else {
+                Phase::Degraded
+            }
+        } else {
+            message = format!(
+                "{ready} of {desired} data nodes ready, primary {}",
+                primary.clone().unwrap_or_default()
+            );
+            Phase::Ready
+        }
+    });
+    Plan {
+        data_replicas,
+        step,
+        repairs,
+        phase,
+        message,
+    }
+}
+
+fn user_switchover(obs: &Observed, primary: Option<&str>, target: &str, desired: i32) -> Step {
+    let reject = |why: String| Step::RejectSwitchover {
+        target: target.to_string(),
+        why,
+    };
+    let Some(m) = obs.member(target) else {
+        return reject(format!("{target} is not a pod of this cluster"));
+    };
+    if m.arbiter {
+        return reject(format!(
+            "{target} is the arbiter, which never becomes primary"
+        ));
+    }
+    if m.ordinal.map(|o| o >= desired).unwrap_or(true) {
+        return reject(format!("{target} is being scaled away"));
+    }
+    if primary == Some(target) {
+        return Step::SwitchoverDone {
+            target: target.to_string(),
+        };
+    }
+    if !m.ready || m.terminating {
+        return reject(format!("{target} is not ready"));
+    }
+    match primary {
+        Some(p) => Step::Switchover {
+            from: p.to_string(),
+            to: target.to_string(),
+            reason: Reason::User,
+        },
+        None => reject("there is no primary to hand over from".into()),
+    }
+}
+
+/// The best replica to take over: ready, not terminating, up to date when possible,
+/// most advanced journal, then lowest ordinal.
+fn best_candidate(
+    obs: &Observed,
+    allowed: impl Fn(&Member) -> bool,
+    exclude: Option<&str>,
+) -> Option<String> {
+    let mut c: Vec<&Member> = obs
+        .data()
+        .filter(|m| {
+            m.ready
+                && !m.terminating
+                && Some(m.name.as_str()) != exclude
+                && allowed(m)
+                && obs.caught_up(m)
+        })
+        .collect();
+    c.sort_by(|a, b| {
+        let key = |m: &Member| {
+            (
+                std::cmp::Reverse(obs.up_to_date(m)),
+                std::cmp::Reverse(m.position().map(|(s, t)| (t, s))),
+                m.ordinal,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    c.first().map(|m| m.name.clone())
+}
+
+/// Rolling upgrade with OnDelete: replicas (and the arbiter) one at a time, each ready
+/// and caught up before the next, then a switchover to an upgraded replica, then the
+/// old primary. `supervised` stops before the switchover.
+fn upgrade_step(
+    sc: &StudioCluster,
+    obs: &Observed,
+    primary: Option<&str>,
+) -> (Option<Step>, Option<Phase>, String) {
+    let outdated: Vec<&Member> = obs.members.iter().filter(|m| !obs.up_to_date(m)).collect();
+    if outdated.is_empty() {
+        return (None, None, String::new());
+    }
+    let upgrading = Some(Phase::Upgrading);
+    // One at a time: wait while any member is restarting, not ready, or behind.
+    if let Some(m) = obs.members.iter().find(|m| m.terminating || !m.ready) {
+        return (
+            None,
+            upgrading,
+            format!("upgrade: waiting for {} to be ready", m.name),
+        );
+    }
+    if let Some(m) = obs.members.iter().find(|m| !obs.caught_up(m)) {
+        return (
+            None,
+            upgrading,
+            format!("upgrade: waiting for {} to catch up", m.name),
+        );
+    }
+    // Replicas and arbiter first, highest ordinal first (arbiter last).
+    let mut others: Vec<&&Member> = outdated
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != primary)
+        .collect();
+    others.sort_by_key(|m| (m.arbiter, std::cmp::Reverse(m.ordinal)));
+    if let Some(m) = others.first() {
+        return (
+            Some(Step::RestartPod {
+                name: m.name.clone(),
+                primary: false,
+            }),
+            upgrading,
+            format!("upgrade: restarting {} on the new revision", m.name),
+        );
+    }
+    let Some(p) = primary else {
+        return (None, upgrading, "upgrade: waiting for a primary".into());
+    };
+    let approved = sc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::APPROVE_PRIMARY_UPDATE))
+        .map(|v| v == "true")
+        .unwrap_or(false);
+    if sc.spec.upgrades.primary_update_strategy == PrimaryUpdateStrategy::Supervised && !approved {
+        return (
+            None,
+            Some(Phase::WaitingForUser),
+            format!(
+                "upgrade: replicas upgraded; primary {p} waits for a switchover (kubectl studio promote) or the {} annotation",
+                annotations::APPROVE_PRIMARY_UPDATE
+            ),
+        );
+    }
+    match best_candidate(obs, |m| obs.up_to_date(m), Some(p)) {
+        Some(to) => (
+            Some(Step::Switchover {
+                from: p.to_string(),
+                to: to.clone(),
+                reason: Reason::Upgrade,
+            }),
+            upgrading,
+            format!("upgrade: switching the primary {p} over to {to}"),
+        ),
+        // A single node has nobody to hand over to: restart it in place.
+        None if obs.data().count() == 1 => (
+            Some(Step::RestartPod {
+                name: p.to_string(),
+                primary: true,
+            }),
+            upgrading,
+            format!("upgrade: restarting the only node {p}"),
+        ),
+        None => (
+            None,
+            upgrading,
+            format!("upgrade: no upgraded replica ready to take over from {p}"),
+        ),
+    }
+}
+
+/// Role labels that disagree with the Lease and with what the nodes report. Only
+/// disagreements the nodes themselves would not fix are repaired: a pod labelled
+/// primary that neither holds the Lease nor reports primary becomes `replica`; the
+/// Lease holder that reports primary but lacks the label gets it.
+pub fn label_repairs(obs: &Observed) -> Vec<LabelRepair> {
+    let Some(holder) = obs.lease_holder.as_deref() else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for m in obs.data() {
+        if m.terminating {
+            continue;
+        }
+        let labelled_primary = m.role_label.as_deref() == Some(roles::PRIMARY);
+        if m.name != holder && labelled_primary && !m.reports_primary() {
+            out.push(LabelRepair {
+                pod: m.name.clone(),
+                role: roles::REPLICA,
+            });
+        }
+        if m.name == holder && !labelled_primary && m.reports_primary() {
+            out.push(LabelRepair {
+                pod: m.name.clone(),
+                role: roles::PRIMARY,
+            });
+        }
+    }
+    out
+}
+
+/// Member status lines for `status.members`.
+pub fn member_statuses(obs: &Observed) -> Vec<studio_crds::MemberStatus> {
+    let primary = obs.primary().map(|m| m.name.clone());
+    obs.members
+        .iter()
+        .map(|m| {
+            let role = if m.arbiter {
+                roles::ARBITER.to_string()
+            } else if Some(&m.name) == primary.as_ref() {
+                roles::PRIMARY.to_string()
+            } else if let Some(r) = &m.role_label {
+                r.clone()
+            } else {
+                "unknown".to_string()
+            };
+            studio_crds::MemberStatus {
+                name: m.name.clone(),
+                role,
+                ready: m.ready,
+                term: m.node.as_ref().map(|n| n.term as i64),
+                seq: m.node.as_ref().map(|n| n.seq as i64),
+                lag: obs.lag(m).map(|l| l as i64),
+                up_to_date: obs.up_to_date(m),
+                pod_ip: m.ip.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Settings that, when given as a map of pod → value, must name pods of the cluster.
+pub fn validate(sc: &StudioCluster) -> Result<(), String> {
+    let name = sc.metadata.name.as_deref().unwrap_or_default();
+    if let Some(p) = &sc.spec.election.priorities {
+        let unknown: Vec<&String> = p
+            .keys()
+            .filter(|k| {
+                k.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .and_then(|o| o.parse::<i32>().ok())
+                    .is_none()
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "spec.election.priorities names pods that are not data nodes of {name}: {unknown:?}"
+            ));
+        }
+        let eligible =
+            (0..sc.spec.nodes).any(|i| p.get(&format!("{name}-{i}")).copied().unwrap_or(1) > 0);
+        if !eligible {
+            return Err(
+                "spec.election.priorities leaves no data node eligible to become primary".into(),
+            );
+        }
+    }
+    if name.len() > 50 {
+        return Err(
+            "metadata.name must be at most 50 characters (pod and Service names derive from it)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Map of pod name → role label changes for an Event message.
+pub fn describe_repairs(r: &[LabelRepair]) -> String {
+    let m: BTreeMap<&str, &str> = r.iter().map(|r| (r.pod.as_str(), r.role)).collect();
+    m.iter()
+        .map(|(p, r)| format!("{p}→{r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo, Taint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -125,6 +127,17 @@ pub fn node_status(info: &NodeSpecInfo, now: DateTime<Utc>, since: DateTime<Utc>
     }
 }
 
+/// Taints that only describe a not-ready/unreachable condition (ours is always Ready).
+pub fn without_condition_taints(taints: &[Taint]) -> Vec<Taint> {
+    taints
+        .iter()
+        .filter(|t| {
+            t.key != "node.kubernetes.io/not-ready" && t.key != "node.kubernetes.io/unreachable"
+        })
+        .cloned()
+        .collect()
+}
+
 async fn ensure_node(client: &Client, info: &NodeSpecInfo) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     if let Some(n) = api.get_opt(&info.name).await? {
@@ -155,6 +168,24 @@ async fn heartbeat(
         &Patch::Merge(serde_json::json!({ "status": status })),
     )
     .await?;
+
+    // The API server's TaintNodesByCondition admission taints new Nodes not-ready;
+    // the node lifecycle controller (not run by our cluster) would lift it. We do.
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let kept = without_condition_taints(&taints);
+    if kept.len() != taints.len() {
+        api.patch(
+            &info.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "taints": kept } })),
+        )
+        .await?;
+        tracing::info!(node = %info.name, "removed condition taints");
+    }
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let spec = LeaseSpec {
@@ -248,6 +279,21 @@ mod tests {
             s.node_info.as_ref().unwrap().kubelet_version,
             KUBELET_VERSION
         );
+        let taints = vec![
+            Taint {
+                key: "node.kubernetes.io/not-ready".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+            Taint {
+                key: "dedicated".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+        ];
+        let kept = without_condition_taints(&taints);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].key, "dedicated");
         let n = node_object(&info);
         assert_eq!(
             n.metadata.labels.unwrap()["kubernetes.io/hostname"],

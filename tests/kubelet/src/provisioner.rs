@@ -1,6 +1,6 @@
 //! A hostPath "dynamic provisioner" for PVCs.
 //!
-//! Ensures a default StorageClass `standard` (provisioner `studio.dev/hostpath`,
+//! Ensures a default StorageClass `standard` (provisioner `studio.cms.io/local`, as scripts/cluster-up.sh makes it,
 //! Immediate binding, reclaim Delete) exists. For every Pending PVC whose class is
 //! unset, empty, `standard` or any class with our provisioner, it makes the directory
 //! `<state-dir>/volumes/pvc-<pvc-uid>` and creates PV `pvc-<pvc-uid>` (hostPath to that
@@ -28,7 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
-pub const PROVISIONER: &str = "studio.dev/hostpath";
+pub const PROVISIONER: &str = "studio.cms.io/local";
 pub const DEFAULT_CLASS: &str = "standard";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 

@@ -1,0 +1,431 @@
+//! Day-2 decisions from observed cluster states: scale-down never removes the primary
+//! while it is primary, rolling upgrades go replicas → switchover → old primary,
+//! supervised upgrades wait, user switchovers are validated, role labels are repaired
+//! only when they disagree with the Lease.
+
+use std::collections::BTreeMap;
+
+use studio_crds::node_api::{ClusterStatus, NodeRole};
+use studio_crds::{Phase, PrimaryUpdateStrategy, StudioCluster, annotations};
+use studio_operator::plan::{self, LabelRepair, Member, Observed, Reason, Step};
+
+fn cluster(nodes: i32) -> StudioCluster {
+    let yaml = format!(
+        "apiVersion: studio.cms.io/v1alpha1\nkind: StudioCluster\nmetadata: {{name: acme, namespace: cms, uid: u1, generation: 1}}\nspec: {{nodes: {nodes}, image: studio-node:1}}\n"
+    );
+    serde_yaml::from_str(&yaml).expect("cluster yaml")
+}
+
+fn annotate(mut sc: StudioCluster, k: &str, v: &str) -> StudioCluster {
+    sc.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(k.into(), v.into());
+    sc
+}
+
+fn status(role: NodeRole, seq: u64) -> ClusterStatus {
+    ClusterStatus {
+        cluster_id: Some("c1".into()),
+        node_id: String::new(),
+        role,
+        term: 3,
+        seq,
+        last_term: 3,
+        read_only: role != NodeRole::Primary,
+        primary: None,
+        replication_mode: "async".into(),
+        sync_replicas: 0,
+        peers: vec![],
+        quarantined: 0,
+        oldest_seq: 0,
+    }
+}
+
+fn member(i: i32, role: &str, rev: &str, seq: u64) -> Member {
+    let node_role = if role == "primary" {
+        NodeRole::Primary
+    } else {
+        NodeRole::Replica
+    };
+    Member {
+        name: format!("acme-{i}"),
+        ordinal: Some(i),
+        arbiter: false,
+        role_label: Some(role.into()),
+        ready: true,
+        terminating: false,
+        ip: Some(format!("10.0.0.{}", i + 10)),
+        revision: Some(rev.into()),
+        node: Some(status(node_role, seq)),
+    }
+}
+
+fn observed(members: Vec<Member>, replicas: i32, rev: &str, holder: Option<&str>) -> Observed {
+    Observed {
+        members,
+        sts_replicas: Some(replicas),
+        update_revision: Some(rev.into()),
+        arbiter_update_revision: Some(rev.into()),
+        lease_holder: holder.map(String::from),
+    }
+}
+
+fn healthy(n: i32, primary: i32) -> Observed {
+    let members = (0..n)
+        .map(|i| {
+            member(
+                i,
+                if i == primary { "primary" } else { "replica" },
+                "r1",
+                100,
+            )
+        })
+        .collect();
+    observed(members, n, "r1", Some(&format!("acme-{primary}")))
+}
+
+#[test]
+fn healthy_cluster_is_ready_and_left_alone() {
+    let p = plan::plan(&cluster(3), &healthy(3, 0));
+    assert_eq!(p.phase, Phase::Ready);
+    assert_eq!(p.step, None);
+    assert_eq!(p.data_replicas, 3);
+    assert!(p.repairs.is_empty());
+}
+
+#[test]
+fn new_cluster_waits_for_its_first_primary() {
+    let mut obs = observed(vec![], 3, "r1", None);
+    obs.sts_replicas = None;
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.phase, Phase::Creating);
+    assert_eq!(p.data_replicas, 3);
+}
+
+#[test]
+fn scale_up_applies_at_once() {
+    let p = plan::plan(&cluster(5), &healthy(3, 0));
+    assert_eq!(p.data_replicas, 5);
+    assert_eq!(p.phase, Phase::Scaling);
+    assert_eq!(p.step, None);
+}
+
+#[test]
+fn scale_down_keeps_the_primary_pod_until_it_is_switched_away() {
+    // 5 → 2 while acme-4 is primary: replicas stay 5, switch over to acme-0/1 first.
+    let mut obs = healthy(5, 4);
+    obs.members[1].node = Some(status(NodeRole::Replica, 120));
+    obs.members[0].node = Some(status(NodeRole::Replica, 90));
+    let p = plan::plan(&cluster(2), &obs);
+    assert_eq!(
+        p.data_replicas, 5,
+        "the primary's pod must not be removed while primary"
+    );
+    assert_eq!(
+        p.step,
+        Some(Step::Switchover {
+            from: "acme-4".into(),
+            to: "acme-1".into(),
+            reason: Reason::ScaleDown
+        }),
+        "the most advanced remaining replica takes over"
+    );
+    assert_eq!(p.phase, Phase::Scaling);
+
+    // Once acme-1 is primary the scale-down proceeds.
+    let p = plan::plan(&cluster(2), &healthy(5, 1));
+    assert_eq!(p.data_replicas, 2);
+    assert_eq!(p.step, None);
+}
+
+#[test]
+fn scale_down_waits_when_no_remaining_replica_can_take_over() {
+    let mut obs = healthy(3, 2);
+    obs.members[0].ready = false;
+    let p = plan::plan(&cluster(1), &obs);
+    assert_eq!(p.data_replicas, 3);
+    assert_eq!(p.step, None);
+    assert!(p.message.contains("waits"), "{}", p.message);
+}
+
+#[test]
+fn rolling_upgrade_restarts_replicas_one_at_a_time_then_switches_over() {
+    // New revision r2: replicas first, highest ordinal first.
+    let obs = observed(
+        vec![
+            member(0, "primary", "r1", 100),
+            member(1, "replica", "r1", 100),
+            member(2, "replica", "r1", 100),
+        ],
+        3,
+        "r2",
+        Some("acme-0"),
+    );
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartPod {
+            name: "acme-2".into(),
+            primary: false
+        })
+    );
+    assert_eq!(p.phase, Phase::Upgrading);
+
+    // acme-2 restarted but not ready yet: wait.
+    let mut obs2 = obs.clone();
+    obs2.members[2].revision = Some("r2".into());
+    obs2.members[2].ready = false;
+    let p = plan::plan(&cluster(3), &obs2);
+    assert_eq!(p.step, None);
+    assert!(p.message.contains("acme-2"), "{}", p.message);
+
+    // acme-2 ready but far behind: wait for it to catch up.
+    obs2.members[2].ready = true;
+    obs2.members[2].node = Some(status(NodeRole::Replica, 100 - 100).clone());
+    obs2.members[0].node = Some(status(NodeRole::Primary, 5000));
+    let p = plan::plan(&cluster(3), &obs2);
+    assert_eq!(p.step, None);
+    assert!(p.message.contains("catch up"), "{}", p.message);
+
+    // Caught up: next replica.
+    obs2.members[2].node = Some(status(NodeRole::Replica, 5000));
+    obs2.members[1].node = Some(status(NodeRole::Replica, 5000));
+    let p = plan::plan(&cluster(3), &obs2);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartPod {
+            name: "acme-1".into(),
+            primary: false
+        })
+    );
+
+    // All replicas upgraded: switch over to an upgraded replica, never restart the primary first.
+    let mut obs3 = obs2.clone();
+    obs3.members[1].revision = Some("r2".into());
+    let p = plan::plan(&cluster(3), &obs3);
+    match &p.step {
+        Some(Step::Switchover { from, to, reason }) => {
+            assert_eq!(from, "acme-0");
+            assert!(to == "acme-1" || to == "acme-2");
+            assert_eq!(*reason, Reason::Upgrade);
+        }
+        other => panic!("expected a switchover, got {other:?}"),
+    }
+
+    // After the switchover the old primary is an outdated replica: restart it.
+    let mut obs4 = obs3.clone();
+    obs4.members[0].role_label = Some("replica".into());
+    obs4.members[0].node = Some(status(NodeRole::Replica, 5000));
+    obs4.members[1].role_label = Some("primary".into());
+    obs4.members[1].node = Some(status(NodeRole::Primary, 5000));
+    obs4.lease_holder = Some("acme-1".into());
+    let p = plan::plan(&cluster(3), &obs4);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartPod {
+            name: "acme-0".into(),
+            primary: false
+        })
+    );
+
+    // Everything on r2: ready.
+    let mut obs5 = obs4.clone();
+    obs5.members[0].revision = Some("r2".into());
+    let p = plan::plan(&cluster(3), &obs5);
+    assert_eq!(p.step, None);
+    assert_eq!(p.phase, Phase::Ready);
+}
+
+#[test]
+fn supervised_upgrade_waits_for_the_user_before_touching_the_primary() {
+    let mut sc = cluster(3);
+    sc.spec.upgrades.primary_update_strategy = PrimaryUpdateStrategy::Supervised;
+    let obs = observed(
+        vec![
+            member(0, "primary", "r1", 100),
+            member(1, "replica", "r2", 100),
+            member(2, "replica", "r2", 100),
+        ],
+        3,
+        "r2",
+        Some("acme-0"),
+    );
+    let p = plan::plan(&sc, &obs);
+    assert_eq!(p.step, None);
+    assert_eq!(p.phase, Phase::WaitingForUser);
+    assert!(
+        p.message.contains("kubectl studio promote"),
+        "{}",
+        p.message
+    );
+
+    // Approval lets the operator switch over.
+    let sc = annotate(sc, annotations::APPROVE_PRIMARY_UPDATE, "true");
+    let p = plan::plan(&sc, &obs);
+    assert!(
+        matches!(
+            p.step,
+            Some(Step::Switchover {
+                reason: Reason::Upgrade,
+                ..
+            })
+        ),
+        "{:?}",
+        p.step
+    );
+}
+
+#[test]
+fn single_node_upgrade_restarts_in_place() {
+    let obs = observed(vec![member(0, "primary", "r1", 1)], 1, "r2", Some("acme-0"));
+    let p = plan::plan(&cluster(1), &obs);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartPod {
+            name: "acme-0".into(),
+            primary: true
+        })
+    );
+}
+
+#[test]
+fn user_switchover_is_validated() {
+    let obs = healthy(3, 0);
+    let sw = |target: &str| {
+        plan::plan(
+            &annotate(cluster(3), annotations::SWITCHOVER_TO, target),
+            &obs,
+        )
+        .step
+    };
+    assert_eq!(
+        sw("acme-2"),
+        Some(Step::Switchover {
+            from: "acme-0".into(),
+            to: "acme-2".into(),
+            reason: Reason::User
+        })
+    );
+    assert_eq!(
+        sw("acme-0"),
+        Some(Step::SwitchoverDone {
+            target: "acme-0".into()
+        })
+    );
+    assert!(matches!(sw("acme-9"), Some(Step::RejectSwitchover { .. })));
+    let mut obs_nr = obs.clone();
+    obs_nr.members[1].ready = false;
+    let p = plan::plan(
+        &annotate(cluster(3), annotations::SWITCHOVER_TO, "acme-1"),
+        &obs_nr,
+    );
+    match p.step {
+        Some(Step::RejectSwitchover { why, .. }) => assert!(why.contains("not ready"), "{why}"),
+        other => panic!("expected rejection, got {other:?}"),
+    }
+    // The arbiter never becomes primary.
+    let mut with_arb = obs.clone();
+    with_arb.members.push(Member {
+        name: "acme-arbiter-0".into(),
+        ordinal: None,
+        arbiter: true,
+        role_label: Some("arbiter".into()),
+        ..member(9, "replica", "r1", 100)
+    });
+    let p = plan::plan(
+        &annotate(cluster(3), annotations::SWITCHOVER_TO, "acme-arbiter-0"),
+        &with_arb,
+    );
+    assert!(
+        matches!(p.step, Some(Step::RejectSwitchover { .. })),
+        "{:?}",
+        p.step
+    );
+}
+
+#[test]
+fn stale_primary_label_is_repaired_to_agree_with_the_lease() {
+    // acme-0 holds the Lease and reports primary; acme-1 still carries the primary label
+    // but reports replica (e.g. relabelling was interrupted).
+    let mut obs = healthy(3, 0);
+    obs.members[1].role_label = Some("primary".into());
+    assert_eq!(
+        plan::label_repairs(&obs),
+        vec![LabelRepair {
+            pod: "acme-1".into(),
+            role: "replica"
+        }]
+    );
+
+    // The holder reports primary but lacks the label: label it.
+    let mut obs = healthy(3, 0);
+    obs.members[0].role_label = Some("replica".into());
+    assert_eq!(
+        plan::label_repairs(&obs),
+        vec![LabelRepair {
+            pod: "acme-0".into(),
+            role: "primary"
+        }]
+    );
+
+    // A stale Lease (holder restarted as replica) never makes the operator label it primary.
+    let mut obs = healthy(3, 0);
+    obs.members[0].role_label = Some("replica".into());
+    obs.members[0].node = Some(status(NodeRole::Replica, 100));
+    assert!(plan::label_repairs(&obs).is_empty());
+
+    // Mid-election (a node that reports primary keeps its label) nothing is touched.
+    let mut obs = healthy(3, 0);
+    obs.members[1].role_label = Some("primary".into());
+    obs.members[1].node = Some(status(NodeRole::Primary, 100));
+    assert!(plan::label_repairs(&obs).is_empty());
+}
+
+#[test]
+fn lost_primary_is_degraded_and_status_reports_members() {
+    let mut obs = healthy(3, 0);
+    obs.members.remove(0);
+    obs.lease_holder = Some("acme-0".into());
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.phase, Phase::Degraded);
+
+    let obs = healthy(3, 1);
+    let mut obs = obs;
+    obs.members[2].node = Some(status(NodeRole::Replica, 40));
+    let ms = plan::member_statuses(&obs);
+    assert_eq!(ms.len(), 3);
+    assert_eq!(ms[1].role, "primary");
+    assert_eq!(ms[2].lag, Some(60));
+    assert_eq!(ms[2].seq, Some(40));
+    assert!(ms.iter().all(|m| m.ready && m.up_to_date));
+}
+
+#[test]
+fn paused_cluster_is_not_touched() {
+    let mut sc = cluster(1);
+    sc.spec.paused = true;
+    let p = plan::plan(&sc, &healthy(3, 2));
+    assert_eq!(p.phase, Phase::Paused);
+    assert_eq!(p.data_replicas, 3);
+    assert_eq!(p.step, None);
+}
+
+#[test]
+fn priorities_must_name_data_pods() {
+    let mut sc = cluster(3);
+    sc.spec.election.priorities = Some(BTreeMap::from([("other-0".to_string(), 1)]));
+    assert!(plan::validate(&sc).is_err());
+    sc.spec.election.priorities = Some(BTreeMap::from([
+        ("acme-0".to_string(), 0),
+        ("acme-1".to_string(), 0),
+        ("acme-2".to_string(), 0),
+    ]));
+    assert!(
+        plan::validate(&sc)
+            .expect_err("invalid")
+            .contains("no data node")
+    );
+    sc.spec.election.priorities = Some(BTreeMap::from([("acme-0".to_string(), 0)]));
+    assert!(plan::validate(&sc).is_ok());
+}

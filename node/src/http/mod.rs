@@ -6,10 +6,11 @@ pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod error;
+pub mod openapi;
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(content)
         .merge(internal)
         .fallback(fallback)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -368,13 +368,25 @@ pub(crate) fn apply(tx: &Transaction<'_>, entry: &JournalEntry) -> Result<Applie
         } => {
             let path = require_path(path)?;
             let existing = get_item(cx.tx, auth, &path)?;
-            let Some(item) = existing else {
-                return Err(StoreError::NotFound(path));
+            if existing.is_some() || expected_version.is_some_and(|v| v > 0) {
+                check_expected(
+                    *expected_version,
+                    existing.as_ref().map(|i| i.version),
+                    &path,
+                )?;
+            }
+            let rows = match existing {
+                Some(item) if !recursive => {
+                    if has_descendants(cx.tx, auth, &path)? {
+                        return Err(StoreError::HasChildren(path));
+                    }
+                    vec![item]
+                }
+                _ if *recursive => subtree(cx.tx, auth, &path)?,
+                _ => Vec::new(),
             };
-            check_expected(*expected_version, Some(item.version), &path)?;
-            let rows = subtree(cx.tx, auth, &path)?;
-            if !recursive && rows.len() > 1 {
-                return Err(StoreError::HasChildren(path));
+            if rows.is_empty() {
+                return Err(StoreError::NotFound(path));
             }
             for row in &rows {
                 cx.delete_item(row)?;
@@ -430,14 +442,15 @@ pub(crate) fn apply(tx: &Transaction<'_>, entry: &JournalEntry) -> Result<Applie
             author: _,
         } => {
             let path = require_path(path)?;
-            let Some(root) = get_item(cx.tx, auth, &path)? else {
+            let root = get_item(cx.tx, auth, &path)?;
+            let rows = match root {
+                Some(root) if !recursive => vec![root],
+                _ if *recursive => subtree(cx.tx, auth, &path)?,
+                _ => Vec::new(),
+            };
+            if rows.is_empty() {
                 return Err(StoreError::NotFound(path));
-            };
-            let rows = if *recursive {
-                subtree(cx.tx, auth, &path)?
-            } else {
-                vec![root]
-            };
+            }
             for row in &rows {
                 // The same item published earlier at another path (before a move)
                 // leaves live.
@@ -472,13 +485,13 @@ pub(crate) fn apply(tx: &Transaction<'_>, entry: &JournalEntry) -> Result<Applie
             author: _,
         } => {
             let path = require_path(path)?;
-            let rows = subtree(cx.tx, live, &path)?;
-            let root_present = rows.first().is_some_and(|r| r.path == path);
-            if !root_present {
+            let rows = if *recursive {
+                subtree(cx.tx, live, &path)?
+            } else {
+                get_item(cx.tx, live, &path)?.into_iter().collect()
+            };
+            if rows.is_empty() {
                 return Err(StoreError::NotFound(path));
-            }
-            if !recursive && rows.len() > 1 {
-                return Err(StoreError::HasChildren(path));
             }
             for row in &rows {
                 cx.delete_item(row)?;

@@ -585,6 +585,33 @@ impl Store {
         self.meta_set("cluster_id", id)
     }
 
+    /// SQLite's integrity check plus journal invariants (gapless seqs, position
+    /// matching the last entry). Returns the problems found (empty = consistent).
+    pub fn check_consistency(&self) -> Result<Vec<String>> {
+        self.with_reader(|c| {
+            let mut problems = Vec::new();
+            let ic: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if ic != "ok" {
+                problems.push(format!("integrity_check: {ic}"));
+            }
+            let (n, min, max): (i64, Option<i64>, Option<i64>) = c.query_row(
+                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM journal",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let pos = read_position(c)?;
+            if let (Some(min), Some(max)) = (min, max) {
+                if max - min + 1 != n {
+                    problems.push(format!("journal has gaps: {n} entries in {min}..={max}"));
+                }
+                if max as u64 != pos.seq {
+                    problems.push(format!("position {} != last journal seq {max}", pos.seq));
+                }
+            }
+            Ok(problems)
+        })
+    }
+
     /// Whether the repository holds nothing yet (no journal entry ever applied).
     pub fn is_empty(&self) -> bool {
         self.position().seq == 0
@@ -753,3 +780,7 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

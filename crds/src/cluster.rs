@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
     plural = "studioclusters",
     singular = "studiocluster",
     namespaced,
-    shortname = "sc",
+    shortname = "stc",
     shortname = "studio",
     category = "studio",
     status = "StudioClusterStatus",

@@ -226,6 +226,11 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     ctx.nodes.fill_status(&mut obs.members).await;
 
     // Build and decide.
+    obs.had_primary = sc
+        .status
+        .as_ref()
+        .map(|s| s.current_primary.is_some() || s.last_failover.is_some())
+        .unwrap_or(false);
     let plan = plan::plan(&sc, &obs);
     if sc.spec.paused {
         update_status(&ctx, &sc, &obs, &plan).await?;
@@ -668,10 +673,10 @@ async fn update_status(
         members,
         last_failover,
         cluster_id: obs
-            .members
-            .iter()
-            .find_map(|m| m.node.as_ref().and_then(|n| n.cluster_id.clone()))
-            .or(prev.cluster_id),
+            .primary()
+            .and_then(|m| m.node.as_ref())
+            .and_then(|n| n.cluster_id.clone())
+            .or(prev.cluster_id.clone()),
         update_revision: obs.update_revision.clone(),
     };
     if sc.status.as_ref() != Some(&status) {
@@ -692,13 +697,16 @@ async fn patch_status(
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<StudioCluster> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({"status": status});
-    api.patch_status(
-        &sc.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    // Server-side apply: fields this manager no longer sets (a primary that is gone, a
+    // cleared message) are removed, which a merge patch would leave behind.
+    let patch = json!({
+        "apiVersion": format!("{}/{}", studio_crds::GROUP, studio_crds::VERSION),
+        "kind": "StudioCluster",
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&sc.name_any(), &pp, &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 

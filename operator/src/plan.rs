@@ -95,6 +95,9 @@ pub struct Observed {
     pub arbiter_update_revision: Option<String>,
     /// `spec.holderIdentity` of the `<name>-primary` Lease.
     pub lease_holder: Option<String>,
+    /// The cluster has had a primary before (so missing one now is degradation, not
+    /// creation).
+    pub had_primary: bool,
 }
 
 impl Observed {
@@ -332,25 +335,25 @@ pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
     }
 
     let ready = obs.data().filter(|m| m.ready && !m.terminating).count() as i32;
+    let arbiter_missing =
+        sc.spec.arbiter.enabled && !obs.members.iter().any(|m| m.arbiter && m.ready);
     let phase = phase.unwrap_or_else(|| {
         if primary.is_none() {
-            if obs.members.iter().any(|m| {
-                m.node
-                    .as_ref()
-                    .and_then(|n| n.cluster_id.as_ref())
-                    .is_some()
-            }) {
-                message = "no primary".into();
+            if obs.had_primary {
+                message = "no primary: waiting for an election".into();
                 Phase::Degraded
             } else {
                 message = "waiting for the first primary".into();
                 Phase::Creating
             }
-        } else if ready < desired
-            || (sc.spec.arbiter.enabled && !obs.members.iter().any(|m| m.arbiter && m.ready))
-        {
+        } else if ready < desired || arbiter_missing {
             message = format!("{ready} of {desired} data nodes ready");
-            if obs.data().count() < desired as usize {
+            if arbiter_missing {
+                message.push_str(", arbiter not ready");
+            }
+            if !obs.had_primary {
+                Phase::Creating
+            } else if obs.data().count() < desired as usize {
                 Phase::Scaling
             } else {
                 Phase::Degraded

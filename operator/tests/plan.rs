@@ -68,6 +68,7 @@ fn observed(members: Vec<Member>, replicas: i32, rev: &str, holder: Option<&str>
         update_revision: Some(rev.into()),
         arbiter_update_revision: Some(rev.into()),
         lease_holder: holder.map(String::from),
+        had_primary: true,
     }
 }
 
@@ -98,9 +99,23 @@ fn healthy_cluster_is_ready_and_left_alone() {
 fn new_cluster_waits_for_its_first_primary() {
     let mut obs = observed(vec![], 3, "r1", None);
     obs.sts_replicas = None;
+    obs.had_primary = false;
     let p = plan::plan(&cluster(3), &obs);
     assert_eq!(p.phase, Phase::Creating);
     assert_eq!(p.data_replicas, 3);
+
+    // First primary elected, other nodes still cloning: still creating, not degraded.
+    let mut obs = healthy(3, 0);
+    obs.had_primary = false;
+    obs.members[2].ready = false;
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.phase, Phase::Creating);
+    assert!(p.message.contains("2 of 3"), "{}", p.message);
+
+    // The same after the cluster has run: degraded.
+    obs.had_primary = true;
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.phase, Phase::Degraded);
 }
 
 #[test]

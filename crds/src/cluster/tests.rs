@@ -67,7 +67,7 @@ fn crd_identity_and_printer_columns() {
     let names = &crd.spec.names;
     assert_eq!(
         names.short_names.as_deref(),
-        Some(&["sc".to_string(), "studio".to_string()][..])
+        Some(&["stc".to_string(), "studio".to_string()][..])
     );
     let v = &crd.spec.versions[0];
     assert_eq!(v.name, "v1alpha1");

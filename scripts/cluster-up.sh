@@ -178,7 +178,7 @@ launch() {
   [ "$ns" = - ] || pre=(ip netns exec "$ns")
   # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" "${pre[@]}" "$@" \
-    </dev/null >>"$DIR/logs/$name.log" 2>&1 &
+    </dev/null >>"$DIR/logs/$name.log" 2>&1 9>&- &
   for ((i = 0; i < 50; i++)); do
     [ -s "$pidf" ] && break
     sleep 0.05
@@ -221,6 +221,9 @@ launch etcd "$CP_NETNS" "$CP_BIN/etcd" --name studio --data-dir "$DIR/etcd" \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster studio=http://127.0.0.1:2380 --unsafe-no-fsync --log-level warn
 
+etcd_healthy() { ip netns exec "$CP_NETNS" curl -sf --max-time 2 http://127.0.0.1:2379/health; }
+wait_for "etcd to be healthy" etcd etcd_healthy
+
 log "starting kube-apiserver"
 launch kube-apiserver "$CP_NETNS" "$CP_BIN/kube-apiserver" \
   --etcd-servers=http://127.0.0.1:2379 \
@@ -234,6 +237,10 @@ launch kube-apiserver "$CP_NETNS" "$CP_BIN/kube-apiserver" \
   --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,StorageObjectInUseProtection \
   --profiling=false --v=1
 
+wait_for "the API server at $API_URL to be ready" etcd,kube-apiserver api_healthy
+log "API server ready after $((($(date +%s%N) - start_ns) / 1000000)) ms"
+
+# The controllers start once RBAC's bootstrap roles exist (they exit when refused).
 log "starting kube-controller-manager and kube-scheduler"
 launch kube-controller-manager "$CP_NETNS" "$CP_BIN/kube-controller-manager" \
   --kubeconfig="$DIR/controller-manager.kubeconfig" \
@@ -251,8 +258,6 @@ launch kube-scheduler "$CP_NETNS" "$CP_BIN/kube-scheduler" \
   --authorization-kubeconfig="$DIR/scheduler.kubeconfig" \
   --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
 
-wait_for "the API server at $API_URL to be ready" etcd,kube-apiserver api_healthy
-log "API server ready after $((($(date +%s%N) - start_ns) / 1000000)) ms"
 
 storage_class() {
   kubectl_ apply -f - <<EOF

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Shared settings and functions of scripts/cluster-up.sh and scripts/cluster-down.sh.
-# Sourced, not run. Everything the local cluster creates is named here, so that
+# Sourced, not run; its settings are used by the scripts that source it.
+# shellcheck disable=SC2034
+# Everything the local cluster creates is named here, so that
 # cluster-down (and the stale-state clean-up of cluster-up) removes exactly that.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

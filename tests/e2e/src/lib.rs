@@ -1,1 +1,188 @@
-//! End-to-end suites live in tests/.
+//! Shared fixtures of the end-to-end suites in `tests/`: the workspace's test program
+//! (`studio-testapp`) as a StatefulSet or Pod, Services, and pod-status helpers.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use anyhow::{Context, anyhow};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{Api, api::ListParams};
+use serde_json::json;
+
+/// The image of the test program; the kubelet runs `<target>/studio-testapp` for it.
+pub const TESTAPP_IMAGE: &str = "registry.studio.local/studio-testapp:dev";
+/// The port the test program listens on.
+pub const TESTAPP_PORT: u16 = 8080;
+
+/// The testapp container: POD_NAME/POD_NAMESPACE from the downward API, data under
+/// `/data` (a PVC when the pod has one), readiness from `/readyz` every second.
+fn testapp_container() -> serde_json::Value {
+    json!({
+        "name": "app",
+        "image": TESTAPP_IMAGE,
+        "ports": [{"name": "http", "containerPort": TESTAPP_PORT}],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "PORT", "value": TESTAPP_PORT.to_string()},
+            {"name": "DATA_DIR", "value": "/data"}
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": TESTAPP_PORT},
+            "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1, "timeoutSeconds": 1
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": TESTAPP_PORT},
+            "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 1
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+    })
+}
+
+/// A StatefulSet `name` of `replicas` testapp pods, each with a 16Mi PVC `data`
+/// mounted at `/data`. Pods carry `app=<name>` (the StatefulSet's selector) and
+/// `serve=yes` (what [`service`] selects).
+pub fn testapp_statefulset(name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "serve": "yes"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [testapp_container()]
+                }
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "16Mi"}}
+                }
+            }]
+        }
+    }))
+    .context("building the testapp StatefulSet")
+}
+
+/// A bare testapp Pod running as ServiceAccount `service_account` (scratch `/data`).
+pub fn testapp_pod(name: &str, service_account: &str) -> anyhow::Result<Pod> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "serviceAccountName": service_account,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [testapp_container()],
+            "volumes": [{"name": "data", "emptyDir": {}}]
+        }
+    }))
+    .context("building the testapp Pod")
+}
+
+/// A ClusterIP Service `name` selecting `app=<name>,serve=yes` on port 80 → 8080.
+pub fn service(name: &str) -> anyhow::Result<Service> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name, "serve": "yes"},
+            "ports": [{"name": "http", "port": 80, "targetPort": TESTAPP_PORT}]
+        }
+    }))
+    .context("building the Service")
+}
+
+/// Is the pod Ready (its Ready condition is True)?
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The sum of the restart counts of the pod's containers.
+pub fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// The pod's IPv4 address, if it has one.
+pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
+    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+/// The pod's name.
+pub fn name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+/// A one-line summary of a pod's status, for failure messages.
+pub fn describe(pod: &Pod) -> String {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{} phase={} ready={} ip={} restarts={}",
+        name(pod),
+        phase,
+        is_ready(pod),
+        pod_ip(pod).map_or_else(|| "-".into(), |ip| ip.to_string()),
+        restart_count(pod)
+    )
+}
+
+/// The addresses that the Service's EndpointSlices list as ready.
+pub async fn ready_endpoints(
+    slices: &Api<EndpointSlice>,
+    service: &str,
+) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .context("listing EndpointSlices")?;
+    let mut out = BTreeSet::new();
+    for slice in list.items {
+        for ep in slice.endpoints {
+            let ready = ep
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(false);
+            if !ready {
+                continue;
+            }
+            for a in ep.addresses {
+                out.insert(a.parse().map_err(|e| anyhow!("address {a:?}: {e}"))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The pods of a StatefulSet-like app (label `app=<app>`), sorted by name.
+pub async fn app_pods(pods: &Api<Pod>, app: &str) -> anyhow::Result<Vec<Pod>> {
+    let mut list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .context("listing pods")?
+        .items;
+    list.sort_by_key(name);
+    Ok(list)
+}

@@ -149,6 +149,7 @@ pub async fn teardown(short: &str) {
     let host = veth_host(short);
     if ip(&["link", "show", &host]).await.is_ok()
         && let Err(e) = ip(&["link", "delete", &host]).await
+        && !e.contains("Cannot find device")
     {
         tracing::warn!(veth = %host, error = %e, "deleting veth");
     }

@@ -9,9 +9,12 @@
 //! - `hostPath`: the path itself.
 //!
 //! The mount rule: for every `volumeMount`, with `host` = volume dir (+ `subPath`):
-//! 1. every arg, command word and env value that *is* the `mountPath` or starts with
-//!    `mountPath/` — or is `--flag=<such a path>` — has that prefix replaced by `host`
-//!    (longest mountPath first), so `--data-dir=/data` or `DATA=/data/x` just work;
+//! 1. in every arg, command word and env value, each occurrence of `mountPath` as a
+//!    whole path (at the start, or after whitespace, `=`, a quote, `:`, `,`, `;`, `(`
+//!    or a shell operator; followed by the end, `/`, whitespace, a quote or
+//!    punctuation) is replaced by `host` (longest mountPath first), so
+//!    `--data-dir=/data`, `DATA=/data/x` and `sh -c "echo > /data/f"` all just work
+//!    (paths a program builds at run time from other strings are not rewritten);
 //! 2. env `STUDIO_MOUNT_<VOLUME>` (upper-cased, non-alphanumerics → `_`) = `host`;
 //! 3. `<pod-dir>/root/<mountPath>` is a symlink to `host`, and env `STUDIO_ROOT` names
 //!    `<pod-dir>/root` (the container's working directory unless `workingDir` is set).
@@ -36,36 +39,53 @@ pub struct Mount {
     pub host_path: PathBuf,
 }
 
-/// Rewrites a mountPath prefix in `value` (rule 1 of the module docs).
+fn is_pre(b: u8) -> bool {
+    b.is_ascii_whitespace() || b"=\"':,(;<>|&".contains(&b)
+}
+
+fn is_post(b: u8) -> bool {
+    b == b'/' || b.is_ascii_whitespace() || b"\"':,);<>|&".contains(&b)
+}
+
+/// Rewrites mountPaths in `value` (rule 1 of the module docs): every occurrence of a
+/// mountPath that starts the value or follows whitespace, `=`, a quote, `:`, `,`, `(`,
+/// `;` or a shell operator, and that ends the value or is followed by `/`, whitespace,
+/// a quote or punctuation, is replaced by the host directory. One left-to-right pass,
+/// longest mountPath first, so replaced text is never rewritten again.
 pub fn substitute(value: &str, mounts: &[Mount]) -> String {
-    let mut sorted: Vec<&Mount> = mounts.iter().collect();
-    sorted.sort_by_key(|m| std::cmp::Reverse(m.mount_path.len()));
-    let replace = |v: &str| -> Option<String> {
-        for m in &sorted {
-            let mp = m.mount_path.trim_end_matches('/');
-            if mp.is_empty() {
+    let mut sorted: Vec<(&str, String)> = mounts
+        .iter()
+        .map(|m| {
+            (
+                m.mount_path.trim_end_matches('/'),
+                m.host_path.display().to_string(),
+            )
+        })
+        .filter(|(mp, _)| mp.starts_with('/') && mp.len() > 1)
+        .collect();
+    sorted.sort_by_key(|(mp, _)| std::cmp::Reverse(mp.len()));
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if bytes[i] == b'/' && (i == 0 || is_pre(bytes[i - 1])) {
+            let hit = sorted.iter().find(|(mp, _)| {
+                let j = i + mp.len();
+                value[i..].starts_with(mp) && (j == value.len() || is_post(bytes[j]))
+            });
+            if let Some((mp, host)) = hit {
+                out.push_str(host);
+                i += mp.len();
                 continue;
             }
-            if v == mp {
-                return Some(m.host_path.display().to_string());
-            }
-            if let Some(rest) = v.strip_prefix(mp)
-                && rest.starts_with('/')
-            {
-                return Some(format!("{}{rest}", m.host_path.display()));
-            }
         }
-        None
-    };
-    if let Some(r) = replace(value) {
-        return r;
+        let Some(ch) = value[i..].chars().next() else {
+            break;
+        };
+        out.push(ch);
+        i += ch.len_utf8();
     }
-    if let Some((flag, rhs)) = value.split_once('=')
-        && let Some(r) = replace(rhs)
-    {
-        return format!("{flag}={r}");
-    }
-    value.to_string()
+    out
 }
 
 fn safe_relative(p: &str) -> Result<PathBuf, String> {
@@ -452,6 +472,28 @@ mod tests {
         );
         assert_eq!(substitute("--x=/other", &m), "--x=/other");
         assert_eq!(substitute("hello", &m), "hello");
+        assert_eq!(
+            substitute("echo hi > /data/x; cat '/data/deep/y' http://h/data", &m),
+            "echo hi > /s/volumes/pvc-1/x; cat '/s/pods/p/volumes/deep/y' http://h/data"
+        );
+        assert_eq!(
+            substitute("PATH=/bin:/data:/usr", &m),
+            "PATH=/bin:/s/volumes/pvc-1:/usr"
+        );
+        // Replaced text is not rewritten again even if it contains another mountPath.
+        let nested = vec![
+            Mount {
+                volume: "a".into(),
+                mount_path: "/a".into(),
+                host_path: "/b/x".into(),
+            },
+            Mount {
+                volume: "b".into(),
+                mount_path: "/b".into(),
+                host_path: "/c".into(),
+            },
+        ];
+        assert_eq!(substitute("/a /b", &nested), "/b/x /c");
     }
 
     #[test]

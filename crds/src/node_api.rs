@@ -35,6 +35,10 @@ pub const ADMIN_DIGEST: &str = "/internal/v1/admin/digest";
 /// GET with [`StreamParams`] as query: long-lived stream of newline-delimited JSON
 /// [`StreamFrame`]s.
 pub const REPLICATION_STREAM: &str = "/internal/v1/replication/stream";
+/// POST [`AckRequest`]: a replica reports what it now holds durably (sent after every
+/// applied batch and on heartbeats; this is how sync writes learn their quorum). The
+/// stream request itself also carries the position ([`StreamParams`]).
+pub const REPLICATION_ACK: &str = "/internal/v1/replication/ack";
 /// GET: a consistent snapshot of the database (body: SQLite file); headers
 /// [`HEADER_SNAPSHOT_SEQ`] and [`HEADER_SNAPSHOT_TERM`] give its position.
 pub const SNAPSHOT: &str = "/internal/v1/snapshot";
@@ -47,6 +51,10 @@ pub const HEADER_DIRECT: &str = "x-studio-direct";
 pub const HEADER_FORWARDED_FROM: &str = "x-studio-forwarded-from";
 /// On a 503 from a replica in coordinator mode DISABLED: the primary's address.
 pub const HEADER_PRIMARY: &str = "x-studio-primary";
+/// On a stream or snapshot response: the cluster id of the serving node's data.
+pub const HEADER_CLUSTER_ID: &str = "x-studio-cluster-id";
+/// On a stream response: the serving node's current term.
+pub const HEADER_TERM: &str = "x-studio-term";
 /// Journal position of a snapshot.
 pub const HEADER_SNAPSHOT_SEQ: &str = "x-studio-snapshot-seq";
 pub const HEADER_SNAPSHOT_TERM: &str = "x-studio-snapshot-term";
@@ -190,6 +198,18 @@ pub struct StreamParams {
     #[serde(default)]
     pub role: Option<NodeRole>,
     /// The replica's own base URL (for status and switchover).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// Body of [`REPLICATION_ACK`]: the replica's durable position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckRequest {
+    pub node_id: String,
+    pub seq: u64,
+    pub term: u64,
+    #[serde(default)]
+    pub role: Option<NodeRole>,
     #[serde(default)]
     pub address: Option<String>,
 }

@@ -4,7 +4,7 @@
 //! journal holds the same content. Every row change is recorded in the `undo` table
 //! (before-image) so that `Store::truncate_after` can roll entries back exactly.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -168,7 +168,7 @@ struct VersionKey {
 
 /// One write in progress.
 struct Ctx<'a> {
-    tx: &'a Transaction<'a>,
+    tx: &'a Connection,
     seq: u64,
     term: u64,
     time: i64,
@@ -281,7 +281,7 @@ fn require_path(p: &str) -> Result<String, StoreError> {
 
 /// Validates and applies `entry.op` inside `tx`. On error nothing must be committed
 /// (the caller rolls the transaction back).
-pub(crate) fn apply(tx: &Transaction<'_>, entry: &JournalEntry) -> Result<Applied, StoreError> {
+pub(crate) fn apply(tx: &Connection, entry: &JournalEntry) -> Result<Applied, StoreError> {
     let mut cx = Ctx {
         tx,
         seq: entry.seq,

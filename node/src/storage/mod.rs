@@ -95,11 +95,19 @@ CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5 (body);
 /// Meta keys with this prefix describe the local node and survive `restore_from`.
 pub const LOCAL_META_PREFIX: &str = "local.";
 
+/// A primary write waiting for the group commit.
+struct PendingWrite {
+    op: Op,
+    term: u64,
+    reply: std::sync::mpsc::SyncSender<Result<(JournalEntry, Applied)>>,
+}
+
 /// The content store of one node.
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
     writer: Mutex<Connection>,
+    queue: Mutex<Vec<PendingWrite>>,
     readers: Mutex<Vec<Connection>>,
     pos_tx: watch::Sender<Position>,
 }
@@ -175,6 +183,7 @@ impl Store {
             dir,
             db_path,
             writer: Mutex::new(conn),
+            queue: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
             pos_tx,
         }))
@@ -228,52 +237,130 @@ impl Store {
 
     /// Like [`Store::write`], also returning what the write changed.
     pub fn write_applied(&self, op: Op, term: u64) -> Result<(JournalEntry, Applied)> {
-        let mut conn = lock(&self.writer);
-        let pos = read_position(&conn)?;
-        if term < pos.term {
-            return Err(StoreError::StaleTerm {
-                current: pos.term,
-                got: term,
-            });
-        }
-        let entry = JournalEntry {
-            seq: pos.seq + 1,
-            term,
-            time: now_ms(),
+        // Group commit: queue the request, then take the writer lock; whoever holds
+        // it drains the whole queue into one transaction (one fsync for the batch),
+        // so concurrent writers share the cost of durability. Every request is
+        // answered only after the transaction holding it has committed.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        lock(&self.queue).push(PendingWrite {
             op,
-        };
-        let applied = Self::commit_entry(&mut conn, &entry, pos)?;
-        drop(conn);
-        self.pos_tx.send_replace(entry.position());
-        Ok((entry, applied))
+            term,
+            reply: tx,
+        });
+        {
+            let mut conn = lock(&self.writer);
+            let batch: Vec<PendingWrite> = std::mem::take(&mut *lock(&self.queue));
+            if !batch.is_empty() {
+                self.commit_batch(&mut conn, batch);
+            }
+        }
+        rx.recv()
+            .map_err(|_| StoreError::Task("write batch dropped".into()))?
+    }
+
+    fn commit_batch(&self, conn: &mut Connection, batch: Vec<PendingWrite>) {
+        let mut done: Vec<(PendingWrite, Result<(JournalEntry, Applied)>)> =
+            Vec::with_capacity(batch.len());
+        let result = (|| -> Result<Position> {
+            let mut pos = read_position(conn)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for w in batch {
+                if w.term < pos.term {
+                    let e = StoreError::StaleTerm {
+                        current: pos.term,
+                        got: w.term,
+                    };
+                    done.push((w, Err(e)));
+                    continue;
+                }
+                let entry = JournalEntry {
+                    seq: pos.seq + 1,
+                    term: w.term,
+                    time: now_ms(),
+                    op: w.op.clone(),
+                };
+                tx.execute_batch("SAVEPOINT w")?;
+                match Self::append_entry(&tx, &entry, pos) {
+                    Ok(applied) => {
+                        tx.execute_batch("RELEASE w")?;
+                        pos = entry.position();
+                        done.push((w, Ok((entry, applied))));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO w; RELEASE w")?;
+                        done.push((w, Err(e)));
+                    }
+                }
+            }
+            set_position(&tx, pos)?;
+            tx.commit()?;
+            Ok(pos)
+        })();
+        match result {
+            Ok(pos) => {
+                self.pos_tx.send_replace(pos);
+                for (w, r) in done {
+                    let _ = w.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (w, r) in done {
+                    let _ = w.reply.send(match r {
+                        Ok(_) => Err(StoreError::Task(format!("commit failed: {msg}"))),
+                        Err(e) => Err(e),
+                    });
+                }
+                // Requests not reached yet were dropped with the closure: their
+                // senders are gone, so their callers see "write batch dropped".
+            }
+        }
     }
 
     /// Replica path: apply an entry written by a primary. Its seq must be the next
     /// one and its term at least the current term.
     pub fn apply_entry(&self, entry: &JournalEntry) -> Result<Applied> {
-        let mut conn = lock(&self.writer);
-        let pos = read_position(&conn)?;
-        if entry.seq != pos.seq + 1 {
-            return Err(StoreError::OutOfOrder {
-                expected: pos.seq + 1,
-                got: entry.seq,
-            });
-        }
-        if entry.term < pos.term {
-            return Err(StoreError::StaleTerm {
-                current: pos.term,
-                got: entry.term,
-            });
-        }
-        let applied = Self::commit_entry(&mut conn, entry, pos)?;
-        drop(conn);
-        self.pos_tx.send_replace(entry.position());
-        Ok(applied)
+        let mut out = self.apply_entries(std::slice::from_ref(entry))?;
+        out.pop()
+            .ok_or_else(|| StoreError::Task("no result".into()))
     }
 
-    fn commit_entry(conn: &mut Connection, entry: &JournalEntry, pos: Position) -> Result<Applied> {
+    /// Replica path, batched: applies consecutive entries in ONE durable transaction
+    /// (all or nothing). Each seq must follow the previous one; terms never decrease.
+    pub fn apply_entries(&self, entries: &[JournalEntry]) -> Result<Vec<Applied>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = lock(&self.writer);
+        let mut pos = read_position(&conn)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied = apply::apply(&tx, entry)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.seq != pos.seq + 1 {
+                return Err(StoreError::OutOfOrder {
+                    expected: pos.seq + 1,
+                    got: entry.seq,
+                });
+            }
+            if entry.term < pos.term {
+                return Err(StoreError::StaleTerm {
+                    current: pos.term,
+                    got: entry.term,
+                });
+            }
+            out.push(Self::append_entry(&tx, entry, pos)?);
+            pos = entry.position();
+        }
+        set_position(&tx, pos)?;
+        tx.commit()?;
+        drop(conn);
+        self.pos_tx.send_replace(pos);
+        Ok(out)
+    }
+
+    /// Applies `entry` and appends it to the journal (inside the caller's transaction).
+    fn append_entry(tx: &Connection, entry: &JournalEntry, pos: Position) -> Result<Applied> {
+        let applied = apply::apply(tx, entry)?;
         tx.execute(
             "INSERT INTO journal (seq, term, time, op) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -289,8 +376,6 @@ impl Store {
                 params![entry.term as i64, entry.seq as i64],
             )?;
         }
-        set_position(&tx, entry.position())?;
-        tx.commit()?;
         Ok(applied)
     }
 

@@ -2,6 +2,7 @@
 //! Studio cluster.
 
 pub mod build;
+pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod metrics;

@@ -1,0 +1,204 @@
+//! Rendering and checks of the `kubectl studio` plugin (pure, unit-tested).
+
+use std::fmt::Write;
+
+use studio_crds::{StudioCluster, conditions, roles};
+
+fn dash(o: Option<String>) -> String {
+    o.unwrap_or_else(|| "-".into())
+}
+
+/// The `kubectl studio status` report.
+pub fn render_status(sc: &StudioCluster) -> String {
+    let mut out = String::new();
+    let st = sc.status.clone().unwrap_or_default();
+    let name = sc.metadata.name.clone().unwrap_or_default();
+    let ns = sc.metadata.namespace.clone().unwrap_or_default();
+    let _ = writeln!(out, "Cluster:      {ns}/{name}");
+    let _ = writeln!(
+        out,
+        "Phase:        {}{}",
+        st.phase.map(|p| p.as_str()).unwrap_or("Unknown"),
+        st.message
+            .as_ref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default()
+    );
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .map(|c| c.status.clone());
+    let _ = writeln!(out, "Ready:        {}", dash(ready));
+    let _ = writeln!(
+        out,
+        "Nodes:        {} ready / {} desired{}",
+        st.ready_nodes,
+        sc.spec.nodes,
+        if sc.spec.arbiter.enabled {
+            " + arbiter"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "Primary:      {}", dash(st.current_primary.clone()));
+    let _ = writeln!(
+        out,
+        "Replication:  {} (sync replicas {}), coordinator {}",
+        sc.spec.replication.mode.as_str(),
+        sc.spec.replication.sync_replicas,
+        sc.spec.coordinator_mode.as_str()
+    );
+    let _ = writeln!(out, "Cluster id:   {}", dash(st.cluster_id.clone()));
+    let failover = st.last_failover.as_ref().map(|f| {
+        format!(
+            "{} {} → {} at {}",
+            f.kind,
+            f.from.clone().unwrap_or_else(|| "?".into()),
+            f.to,
+            f.time.0
+        )
+    });
+    let _ = writeln!(
+        out,
+        "Last failover: {}",
+        failover.unwrap_or_else(|| "none".into())
+    );
+    let _ = writeln!(out);
+    let rows: Vec<[String; 7]> = st
+        .members
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.role.clone(),
+                if m.ready { "yes" } else { "no" }.into(),
+                dash(m.term.map(|t| t.to_string())),
+                dash(m.seq.map(|t| t.to_string())),
+                dash(m.lag.map(|t| t.to_string())),
+                if m.up_to_date { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    let header = [
+        "MEMBER",
+        "ROLE",
+        "READY",
+        "TERM",
+        "SEQ",
+        "LAG",
+        "UP-TO-DATE",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no members reported yet)");
+    }
+    out
+}
+
+/// Refuses a promote the operator would refuse anyway, with the reason.
+pub fn check_promote(sc: &StudioCluster, pod: &str) -> Result<(), String> {
+    let st = sc.status.clone().unwrap_or_default();
+    if st.current_primary.as_deref() == Some(pod) {
+        return Err(format!("{pod} is already the primary"));
+    }
+    match st.members.iter().find(|m| m.name == pod) {
+        None => Err(format!(
+            "{pod} is not a member of {} (members: {})",
+            sc.metadata.name.clone().unwrap_or_default(),
+            st.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(m) if m.role == roles::ARBITER => {
+            Err(format!("{pod} is the arbiter, which never becomes primary"))
+        }
+        Some(m) if !m.ready => Err(format!("{pod} is not ready")),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sc() -> StudioCluster {
+        serde_yaml::from_str(
+            r#"
+apiVersion: studio.cms.io/v1alpha1
+kind: StudioCluster
+metadata: {name: demo, namespace: cms}
+spec: {nodes: 3, image: studio-node:1, arbiter: {enabled: true}, replication: {mode: sync, syncReplicas: 2}}
+status:
+  phase: Ready
+  message: 3 of 3 data nodes ready, primary demo-0
+  currentPrimary: demo-0
+  readyNodes: 3
+  clusterId: c-123
+  conditions:
+    - {type: Ready, status: "True", reason: Ready, message: ok, lastTransitionTime: "2026-01-01T00:00:00Z"}
+  lastFailover: {time: "2026-01-02T03:04:05Z", from: demo-1, to: demo-0, kind: failover}
+  members:
+    - {name: demo-0, role: primary, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
+    - {name: demo-1, role: replica, ready: true, term: 4, seq: 117, lag: 3, upToDate: true}
+    - {name: demo-2, role: replica, ready: false, upToDate: false}
+    - {name: demo-arbiter-0, role: arbiter, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("fixture: {e}"))
+    }
+
+    #[test]
+    fn status_shows_members_roles_lag_and_last_failover() {
+        let out = render_status(&sc());
+        assert!(out.contains("Primary:      demo-0"), "{out}");
+        assert!(
+            out.contains("failover demo-1 → demo-0 at 2026-01-02T03:04:05Z"),
+            "{out}"
+        );
+        assert!(out.contains("3 ready / 3 desired + arbiter"), "{out}");
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("demo-1"))
+            .unwrap_or_default();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            vec!["demo-1", "replica", "yes", "4", "117", "3", "yes"]
+        );
+        let row2 = out
+            .lines()
+            .find(|l| l.starts_with("demo-2"))
+            .unwrap_or_default();
+        assert_eq!(
+            row2.split_whitespace().collect::<Vec<_>>(),
+            vec!["demo-2", "replica", "no", "-", "-", "-", "no"]
+        );
+    }
+
+    #[test]
+    fn promote_refuses_what_the_operator_would() {
+        let sc = sc();
+        assert!(check_promote(&sc, "demo-1").is_ok());
+        assert!(check_promote(&sc, "demo-0").is_err_and(|e| e.contains("already the primary")));
+        assert!(check_promote(&sc, "demo-2").is_err_and(|e| e.contains("not ready")));
+        assert!(check_promote(&sc, "demo-arbiter-0").is_err_and(|e| e.contains("arbiter")));
+        assert!(check_promote(&sc, "demo-7").is_err_and(|e| e.contains("not a member")));
+    }
+}

@@ -43,26 +43,18 @@ pub struct Config {
     #[arg(long, env = "STUDIO_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// The HS256 JWT secret itself (prefer --jwt-secret-file).
-    #[arg(
-        long = "jwt-secret",
-        env = "STUDIO_JWT_SECRET",
-        hide_env_values = true,
-        hide = true
-    )]
+    /// The HS256 JWT secret itself, used when no --jwt-secret-file is given (prefer the
+    /// file or the environment variable: command lines are visible to other users).
+    #[arg(long = "jwt-secret", env = "STUDIO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// File holding the bearer token for internal/admin endpoints.
     #[arg(long, env = "STUDIO_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     pub cluster_token_file: Option<PathBuf>,
 
-    /// The cluster token itself (prefer --cluster-token-file).
-    #[arg(
-        long = "cluster-token",
-        env = "STUDIO_CLUSTER_TOKEN",
-        hide_env_values = true,
-        hide = true
-    )]
+    /// The cluster token itself, used when no --cluster-token-file is given (prefer the
+    /// file or the environment variable).
+    #[arg(long = "cluster-token", env = "STUDIO_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
 
     /// Role to start in (default: primary with --standalone, replica with --follow).

@@ -28,7 +28,13 @@
 //! - **Network** ([`network`]): netns `studio-pod-<8 hex of uid>`, veth
 //!   `sv<8 hex>` on the bridge, `eth0` with an address from the pod CIDR (from x.y.1.1),
 //!   default route via the gateway. Containers run via `ip netns exec`, each in its own
-//!   process group.
+//!   process group. `hostNetwork: true` pods run in the root netns with podIP = hostIP.
+//! - **One per machine**: the kubelet owns every `studio-pod-*` netns and `sv*` veth
+//!   (it removes leftovers at start), so a second instance refuses to start while the
+//!   pid in `--lock-file` is a live `studio-kubelet`.
+//! - **Not supported**: sidecar init containers (`restartPolicy: Always` on an init
+//!   container run as plain init containers), lifecycle hooks, gRPC probes, resource
+//!   limits, `kubectl logs/exec` (read the log files instead).
 //! - **Restarts** ([`pod`]): per restartPolicy, back-off 1 s doubling to 30 s.
 //! - **Logs**: `<state-dir>/pods/<namespace>_<pod>_<uid>/<container>.log`
 //!   (stdout+stderr, appended across restarts, kept after the pod is deleted).
@@ -113,6 +119,9 @@ pub struct Args {
     /// Maximum container restart back-off in seconds.
     #[arg(long, default_value_t = 30)]
     pub backoff_max_seconds: u64,
+    /// Pid file that keeps a second kubelet from starting on this machine.
+    #[arg(long, default_value = "/run/studio-kubelet.pid")]
+    pub lock_file: PathBuf,
     /// Log as JSON lines instead of plain text (stderr either way).
     #[arg(long)]
     pub log_json: bool,
@@ -140,6 +149,40 @@ async fn client_from(path: &std::path::Path) -> anyhow::Result<kube::Client> {
         .await
         .context("loading kubeconfig")?;
     kube::Client::try_from(cfg).context("building API client")
+}
+
+/// Is `pid` a live studio-kubelet other than us?
+fn other_kubelet_alive(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().starts_with("studio-kubelet"))
+            .unwrap_or(false)
+}
+
+/// Takes the machine-wide pid-file lock, or explains who holds it.
+pub fn take_lock(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(pid) = text.trim().parse::<u32>()
+        && other_kubelet_alive(pid)
+    {
+        anyhow::bail!(
+            "another studio-kubelet (pid {pid}, {}) is running on this machine; it owns the studio-pod-* \
+             network namespaces, so only one may run",
+            path.display()
+        );
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn release_lock(path: &std::path::Path) {
+    if std::fs::read_to_string(path).is_ok_and(|t| t.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 async fn shutdown_signal() {
@@ -180,6 +223,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let volumes_root = args.state_dir.join("volumes");
     std::fs::create_dir_all(&volumes_root).context("creating volumes dir")?;
     let client = client_from(&args.kubeconfig).await?;
+    take_lock(&args.lock_file)?;
 
     tracing::info!("cleaning up leftovers of a previous run");
     network::cleanup_all().await;
@@ -229,6 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         b.abort();
     }
     network::cleanup_all().await;
+    release_lock(&args.lock_file);
     tracing::info!("studio-kubelet stopped");
     Ok(())
 }
@@ -249,6 +294,25 @@ mod tests {
             ("api.local".to_string(), 443)
         );
         assert!(split_server("10.0.0.1:6443").is_err());
+    }
+
+    #[test]
+    fn lock_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.pid");
+        // A stale pid (not a studio-kubelet) does not block.
+        std::fs::write(&p, "1\n").unwrap();
+        take_lock(&p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap().trim(),
+            std::process::id().to_string()
+        );
+        // Our own pid does not block either (re-entrant), and release removes it.
+        take_lock(&p).unwrap();
+        release_lock(&p);
+        assert!(!p.exists());
+        std::fs::write(&p, "garbage").unwrap();
+        take_lock(&p).unwrap();
     }
 
     #[test]

@@ -14,6 +14,18 @@ use tokio::process::Command;
 
 pub const NETNS_PREFIX: &str = "studio-pod-";
 
+/// A command that runs `program` inside `netns` (`ip netns exec`), or directly when
+/// `netns` is empty (hostNetwork pods).
+pub fn command_in(netns: &str, program: &std::path::Path) -> Command {
+    if netns.is_empty() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("ip");
+        c.arg("netns").arg("exec").arg(netns).arg(program);
+        c
+    }
+}
+
 pub fn short_id(uid: &str) -> String {
     let hex: String = uid
         .chars()

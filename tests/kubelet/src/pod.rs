@@ -514,12 +514,8 @@ async fn run_container(
         };
         let log_path = ctx.pod_dir.join(format!("{name}.log"));
         let spawned = open_log(&log_path).and_then(|(out, err)| {
-            let mut cmd = tokio::process::Command::new("ip");
-            cmd.arg("netns")
-                .arg("exec")
-                .arg(&ctx.netns)
-                .arg(&launch.program)
-                .args(&launch.args)
+            let mut cmd = network::command_in(&ctx.netns, &launch.program);
+            cmd.args(&launch.args)
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .current_dir(&launch.workdir)
@@ -697,21 +693,35 @@ async fn setup_sandbox(sh: &Arc<Shared>, pod: &Pod, dir: &Path) -> Result<Sandbo
     let cfg = &sh.settings;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let short = network::short_id(&uid);
-    let netns = network::netns_name(&short);
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let netns = if host_network {
+        String::new()
+    } else {
+        network::netns_name(&short)
+    };
     let preferred = pod
         .status
         .as_ref()
         .and_then(|s| s.pod_ip.as_deref())
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
         .filter(|ip| cfg.cidr.contains(*ip));
-    let ip = sh
-        .ipam()
-        .allocate(&uid, preferred)
-        .ok_or_else(|| "pod CIDR exhausted".to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    network::setup(&short, ip, cfg.cidr.prefix, cfg.gateway, &cfg.bridge)
-        .await
-        .map_err(|e| format!("network: {e}"))?;
+    let ip = if host_network {
+        cfg.host_ip
+    } else {
+        let ip = sh
+            .ipam()
+            .allocate(&uid, preferred)
+            .ok_or_else(|| "pod CIDR exhausted".to_string())?;
+        network::setup(&short, ip, cfg.cidr.prefix, cfg.gateway, &cfg.bridge)
+            .await
+            .map_err(|e| format!("network: {e}"))?;
+        ip
+    };
 
     let facts = PodFacts {
         pod_ip: ip.to_string(),

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::process::Command;
 
 /// Timing and thresholds of a probe, with Kubernetes defaults applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +162,8 @@ pub async fn run_once(probe: &Probe, target: &Target<'_>, timeout: Duration) -> 
             Some(p) if !first.starts_with('/') && p.is_file() => p.display().to_string(),
             _ => first.clone(),
         };
-        let mut c = Command::new("ip");
-        c.arg("netns")
-            .arg("exec")
-            .arg(target.netns)
-            .arg(&program)
-            .args(rest)
+        let mut c = crate::network::command_in(target.netns, Path::new(&program));
+        c.args(rest)
             .env_clear()
             .env(
                 "PATH",

@@ -302,6 +302,7 @@ pub fn build_status(
     let pod_ip = rt.pod_ip.map(|ip| ip.to_string());
     let host_ip = rt.host_ip.map(|ip| ip.to_string());
     PodStatus {
+        observed_generation: pod.metadata.generation,
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
         pod_ip: pod_ip.clone(),

@@ -1,5 +1,6 @@
 //! Process start-up: logging, store, role, HTTP server, background tasks, shutdown.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +11,9 @@ use crate::config::{Config, LogFormat, RoleArg};
 use crate::http::auth::Auth;
 use crate::roles::{Role, RoleInfo, RoleState};
 use crate::storage::Store;
+
+/// How long in-flight requests may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Initialises JSON (or text) logs on stderr.
 pub fn init_logging(config: &Config) {
@@ -94,10 +98,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
     crate::replication::start(&state);
     tokio::spawn(compaction_loop(state.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        res = &mut server => {
+            return match res {
+                Ok(r) => r.context("serving HTTP"),
+                Err(e) => Err(anyhow::anyhow!("HTTP server task failed: {e}")),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Long-lived requests (replication streams) would hold a graceful shutdown open
+    // forever: give in-flight requests a bounded time, then exit.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("serving HTTP")),
+        Ok(Err(e)) => return Err(anyhow::anyhow!("HTTP server task failed: {e}")),
+        Err(_) => tracing::warn!("requests still open after the shutdown grace period; exiting"),
+    }
     tracing::info!("studio-node stopped");
     Ok(())
 }

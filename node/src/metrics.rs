@@ -47,6 +47,8 @@ pub struct Metrics {
     pub replication_lag_seconds: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     /// Entries in quarantine.
     pub quarantined: Gauge,
+    /// Sync-mode writes that timed out waiting for their quorum (not acknowledged).
+    pub sync_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +69,7 @@ impl Metrics {
         let replication_lag_entries = Family::<PeerLabels, Gauge>::default();
         let replication_lag_seconds = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let quarantined = Gauge::default();
+        let sync_timeouts = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests served",
@@ -112,7 +115,13 @@ impl Metrics {
             "Journal entries in quarantine",
             quarantined.clone(),
         );
+        registry.register(
+            "sync_write_timeouts",
+            "Sync writes not acknowledged because the quorum did not answer in time",
+            sync_timeouts.clone(),
+        );
         Metrics {
+            sync_timeouts,
             registry,
             http_requests,
             http_duration,

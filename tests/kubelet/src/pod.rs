@@ -249,6 +249,20 @@ async fn prepare_launch(ctx: &PodCtx, container: &Container) -> Result<Launch, (
         |p| p.is_file(),
     )
     .map_err(|m| (image::REASON_UNMAPPED.to_string(), m))?;
+    // The namespace may have vanished (removed by hand or by another program): make
+    // it again, with the same address, before starting anything in it.
+    if !ctx.netns.is_empty() && !Path::new("/run/netns").join(&ctx.netns).exists() {
+        tracing::warn!(netns = %ctx.netns, "pod network namespace vanished; recreating it");
+        network::setup(
+            &ctx.short,
+            ctx.pod_ip,
+            cfg.cidr.prefix,
+            cfg.gateway,
+            &cfg.bridge,
+        )
+        .await
+        .map_err(|e| ("CreateContainerError".to_string(), format!("network: {e}")))?;
+    }
     let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
     let sources = fetch_sources(&ctx.sh.client, &ns, container)
         .await

@@ -988,3 +988,73 @@ async fn operations_endpoints() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/content/{path}"]["put"].is_object());
 }
+
+#[tokio::test]
+async fn configured_through_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_env(
+        &dir.path().join("data"),
+        &[
+            ("STUDIO_STANDALONE", "true"),
+            ("STUDIO_JWT_SECRET", JWT_SECRET),
+            ("STUDIO_CLUSTER_TOKEN", CLUSTER_TOKEN),
+            ("STUDIO_NODE_ID", "env-node"),
+            ("STUDIO_MAX_BODY_BYTES", "100"),
+        ],
+    );
+    let http = Client::new();
+    let url = format!("{}/api/v1/content/e", node.url);
+    assert_eq!(
+        http.put(&url)
+            .json(&page("e"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let small = json!({"type": "t"});
+    assert_eq!(
+        http.put(&url)
+            .bearer_auth(editor())
+            .json(&small)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = http
+        .put(&url)
+        .bearer_auth(editor())
+        .json(&page(&"z".repeat(200)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let status: Value = http
+        .get(format!("{}/api/v1/cluster/status", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["nodeId"], "env-node");
+    assert_eq!(status["role"], "primary");
+    let internal = format!("{}/internal/v1/admin/quarantine", node.url);
+    assert_eq!(
+        http.get(&internal).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let q: Value = http
+        .get(&internal)
+        .bearer_auth(CLUSTER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(q["entries"], json!([]));
+}

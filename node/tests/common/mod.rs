@@ -77,7 +77,34 @@ impl Node {
         Node::start(data_dir, &args)
     }
 
+    /// Starts a node configured only through `envs` (plus data dir and listen port
+    /// env vars), without the shared secret files.
+    pub fn start_env(data_dir: &Path, envs: &[(&str, &str)]) -> Node {
+        let port = free_port();
+        let mut node = Node {
+            child: None,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            args: Vec::new(),
+            secrets_dir: data_dir.with_extension("secrets"),
+            log: data_dir.with_extension("log"),
+        };
+        let mut envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        envs.push(("STUDIO_DATA_DIR".into(), data_dir.display().to_string()));
+        envs.push(("STUDIO_LISTEN".into(), format!("127.0.0.1:{port}")));
+        node.spawn_with(&envs);
+        node
+    }
+
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, envs: &[(String, String)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -88,6 +115,7 @@ impl Node {
             .env_remove("STUDIO_JWT_SECRET")
             .env_remove("STUDIO_CLUSTER_TOKEN")
             .env("STUDIO_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

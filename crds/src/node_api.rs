@@ -200,6 +200,10 @@ pub struct StreamParams {
     /// The replica's own base URL (for status and switchover).
     #[serde(default)]
     pub address: Option<String>,
+    /// Also serve the stream when the answering node is not the primary (catching
+    /// up from the most advanced member during an election).
+    #[serde(default)]
+    pub from_any: bool,
 }
 
 /// Body of [`REPLICATION_ACK`]: the replica's durable position.
@@ -222,7 +226,13 @@ pub enum StreamFrame {
     Entry { entry: serde_json::Value },
     /// The requested position is not in the primary's history; the replica must
     /// quarantine its entries after `common` and continue from there.
-    Diverged { common: WirePosition },
+    Diverged {
+        common: WirePosition,
+        /// The primary's term history (`seq` = first seq of `term`), so the replica
+        /// can refine `common` against its own history.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        terms: Vec<WirePosition>,
+    },
     /// The requested position is older than the retention window: clone.
     CloneRequired { oldest_seq: u64 },
     /// Keep-alive with the primary's position.

@@ -54,10 +54,11 @@ impl AppState {
     /// replication hold the answer back until the write is acknowledged (sync mode).
     pub async fn commit(&self, op: Op) -> Result<(JournalEntry, Applied), ApiError> {
         let info = self.role.get();
-        if !self.role.writable() {
+        if !self.role.writable() || !crate::coordination::may_write() {
             return Err(ApiError::read_only(info.primary.as_deref()));
         }
         let term = info.term;
+        crate::replication::before_commit(self)?;
         let (entry, applied) = self.store.call(move |s| s.write_applied(op, term)).await?;
         self.metrics.writes.inc();
         self.metrics.journal_seq.set(entry.seq as i64);

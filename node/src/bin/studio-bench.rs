@@ -35,6 +35,9 @@ struct Args {
     /// Item payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Measure the storage layer alone (Store::write from --writers threads, no HTTP).
+    #[arg(long)]
+    direct: bool,
     /// Extra flags for the started node (e.g. "--replication-mode sync").
     #[arg(long, allow_hyphen_values = true)]
     node_args: Vec<String>,
@@ -129,9 +132,51 @@ async fn write_phase(
     (all, start.elapsed(), errors.load(Ordering::Relaxed))
 }
 
+/// Durable writes straight into a Store from `writers` threads.
+fn direct(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = studio_node::storage::Store::open(dir.path())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for w in 0..args.writers {
+        let (store, stop, size) = (store.clone(), stop.clone(), args.size);
+        threads.push(std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let op = studio_node::storage::Op::Put {
+                    path: format!("/direct/w{w}/i{i}"),
+                    item_type: "bench".into(),
+                    properties: json!({"payload": "x".repeat(size)}),
+                    expected_version: None,
+                    author: "bench".into(),
+                };
+                if store.write(op, 1).is_ok() {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap_or_default());
+    }
+    summary("storage-only durable 1KiB writes", all, start.elapsed());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.direct {
+        return direct(&args);
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;

@@ -97,6 +97,45 @@ pub struct Config {
     #[arg(long, env = "STUDIO_JOURNAL_RETENTION", default_value_t = 100_000)]
     pub journal_retention: u64,
 
+    /// Kubernetes mode (neither --standalone nor --follow): the StudioCluster this node
+    /// belongs to. Peers are the pods labelled studio.cms.io/cluster=<name>; the
+    /// election runs on the Lease <name>-primary, bootstrap on ConfigMap <name>-bootstrap.
+    #[arg(long, env = "STUDIO_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// Kubernetes mode: the pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Kubernetes mode: how long the primary's Lease lasts without a renewal observed
+    /// before another node may take it.
+    #[arg(long, env = "STUDIO_LEASE_DURATION", value_parser = parse_duration, default_value = "4s")]
+    pub lease_duration: Duration,
+
+    /// Kubernetes mode: a primary that could not renew its Lease for this long turns
+    /// read-only and steps down (must be below the lease duration).
+    #[arg(long, env = "STUDIO_RENEW_DEADLINE", value_parser = parse_duration, default_value = "3s")]
+    pub renew_deadline: Duration,
+
+    /// Kubernetes mode: how often the Lease is renewed and candidates retry.
+    #[arg(long, env = "STUDIO_RETRY_PERIOD", value_parser = parse_duration, default_value = "500ms")]
+    pub retry_period: Duration,
+
+    /// Kubernetes mode: election priority per pod name, `name=prio,...` (default 1; 0
+    /// never becomes primary; higher wins a tie).
+    #[arg(long, env = "STUDIO_ELECTION_PRIORITIES")]
+    pub election_priorities: Option<String>,
+
+    /// Kubernetes mode: only pods whose name matches this regular expression may
+    /// become primary.
+    #[arg(long, env = "STUDIO_ELIGIBLE_PATTERN")]
+    pub eligible_pattern: Option<String>,
+
+    /// Kubernetes mode: members holding the journal (data nodes + arbiter), for the
+    /// failover quorum; default: the replicas of the cluster's StatefulSets.
+    #[arg(long, env = "STUDIO_MEMBERS")]
+    pub members: Option<u32>,
+
     /// Log format.
     #[arg(long, env = "STUDIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -182,6 +221,11 @@ impl Config {
             return format!("http://{ip}:{}", self.listen.port());
         }
         format!("http://{}", self.listen)
+    }
+
+    /// Kubernetes mode: neither `--standalone` nor `--follow` (coordination decides).
+    pub fn kubernetes_mode(&self) -> bool {
+        !self.standalone && self.follow.is_none()
     }
 
     /// The starting role.

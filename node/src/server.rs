@@ -45,6 +45,17 @@ pub fn build_state(config: Config) -> anyhow::Result<AppState> {
     let role = config.initial_role();
     let advertise = config.advertise_url();
     let info = match role {
+        // Kubernetes mode: start read-only; coordination elects, promotes or follows.
+        _ if config.kubernetes_mode() => RoleInfo {
+            role: if role == RoleArg::Arbiter {
+                Role::Arbiter
+            } else {
+                Role::Replica
+            },
+            term: pos.term,
+            primary: None,
+            read_only: true,
+        },
         RoleArg::Primary => {
             if store.cluster_id()?.is_none() {
                 let id = uuid::Uuid::new_v4().to_string();
@@ -97,6 +108,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let app = crate::http::router(state.clone());
     crate::replication::start(&state);
+    let kubernetes = state.config.kubernetes_mode();
+    if kubernetes {
+        crate::coordination::start(&state).await?;
+    }
     tokio::spawn(compaction_loop(state.clone()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(
@@ -114,6 +129,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("HTTP server task failed: {e}")),
             };
         }
+    }
+    if kubernetes {
+        // A primary hands over to a replica while the server still streams to it.
+        crate::coordination::shutdown(&state).await;
     }
     let _ = stop_tx.send(true);
     // Long-lived requests (replication streams) would hold a graceful shutdown open

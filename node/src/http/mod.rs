@@ -26,6 +26,7 @@ use error::ApiError;
 pub fn router(state: AppState) -> Router {
     let internal = admin::router()
         .merge(crate::replication::http::router())
+        .merge(crate::coordination::http::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_cluster_token,

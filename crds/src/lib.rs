@@ -88,6 +88,12 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     /// The cluster serves but with less redundancy than asked (or without a primary).
     pub const DEGRADED: &str = "Degraded";
+    /// kstatus: True while the operator works towards the spec (mirrors Progressing),
+    /// so Flux/Argo CD/kstatus report InProgress.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: True when the operator cannot make progress without a user (invalid
+    /// spec), so kstatus reports Failed.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Names of the objects the operator derives from a StudioCluster's name.

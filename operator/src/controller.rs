@@ -1,6 +1,6 @@
 //! The StudioCluster controller: read → validate → build → apply → status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
@@ -26,14 +26,14 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use studio_crds::{
     FIELD_MANAGER, FINALIZER, FailoverRecord, Phase, PvcRetention, StudioCluster,
-    StudioClusterStatus, annotations, conditions, labels, names, secret_keys,
+    StudioClusterStatus, annotations, labels, names, secret_keys,
 };
 use tracing::{info, warn};
 
 use crate::build::{self, Owned};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node_client::NodeClient;
+use crate::node_client::{NodeClient, SWITCHOVER_TIMEOUT};
 use crate::plan::{self, Observed, Plan, Reason, Step};
 
 /// Shared state of the reconcilers.
@@ -200,7 +200,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
             observed_generation: sc.metadata.generation,
             phase: Some(Phase::Invalid),
             message: Some(why.clone()),
-            conditions: conditions_for(&sc, Phase::Invalid, &why, sc.status.as_ref()),
+            conditions: plan::conditions_for(&sc, Phase::Invalid, &why, sc.status.as_ref()),
             ..sc.status.clone().unwrap_or_default()
         };
         patch_status(client, &sc, &status).await?;
@@ -240,19 +240,37 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     // Credentials: generated once, never regenerated.
     let token = ensure_secret(&ctx, &sc).await?;
 
+    // A StatefulSet being re-created (storage growth) must be gone before it is applied
+    // again: wait for the garbage collector to orphan its pods.
+    let terminating = |s: &Option<StatefulSet>| {
+        s.as_ref()
+            .map(|s| s.metadata.deletion_timestamp.is_some())
+            .unwrap_or(false)
+    };
+    if terminating(&data_sts) || (sc.spec.arbiter.enabled && terminating(&arbiter_sts)) {
+        update_status(&ctx, &sc, &obs, &plan).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+
     // Storage growth: claims are patched and the StatefulSet re-created around its pods
     // (volumeClaimTemplates are immutable).
+    let mut recreating = false;
     if let Some(sts) = &data_sts {
-        grow_storage(&ctx, &sc, sts).await?;
+        recreating |= grow_storage(&ctx, &sc, sts).await?;
     }
-    if let Some(sts) = &arbiter_sts {
-        grow_storage(&ctx, &sc, sts).await?;
+    if let Some(sts) = &arbiter_sts
+        && sc.spec.arbiter.enabled
+    {
+        recreating |= grow_storage(&ctx, &sc, sts).await?;
+    }
+    if recreating {
+        return Ok(Action::requeue(Duration::from_secs(2)));
     }
 
     // Apply.
     let owned = build::build_owned(&sc, plan.data_replicas)?;
     apply_owned(client, &ns, &owned).await?;
-    if !sc.spec.arbiter.enabled && arbiter_sts.is_some() {
+    if !sc.spec.arbiter.enabled && arbiter_sts.is_some() && !terminating(&arbiter_sts) {
         sts_api
             .delete(&names::arbiter_statefulset(&name), &DeleteParams::default())
             .await?;
@@ -417,13 +435,16 @@ fn template_storage(sts: &StatefulSet) -> Option<String> {
         .map(|q| q.0.clone())
 }
 
-async fn grow_storage(ctx: &Context, sc: &StudioCluster, sts: &StatefulSet) -> Result<()> {
+/// Returns whether the StatefulSet was deleted (orphaning its pods) to be re-created.
+async fn grow_storage(ctx: &Context, sc: &StudioCluster, sts: &StatefulSet) -> Result<bool> {
     let want = &sc.spec.storage.size;
     let Some(have) = template_storage(sts) else {
-        return Ok(());
+        return Ok(false);
     };
-    if &have == want {
-        return Ok(());
+    // Compare amounts, not spellings (the API server canonicalises 1024Mi to 1Gi).
+    match (plan::quantity_bytes(&have), plan::quantity_bytes(want)) {
+        (Some(h), Some(w)) if w > h => {}
+        _ => return Ok(false),
     }
     let ns = sc
         .namespace()
@@ -466,7 +487,7 @@ async fn grow_storage(ctx: &Context, sc: &StudioCluster, sts: &StatefulSet) -> R
         format!("claims of {sts_name} resized {have} → {want}"),
     )
     .await;
-    Ok(())
+    Ok(true)
 }
 
 async fn execute(
@@ -486,6 +507,21 @@ async fn execute(
             let Some(primary) = obs.member(from) else {
                 return Ok(());
             };
+            // A hand-over already asked for moments ago is still under way: let it finish
+            // (the node answers for up to SWITCHOVER_TIMEOUT) instead of asking again.
+            let in_flight = ctx
+                .switchovers
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&key(sc)).cloned())
+                .map(|(t, at)| {
+                    &t == to && at.elapsed() < SWITCHOVER_TIMEOUT + Duration::from_secs(5)
+                })
+                .unwrap_or(false);
+            if in_flight {
+                info!(cluster = %key(sc), %to, "switchover in progress");
+                return Ok(());
+            }
             info!(cluster = %key(sc), %from, %to, reason = reason.as_str(), "switchover");
             ctx.event(
                 sc,
@@ -663,7 +699,7 @@ async fn update_status(
         observed_generation: sc.metadata.generation,
         phase: Some(plan.phase),
         message: Some(plan.message.clone()),
-        conditions: conditions_for(sc, plan.phase, &plan.message, sc.status.as_ref()),
+        conditions: plan::conditions_for(sc, plan.phase, &plan.message, sc.status.as_ref()),
         current_primary: primary.or(if plan.phase == Phase::Paused {
             prev.current_primary.clone()
         } else {
@@ -708,54 +744,4 @@ async fn patch_status(
     api.patch_status(&sc.name_any(), &pp, &Patch::Apply(&patch))
         .await?;
     Ok(())
-}
-
-/// kstatus-compatible conditions for a phase; `lastTransitionTime` only moves when a
-/// condition's status changes.
-pub fn conditions_for(
-    sc: &StudioCluster,
-    phase: Phase,
-    message: &str,
-    prev: Option<&StudioClusterStatus>,
-) -> Vec<Condition> {
-    let gen_ = sc.metadata.generation;
-    let (ready, progressing, degraded) = match phase {
-        Phase::Ready => ("True", "False", "False"),
-        Phase::Creating | Phase::Scaling | Phase::Upgrading => ("False", "True", "False"),
-        Phase::WaitingForUser => ("False", "True", "False"),
-        Phase::Degraded => ("False", "False", "True"),
-        Phase::Invalid => ("False", "False", "True"),
-        Phase::Paused => ("Unknown", "False", "False"),
-    };
-    let reason = phase.as_str();
-    let prev_conds: BTreeMap<String, Condition> = prev
-        .map(|p| {
-            p.conditions
-                .iter()
-                .map(|c| (c.type_.clone(), c.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let now = Time(Timestamp::now());
-    [
-        (conditions::READY, ready),
-        (conditions::PROGRESSING, progressing),
-        (conditions::DEGRADED, degraded),
-    ]
-    .into_iter()
-    .map(|(t, s)| {
-        let ltt = match prev_conds.get(t) {
-            Some(p) if p.status == s => p.last_transition_time.clone(),
-            _ => now.clone(),
-        };
-        Condition {
-            type_: t.into(),
-            status: s.into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: gen_,
-            last_transition_time: ltt,
-        }
-    })
-    .collect()
 }

@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     match leadership {
-        Some((mut rx, _handle)) => {
+        Some((mut rx, handle)) => {
             let lost = async move {
                 loop {
                     if rx.changed().await.is_err() || !*rx.borrow_and_update() {
@@ -160,7 +160,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             tokio::select! {
-                _ = controllers => info!("controllers stopped"),
+                _ = controllers => {
+                    // Shutdown (SIGTERM): hand the Lease back at once so the standby
+                    // takes over without waiting for it to expire.
+                    info!("controllers stopped; releasing leadership");
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), handle).await;
+                }
                 _ = lost => {
                     error!(%identity, "lost leadership; exiting so a standby takes over");
                     std::process::exit(2);

@@ -10,9 +10,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use studio_crds::node_api::{ClusterStatus, NodeRole};
 use studio_crds::{
-    Phase, PrimaryUpdateStrategy, StudioCluster, annotations, components, labels, roles,
+    Phase, PrimaryUpdateStrategy, StudioCluster, StudioClusterStatus, annotations, components,
+    conditions, labels, roles,
 };
 
 /// A replica more than this many journal entries behind the primary is not "caught up"
@@ -631,4 +634,91 @@ pub fn describe_repairs(r: &[LabelRepair]) -> String {
         .map(|(p, r)| format!("{p}→{r}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// kstatus-compatible conditions for a phase; `lastTransitionTime` only moves when a
+/// condition's status changes.
+pub fn conditions_for(
+    sc: &StudioCluster,
+    phase: Phase,
+    message: &str,
+    prev: Option<&StudioClusterStatus>,
+) -> Vec<Condition> {
+    let gen_ = sc.metadata.generation;
+    let (ready, progressing, degraded, stalled) = match phase {
+        Phase::Ready => ("True", "False", "False", "False"),
+        Phase::Creating | Phase::Scaling | Phase::Upgrading => ("False", "True", "False", "False"),
+        Phase::WaitingForUser => ("False", "True", "False", "False"),
+        Phase::Degraded => ("False", "False", "True", "False"),
+        Phase::Invalid => ("False", "False", "True", "True"),
+        Phase::Paused => ("Unknown", "False", "False", "False"),
+    };
+    let reason = phase.as_str();
+    let prev_conds: BTreeMap<String, Condition> = prev
+        .map(|p| {
+            p.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Time(Timestamp::now());
+    [
+        (conditions::READY, ready),
+        (conditions::PROGRESSING, progressing),
+        (conditions::DEGRADED, degraded),
+        (conditions::RECONCILING, progressing),
+        (conditions::STALLED, stalled),
+    ]
+    .into_iter()
+    .map(|(t, s)| {
+        let ltt = match prev_conds.get(t) {
+            Some(p) if p.status == s => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        Condition {
+            type_: t.into(),
+            status: s.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: gen_,
+            last_transition_time: ltt,
+        }
+    })
+    .collect()
+}
+
+/// Bytes of a Kubernetes quantity such as `10Gi`, `500M`, `1.5Gi` or `1e9` (storage
+/// sizes; `None` when it does not parse).
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse::<i32>().ok()?),
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    let bytes = (n * mult).ceil();
+    if bytes.is_finite() && bytes >= 0.0 {
+        Some(bytes as u128)
+    } else {
+        None
+    }
 }

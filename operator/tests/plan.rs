@@ -444,3 +444,54 @@ fn priorities_must_name_data_pods() {
     sc.spec.election.priorities = Some(BTreeMap::from([("acme-0".to_string(), 0)]));
     assert!(plan::validate(&sc).is_ok());
 }
+
+#[test]
+fn storage_sizes_compare_by_amount_not_spelling() {
+    assert_eq!(plan::quantity_bytes("1Gi"), plan::quantity_bytes("1024Mi"));
+    assert_eq!(plan::quantity_bytes("1G"), Some(1_000_000_000));
+    assert_eq!(plan::quantity_bytes("1.5Gi"), Some(1_610_612_736));
+    assert_eq!(plan::quantity_bytes("2e3"), Some(2000));
+    assert!(plan::quantity_bytes("10Gi") > plan::quantity_bytes("9000Mi"));
+    assert_eq!(plan::quantity_bytes("lots"), None);
+}
+
+#[test]
+fn conditions_are_kstatus_compatible() {
+    let sc = cluster(3);
+    let find = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], t: &str| {
+        c.iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.clone())
+            .unwrap_or_default()
+    };
+    let ready = plan::conditions_for(&sc, Phase::Ready, "ok", None);
+    assert_eq!(find(&ready, "Ready"), "True");
+    assert_eq!(find(&ready, "Reconciling"), "False");
+    assert_eq!(find(&ready, "Stalled"), "False");
+    let up = plan::conditions_for(&sc, Phase::Upgrading, "upgrading", None);
+    assert_eq!(find(&up, "Progressing"), "True");
+    assert_eq!(find(&up, "Reconciling"), "True");
+    let bad = plan::conditions_for(&sc, Phase::Invalid, "bad", None);
+    assert_eq!(find(&bad, "Stalled"), "True");
+    assert_eq!(find(&bad, "Degraded"), "True");
+    assert!(bad.iter().all(|c| c.observed_generation == Some(1)));
+
+    // lastTransitionTime only moves when the status flips.
+    let mut prev = studio_crds::StudioClusterStatus {
+        conditions: ready.clone(),
+        ..Default::default()
+    };
+    prev.conditions[0].last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    let again = plan::conditions_for(&sc, Phase::Ready, "still ok", Some(&prev));
+    assert_eq!(
+        again[0].last_transition_time,
+        prev.conditions[0].last_transition_time
+    );
+    let flipped = plan::conditions_for(&sc, Phase::Degraded, "lost one", Some(&prev));
+    assert_ne!(
+        flipped[0].last_transition_time,
+        prev.conditions[0].last_transition_time
+    );
+}

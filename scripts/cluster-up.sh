@@ -38,6 +38,17 @@ api_healthy() {
     --key "$DIR/pki/admin.key" "$API_URL/readyz" >/dev/null 2>&1
 }
 
+# Another studio-kubelet serving this API server would fight ours over the Nodes.
+foreign=""
+ours=$(component_pid kubelet || true)
+for p in $(pgrep -x studio-kubelet || true); do
+  [ "$p" != "$ours" ] || continue
+  if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then foreign="$foreign $p"; fi
+done
+if [ -n "$foreign" ] && [ "$NO_KUBELET" != 1 ]; then
+  die "a studio-kubelet that cluster-up did not start serves $API_URL (pid$foreign): stop it, or run with STUDIO_NO_KUBELET=1 to use it"
+fi
+
 # Already running?
 running=()
 for c in "${COMPONENTS[@]}"; do

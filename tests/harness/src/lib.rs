@@ -447,6 +447,12 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Marks the test as passed without deleting its namespace: for a test that takes
+    /// the cluster down itself.
+    pub fn pass_without_cleanup(mut self) {
+        self.passed = true;
+    }
+
     /// Prints what a person debugging a failure wants to see: objects, events, logs.
     pub fn dump(&self) {
         eprintln!(

@@ -1,0 +1,683 @@
+//! Acceptance of cluster coordination (issue 4) on the real local cluster: studio-node
+//! pods (3 data nodes + 1 arbiter, sync mode K=1) written by the test itself
+//! (StatefulSets, Services, ServiceAccount/Role/RoleBinding), then: one bootstrap and one
+//! primary with exact -primary/-replicas EndpointSlices; switchovers under load;
+//! kill -9 of the primary 20 times under continuous sync writes; SIGSTOP/SIGCONT of the
+//! primary; deletion of every pod at once. A watcher checks that no two pods are ever
+//! labelled primary, and every acknowledged write is read back from the final primary.
+//!
+//! Timings (failover: kill → first acknowledged write through the new primary's
+//! endpoint; switchover: last write acknowledged by the old primary → first by the new)
+//! are printed as p50/p99 (`COORD-BENCH` lines).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    discovery::v1::EndpointSlice,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use studio_e2e::{describe, is_ready, name, pod_ip, ready_endpoints};
+use studio_harness::{TestEnv, http_client, join, pod_pids, wait_for};
+
+const IMAGE: &str = "registry.studio.local/studio-node:dev";
+const PORT: u16 = 8080;
+const TOKEN: &str = "e2e-cluster-token";
+const CLUSTER_LABEL: &str = "studio.cms.io/cluster";
+const ROLE_LABEL: &str = "studio.cms.io/role";
+const START: Duration = Duration::from_secs(180);
+const FAILOVER: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn objects(c: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let sa = format!("{c}-node");
+    let container = |arbiter: bool| {
+        let mut env = vec![
+            json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+            json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+            json!({"name": "STUDIO_CLUSTER", "value": c}),
+            json!({"name": "STUDIO_REPLICATION_MODE", "value": "sync"}),
+            json!({"name": "STUDIO_SYNC_REPLICAS", "value": "1"}),
+            json!({"name": "STUDIO_SYNC_TIMEOUT", "value": "3s"}),
+            json!({"name": "STUDIO_CLUSTER_TOKEN", "value": TOKEN}),
+            json!({"name": "STUDIO_LOG_FORMAT", "value": "text"}),
+            json!({"name": "STUDIO_LOG", "value": "info"}),
+        ];
+        if arbiter {
+            env.push(json!({"name": "STUDIO_ROLE", "value": "arbiter"}));
+        }
+        json!({
+            "name": "node",
+            "image": IMAGE,
+            "args": ["--data-dir", "/data", "--listen", format!("0.0.0.0:{PORT}")],
+            "env": env,
+            "ports": [{"name": "http", "containerPort": PORT}],
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": PORT},
+                "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1, "timeoutSeconds": 1
+            },
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+        })
+    };
+    let sts = |name: &str, component: &str, replicas: i32, arbiter: bool| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "serviceName": format!("{c}-nodes"),
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {CLUSTER_LABEL: c, "studio.cms.io/component": component}},
+                "template": {
+                    "metadata": {"labels": {CLUSTER_LABEL: c, "studio.cms.io/component": component}},
+                    "spec": {
+                        "serviceAccountName": sa,
+                        "terminationGracePeriodSeconds": 10,
+                        "containers": [container(arbiter)]
+                    }
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}
+                }]
+            }
+        })
+    };
+    let svc = |name: String, role: Option<&str>, headless: bool| {
+        let mut selector = json!({CLUSTER_LABEL: c});
+        if let Some(r) = role {
+            selector[ROLE_LABEL] = json!(r);
+        }
+        let mut spec = json!({"selector": selector, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]});
+        if headless {
+            spec["clusterIP"] = json!("None");
+            spec["publishNotReadyAddresses"] = json!(true);
+        }
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+    };
+    Ok(vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
+        // The same rules as examples/node-rbac.yaml.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": sa},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"]},
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+                {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get"]}
+            ]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": sa},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa}]
+        }),
+        svc(format!("{c}-nodes"), None, true),
+        svc(format!("{c}-primary"), Some("primary"), false),
+        svc(format!("{c}-replicas"), Some("replica"), false),
+        sts(c, "data", 3, false),
+        sts(&format!("{c}-arbiter"), "arbiter", 1, true),
+    ])
+}
+
+async fn deploy(env: &TestEnv, c: &str) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    for o in objects(c)? {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "ServiceAccount" => {
+                env.api::<ServiceAccount>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
+            "Role" => {
+                env.api::<Role>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
+            "RoleBinding" => {
+                env.api::<RoleBinding>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
+            "Service" => {
+                env.api::<Service>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
+            "StatefulSet" => {
+                env.api::<StatefulSet>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
+            k => bail!("unexpected kind {k}"),
+        }
+    }
+    Ok(())
+}
+
+fn role_of(p: &Pod) -> Option<String> {
+    p.metadata.labels.as_ref()?.get(ROLE_LABEL).cloned()
+}
+
+async fn cluster_pods(pods: &Api<Pod>, c: &str) -> anyhow::Result<Vec<Pod>> {
+    let mut l = pods
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={c}")))
+        .await?
+        .items;
+    l.sort_by_key(name);
+    Ok(l)
+}
+
+/// Waits for 4 Ready pods: exactly one labelled primary, 2 replica, 1 arbiter, the
+/// -primary and -replicas EndpointSlices exact. Returns (primary name, IP).
+async fn wait_healthy(
+    env: &TestEnv,
+    c: &str,
+    timeout: Duration,
+) -> anyhow::Result<(String, Ipv4Addr)> {
+    let pods: Api<Pod> = env.api();
+    let slices: Api<EndpointSlice> = env.api();
+    wait_for(
+        "4 Ready pods: one primary, 2 replicas, 1 arbiter, EndpointSlices exact",
+        timeout,
+        || async {
+            let list = cluster_pods(&pods, c).await?;
+            let summary = || {
+                join(
+                    list.iter()
+                        .map(|p| format!("{} role={:?}", describe(p), role_of(p))),
+                )
+            };
+            if list.len() != 4
+                || !list
+                    .iter()
+                    .all(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+            {
+                bail!("pods: [{}]", summary());
+            }
+            let by_role = |r: &str| -> Vec<&Pod> {
+                list.iter()
+                    .filter(|p| role_of(p).as_deref() == Some(r))
+                    .collect()
+            };
+            let (prim, reps, arb) = (by_role("primary"), by_role("replica"), by_role("arbiter"));
+            if prim.len() != 1 || reps.len() != 2 || arb.len() != 1 {
+                bail!("roles: [{}]", summary());
+            }
+            let pip = pod_ip(prim[0]).context("primary without IP")?;
+            let rips: BTreeSet<Ipv4Addr> = reps.iter().filter_map(|p| pod_ip(p)).collect();
+            let ep_p = ready_endpoints(&slices, &format!("{c}-primary")).await?;
+            let ep_r = ready_endpoints(&slices, &format!("{c}-replicas")).await?;
+            if ep_p != BTreeSet::from([pip]) || ep_r != rips {
+                bail!(
+                    "endpoints primary {ep_p:?} replicas {ep_r:?}; pods [{}]",
+                    summary()
+                );
+            }
+            Ok((name(prim[0]), pip))
+        },
+    )
+    .await
+}
+
+/// Continuous sequential sync-mode writes to the -primary EndpointSlice's address.
+struct Writer {
+    /// Acknowledged keys.
+    acked: Mutex<Vec<u64>>,
+    /// (time, target) of each acknowledged write.
+    successes: Mutex<Vec<(Instant, Ipv4Addr)>>,
+    target: Mutex<Option<Ipv4Addr>>,
+    stop: AtomicBool,
+    errors: Mutex<u64>,
+}
+
+impl Writer {
+    fn last_success(&self) -> Option<(Instant, Ipv4Addr)> {
+        lock(&self.successes).last().copied()
+    }
+
+    /// The first acknowledged write after `t` by another address than `not`.
+    fn first_after(&self, t: Instant, not: Option<Ipv4Addr>) -> Option<(Instant, Ipv4Addr)> {
+        lock(&self.successes)
+            .iter()
+            .find(|(at, ip)| *at > t && Some(*ip) != not)
+            .copied()
+    }
+}
+
+async fn track_primary_endpoint(w: Arc<Writer>, slices: Api<EndpointSlice>, c: String) {
+    let svc = format!("{c}-primary");
+    while !w.stop.load(Ordering::SeqCst) {
+        if let Ok(eps) = ready_endpoints(&slices, &svc).await {
+            *lock(&w.target) = eps.iter().next().copied().filter(|_| eps.len() == 1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn write_loop(w: Arc<Writer>) {
+    let Ok(client) = http_client() else { return };
+    let mut n = 0u64;
+    while !w.stop.load(Ordering::SeqCst) {
+        let Some(ip) = *lock(&w.target) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        n += 1;
+        let url = format!("http://{ip}:{PORT}/api/v1/content/e2e/k{n}");
+        let r = client
+            .put(&url)
+            .header("x-studio-direct", "1")
+            .json(&json!({"type": "page", "properties": {"n": n}}))
+            .send()
+            .await;
+        match r {
+            Ok(resp) if resp.status().is_success() => {
+                lock(&w.acked).push(n);
+                lock(&w.successes).push((Instant::now(), ip));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => {
+                *lock(&w.errors) += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Watches the role labels of the cluster's pods; records every change and any moment
+/// with two pods labelled primary.
+async fn watch_labels(
+    pods: Api<Pod>,
+    c: String,
+    violations: Arc<Mutex<Vec<String>>>,
+    changes: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+) {
+    let cfg = watcher::Config::default().labels(&format!("{CLUSTER_LABEL}={c}"));
+    let stream = watcher(pods, cfg).default_backoff();
+    futures::pin_mut!(stream);
+    let mut roles: BTreeMap<String, Option<String>> = BTreeMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                let r = role_of(&p);
+                let prev = roles.insert(name(&p), r.clone());
+                if prev.as_ref() != Some(&r) {
+                    *lock(&changes) += 1;
+                }
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                roles.remove(&name(&p));
+            }
+            _ => {}
+        }
+        let prim: Vec<&String> = roles
+            .iter()
+            .filter(|(_, r)| r.as_deref() == Some("primary"))
+            .map(|(n, _)| n)
+            .collect();
+        if prim.len() > 1 {
+            lock(&violations).push(format!("two primaries labelled: {prim:?}"));
+        }
+    }
+}
+
+fn percentiles(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let p = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (p(0.5), p(0.99), v[v.len() - 1])
+}
+
+fn signal_pod(pod: &Pod, sig: Signal) -> anyhow::Result<()> {
+    let pids = pod_pids(pod)?;
+    ensure!(!pids.is_empty(), "no process in the netns of {}", name(pod));
+    for p in pids {
+        kill(Pid::from_raw(p), sig).with_context(|| format!("kill -{sig:?} {p}"))?;
+    }
+    Ok(())
+}
+
+async fn status(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
+    Ok(client
+        .get(format!("http://{ip}:{PORT}/api/v1/cluster/status"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+#[tokio::test]
+async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
+    let env = TestEnv::new("coordination").await?;
+    let c = "studio";
+    let pods: Api<Pod> = env.api();
+    deploy(&env, c).await?;
+
+    // 1. Bootstrap: one record, created by exactly one data node; one primary.
+    let (first, _) = wait_healthy(&env, c, START).await?;
+    let cm = env
+        .api::<ConfigMap>()
+        .get(&format!("{c}-bootstrap"))
+        .await
+        .context("the bootstrap record")?;
+    let data = cm.data.unwrap_or_default();
+    ensure!(
+        data.contains_key("clusterId") && data.contains_key("createdBy"),
+        "bootstrap record {data:?}"
+    );
+    let creators: Vec<String> = cluster_pods(&pods, c)
+        .await?
+        .iter()
+        .map(name)
+        .filter(|p| {
+            env.pod_logs(p, 100_000)
+                .contains("created the bootstrap record")
+        })
+        .collect();
+    ensure!(creators.len() == 1, "bootstrap creators: {creators:?}");
+    let lease = env.api::<Lease>().get(&format!("{c}-primary")).await?;
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    ensure!(
+        holder.as_deref() == Some(first.as_str()),
+        "Lease holder {holder:?} vs primary {first}"
+    );
+    eprintln!("COORD bootstrap by {creators:?}; first primary {first}");
+
+    // Writer, endpoint tracker, label watcher.
+    let w = Arc::new(Writer {
+        acked: Mutex::new(Vec::new()),
+        successes: Mutex::new(Vec::new()),
+        target: Mutex::new(None),
+        stop: AtomicBool::new(false),
+        errors: Mutex::new(0),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let changes = Arc::new(Mutex::new(0u64));
+    let tasks = vec![
+        tokio::spawn(track_primary_endpoint(w.clone(), env.api(), c.to_string())),
+        tokio::spawn(write_loop(w.clone())),
+        tokio::spawn(watch_labels(
+            pods.clone(),
+            c.to_string(),
+            violations.clone(),
+            changes.clone(),
+            stop.clone(),
+        )),
+    ];
+    let client = http_client()?;
+    wait_for(
+        "a first acknowledged write",
+        Duration::from_secs(30),
+        || async {
+            w.last_success()
+                .map(|_| ())
+                .context("no write acknowledged yet")
+        },
+    )
+    .await?;
+
+    // 2. Switchovers under load, to each replica in turn.
+    let runs: usize = std::env::var("COORD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut switch_gaps = Vec::new();
+    for i in 0..runs {
+        let (old, old_ip) = wait_healthy(&env, c, FAILOVER).await?;
+        let target = cluster_pods(&pods, c)
+            .await?
+            .into_iter()
+            .find(|p| role_of(p).as_deref() == Some("replica"))
+            .map(|p| name(&p))
+            .context("no replica")?;
+        // Let a few writes land on the old primary first.
+        let before = Instant::now();
+        wait_for(
+            "writes on the current primary",
+            Duration::from_secs(20),
+            || async {
+                match w.last_success() {
+                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
+                    s => bail!("last success {s:?}"),
+                }
+            },
+        )
+        .await?;
+        let t0 = Instant::now();
+        let resp = client
+            .post(format!(
+                "http://{old_ip}:{PORT}/internal/v1/election/switchover"
+            ))
+            .bearer_auth(TOKEN)
+            .json(&json!({"target": target, "timeout_ms": 5000}))
+            .send()
+            .await?;
+        let code = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        ensure!(
+            code.is_success(),
+            "switchover {old} → {target}: {code} {body}"
+        );
+        let (t1, new_ip) = wait_for(
+            "a write acknowledged by the new primary",
+            FAILOVER,
+            || async { w.first_after(t0, Some(old_ip)).context("not yet") },
+        )
+        .await?;
+        let last_old = lock(&w.successes)
+            .iter()
+            .filter(|(_, ip)| *ip == old_ip)
+            .map(|(t, _)| *t)
+            .filter(|t| *t < t1)
+            .max()
+            .unwrap_or(t0);
+        let gap = t1.duration_since(last_old).as_secs_f64();
+        let new_pod = cluster_pods(&pods, c)
+            .await?
+            .into_iter()
+            .find(|p| pod_ip(p) == Some(new_ip))
+            .map(|p| name(&p))
+            .unwrap_or_default();
+        ensure!(
+            new_pod == target,
+            "switchover to {target} but writes went to {new_pod}"
+        );
+        eprintln!(
+            "COORD switchover {i}: {old} → {target}: call {:.3}s, write gap {gap:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
+        switch_gaps.push(gap);
+    }
+
+    // 3. kill -9 of the primary, `runs` times, under continuous sync writes.
+    let mut failovers = Vec::new();
+    for i in 0..runs {
+        let (old, old_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
+        let before = Instant::now();
+        wait_for(
+            "writes on the current primary",
+            Duration::from_secs(20),
+            || async {
+                match w.last_success() {
+                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
+                    s => bail!("last success {s:?}"),
+                }
+            },
+        )
+        .await?;
+        let pod = pods.get(&old).await?;
+        let t0 = Instant::now();
+        signal_pod(&pod, Signal::SIGKILL)?;
+        let (t1, new_ip) = wait_for(
+            "a write acknowledged by a new primary",
+            FAILOVER,
+            || async { w.first_after(t0, Some(old_ip)).context("not yet") },
+        )
+        .await?;
+        let secs = t1.duration_since(t0).as_secs_f64();
+        eprintln!(
+            "COORD failover {i}: killed {old} ({old_ip}); writes resumed on {new_ip} after {secs:.3}s"
+        );
+        failovers.push(secs);
+    }
+
+    // 4. SIGSTOP the primary past its lease, then SIGCONT: it takes no write afterwards
+    //    and rejoins as a replica.
+    let (old, old_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
+    let pod = pods.get(&old).await?;
+    let t0 = Instant::now();
+    signal_pod(&pod, Signal::SIGSTOP)?;
+    let resumed = wait_for(
+        "a new primary while the old one is frozen",
+        FAILOVER,
+        || async { w.first_after(t0, Some(old_ip)).context("not yet") },
+    )
+    .await;
+    signal_pod(&pod, Signal::SIGCONT)?;
+    let (t1, _) = resumed?;
+    eprintln!(
+        "COORD sigstop: writes resumed after {:.3}s (lease expiry path)",
+        t1.duration_since(t0).as_secs_f64()
+    );
+    let r = client
+        .put(format!(
+            "http://{old_ip}:{PORT}/api/v1/content/e2e/after-sigcont"
+        ))
+        .header("x-studio-direct", "1")
+        .json(&json!({"type": "page"}))
+        .send()
+        .await?;
+    ensure!(
+        !r.status().is_success(),
+        "the woken ex-primary {old} accepted a write: {}",
+        r.status()
+    );
+    wait_for(
+        "the woken ex-primary to rejoin as a replica",
+        FAILOVER,
+        || async {
+            let s = status(&client, old_ip).await?;
+            if s["role"] == "replica" && s["readOnly"] == true {
+                Ok(())
+            } else {
+                bail!("status {s}")
+            }
+        },
+    )
+    .await?;
+    wait_healthy(&env, c, Duration::from_secs(120)).await?;
+
+    // 5. Delete every pod at once: back with the most advanced node as primary.
+    let t0 = Instant::now();
+    for p in cluster_pods(&pods, c).await? {
+        pods.delete(&name(&p), &DeleteParams::default()).await?;
+    }
+    let (_, _) = wait_for(
+        "writes after deleting every pod",
+        Duration::from_secs(180),
+        || async {
+            w.first_after(t0 + Duration::from_millis(1), None)
+                .filter(|(t, _)| *t > t0)
+                .context("not yet")
+        },
+    )
+    .await?;
+    let (last, last_ip) = wait_healthy(&env, c, Duration::from_secs(180)).await?;
+    eprintln!(
+        "COORD delete-all: back with primary {last} after {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Stop the load; every acknowledged write is on the final primary.
+    w.stop.store(true, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (last2, last_ip2) = wait_healthy(&env, c, Duration::from_secs(60)).await?;
+    ensure!(
+        last2 == last && last_ip2 == last_ip,
+        "primary moved at the end"
+    );
+    let acked = lock(&w.acked).clone();
+    let mut missing = Vec::new();
+    for chunk in acked.chunks(16) {
+        let gets = chunk.iter().map(|n| {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("http://{last_ip}:{PORT}/api/v1/content/e2e/k{n}"))
+                    .header("x-studio-direct", "1")
+                    .send()
+                    .await;
+                (*n, r.map(|r| r.status().as_u16()).unwrap_or(0))
+            }
+        });
+        for (n, code) in futures::future::join_all(gets).await {
+            if code != 200 {
+                missing.push((n, code));
+            }
+        }
+    }
+    let v = lock(&violations).clone();
+    eprintln!(
+        "COORD acknowledged writes {}, write errors {}, label changes seen {}, violations {}",
+        acked.len(),
+        *lock(&w.errors),
+        *lock(&changes),
+        v.len()
+    );
+    let (fp50, fp99, fmax) = percentiles(&mut failovers);
+    let (sp50, sp99, smax) = percentiles(&mut switch_gaps);
+    eprintln!(
+        "COORD-BENCH failover (kill -9 → first acknowledged write on the new primary) n={} p50={fp50:.3}s p99={fp99:.3}s max={fmax:.3}s",
+        failovers.len()
+    );
+    eprintln!(
+        "COORD-BENCH switchover write gap n={} p50={sp50:.3}s p99={sp99:.3}s max={smax:.3}s",
+        switch_gaps.len()
+    );
+    ensure!(v.is_empty(), "label violations: {v:?}");
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes missing on the final primary, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    env.pass().await
+}

@@ -304,14 +304,17 @@ pub struct ElectionSpec {
     pub eligible_pattern: Option<String>,
 }
 
+// Defaults match studio-node's own (4 s / 3 s, retry rounded up to whole seconds): a
+// crashed primary is replaced at once through proof of death; the Lease duration only
+// bounds the wait for a hung one.
 fn default_lease_duration() -> i32 {
-    15
+    4
 }
 fn default_renew_deadline() -> i32 {
-    10
+    3
 }
 fn default_retry_period() -> i32 {
-    2
+    1
 }
 
 impl Default for ElectionSpec {

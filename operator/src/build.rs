@@ -160,7 +160,8 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 }
 
 /// What a node needs: peers and its own role label (pods), the election Lease, and the
-/// bootstrap record (a ConfigMap created atomically by the first node).
+/// bootstrap record (a ConfigMap created atomically by the first node), and the
+/// StatefulSets' sizes. Mirrors examples/node-rbac.yaml (the node engineer's list).
 fn role(m: &Meta<'_>) -> Role {
     Role {
         metadata: object_meta(m, names::service_account(m.name), BTreeMap::new()),
@@ -172,6 +173,9 @@ fn role(m: &Meta<'_>) -> Role {
                 &["get", "list", "watch", "create", "update"],
             ),
             rule("", &["configmaps"], &["get", "create"]),
+            // The number of journal-holding members (failover quorum) comes from the
+            // StatefulSets' replicas.
+            rule("apps", &["statefulsets"], &["get"]),
         ]),
     }
 }

@@ -335,6 +335,11 @@ fn rbac_grants_exactly_what_a_node_needs() {
         vec!["get", "list", "watch", "create", "update"]
     );
     assert_eq!(find("configmaps").verbs, vec!["get", "create"]);
+    assert_eq!(
+        find("statefulsets").verbs,
+        vec!["get"],
+        "M, the failover quorum's member count"
+    );
     assert!(
         !rules
             .iter()
@@ -381,10 +386,7 @@ fn single_node_defaults() {
         env_value(c, "STUDIO_COORDINATOR_MODE").as_deref(),
         Some("CUD")
     );
-    assert_eq!(
-        env_value(c, "STUDIO_LEASE_DURATION").as_deref(),
-        Some("15s")
-    );
+    assert_eq!(env_value(c, "STUDIO_LEASE_DURATION").as_deref(), Some("4s"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     let spec = o.statefulset.spec.as_ref().expect("spec");
     assert_eq!(spec.replicas, Some(1));

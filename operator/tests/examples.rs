@@ -13,6 +13,10 @@ fn examples_parse_validate_and_build() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        // Other manifests live here too (e.g. node-rbac.yaml).
+        if !text.lines().any(|l| l.trim() == "kind: StudioCluster") {
+            continue;
+        }
         let mut sc: StudioCluster = serde_yaml::from_str(&text)
             .unwrap_or_else(|e| panic!("{path:?} is not a StudioCluster: {e}"));
         sc.metadata.namespace = Some("default".into());

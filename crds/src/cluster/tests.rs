@@ -138,7 +138,7 @@ fn schema_has_openapi_bounds_enums_and_defaults() {
     );
     assert_eq!(
         schema_at(spec, &["election", "leaseDurationSeconds"])["default"],
-        json!(15)
+        json!(4)
     );
     assert!(schema_at(spec, &["pod", "affinity"]).is_object());
     assert!(schema_at(spec, &["pod", "tolerations"]).is_object());
@@ -327,7 +327,7 @@ fn spec_round_trips_with_defaults() {
     assert_eq!(sc.coordinator_mode, CoordinatorMode::Cud);
     assert_eq!(sc.replication.mode, ReplicationMode::Async);
     assert_eq!(sc.storage.size, "1Gi");
-    assert_eq!(sc.election.renew_deadline_seconds, 10);
+    assert_eq!(sc.election.renew_deadline_seconds, 3);
     let back = serde_json::to_value(&sc).unwrap_or_default();
     assert_eq!(back["coordinatorMode"], json!("CUD"));
     assert_eq!(back["replication"]["mode"], json!("async"));

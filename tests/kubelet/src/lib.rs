@@ -42,6 +42,7 @@
 //!   the netns, then delete the pod with grace 0.
 
 pub mod env;
+pub mod events;
 pub mod image;
 pub mod ipam;
 pub mod kubelet;

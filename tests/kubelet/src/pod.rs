@@ -181,6 +181,12 @@ impl PodCtx {
     fn pod(&self) -> Option<Pod> {
         self.pod_rx.borrow().clone()
     }
+
+    fn event(&self, container: &str, type_: &str, reason: &str, message: &str) {
+        if let Some(p) = self.pod() {
+            crate::events::emit(&self.sh.client, &p, Some(container), type_, reason, message);
+        }
+    }
 }
 
 /// A prepared launch of a container.
@@ -423,6 +429,7 @@ async fn probe_loop(
         };
         let t = ProbeTiming::of(p);
         tokio::time::sleep(t.initial_delay).await;
+        let mut was: Option<bool> = None;
         let mut counter = ProbeCounter::new(&t);
         loop {
             let r = probes::run_once(p, &target, t.timeout).await;
@@ -431,6 +438,16 @@ async fn probe_loop(
             }
             if let Some(v) = counter.record(r.is_ok()) {
                 tracing::info!(container = %container.name, ready = v, "readiness changed");
+                // Only a ready container turning unready is news (not the start-up).
+                if let (false, Some(true), Err(e)) = (v, was, &r) {
+                    ctx.event(
+                        &container.name,
+                        "Warning",
+                        "Unhealthy",
+                        &format!("Readiness probe failed: {e}"),
+                    );
+                }
+                was = Some(v);
                 ctx.update(kind, idx, |c| c.ready = v);
             }
             tokio::time::sleep(t.period).await;
@@ -499,6 +516,7 @@ async fn run_container(
         })
         .unwrap_or_default();
     let mut first = true;
+    let mut last_failure: Option<String> = None;
     loop {
         if stop.borrow().is_some() {
             return;
@@ -509,7 +527,16 @@ async fn run_container(
         let launch = match prepare_launch(&ctx, &container).await {
             Ok(l) => l,
             Err((reason, message)) => {
-                tracing::warn!(pod = %pod_label, container = %name, %reason, %message, "container cannot start");
+                if last_failure.as_ref() != Some(&message) {
+                    tracing::warn!(pod = %pod_label, container = %name, %reason, %message, "container cannot start");
+                    ctx.event(
+                        &name,
+                        "Warning",
+                        "Failed",
+                        &format!("Error: {reason}: {message}"),
+                    );
+                    last_failure = Some(message.clone());
+                }
                 ctx.update(kind, idx, |c| {
                     if !first {
                         c.restart_count -= 1;
@@ -572,7 +599,14 @@ async fn run_container(
         let image_id = image::image_id(&launch.program);
         let has_startup = container.startup_probe.is_some();
         let has_readiness = container.readiness_probe.is_some();
+        last_failure = None;
         tracing::info!(pod = %pod_label, container = %name, pid, program = %launch.program.display(), "container started");
+        ctx.event(
+            &name,
+            "Normal",
+            "Started",
+            &format!("Started container {name} ({})", launch.program.display()),
+        );
         ctx.update(kind, idx, |c| {
             c.state = RunState::Running { started_at };
             c.container_id = Some(container_id.clone());
@@ -615,12 +649,25 @@ async fn run_container(
             Ev::Exited(r) => r,
             Ev::Kill(msg) => {
                 tracing::info!(pod = %pod_label, container = %name, %msg, "killing container");
+                ctx.event(&name, "Warning", "Unhealthy", &msg);
+                ctx.event(
+                    &name,
+                    "Normal",
+                    "Killing",
+                    &format!("Container {name} failed a probe, will be restarted"),
+                );
                 let g = probe_grace(container.liveness_probe.as_ref(), pod_grace);
                 message = Some(msg);
                 terminate(&mut child, pid, g).await
             }
             Ev::Stop(g) => {
                 stopped = true;
+                ctx.event(
+                    &name,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
                 terminate(&mut child, pid, g).await
             }
         };
@@ -675,6 +722,15 @@ async fn run_container(
             backoff = base;
         }
         let wait = backoff;
+        ctx.event(
+            &name,
+            "Warning",
+            "BackOff",
+            &format!(
+                "Back-off {}s restarting exited container {name} (exit code {exit_code})",
+                wait.as_secs_f64()
+            ),
+        );
         ctx.update(kind, idx, |c| {
             c.last_state = Some(term);
             c.state = RunState::Waiting {

@@ -21,8 +21,8 @@ NO_KUBELET=${STUDIO_NO_KUBELET:-0}
 start_ns=$(date +%s%N)
 
 [ "$(id -u)" = 0 ] || die "cluster-up needs root (network namespaces, veths, a bridge)"
-for tool in ip openssl curl setsid flock awk base64; do
-  command -v "$tool" >/dev/null || die "missing tool '$tool' (apt-get install iproute2 openssl curl util-linux)"
+for tool in ip openssl curl setsid flock awk base64 pgrep; do
+  command -v "$tool" >/dev/null || die "missing tool '$tool' (apt-get install iproute2 openssl curl util-linux procps)"
 done
 
 mkdir -p "$DIR/run"

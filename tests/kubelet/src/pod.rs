@@ -148,6 +148,8 @@ impl RestartMode {
 /// What container tasks of one pod share.
 struct PodCtx {
     sh: Arc<Shared>,
+    /// `namespace/name`, for logs.
+    label: String,
     pod_rx: watch::Receiver<Option<Pod>>,
     rt: Arc<Mutex<PodRt>>,
     notify: Arc<Notify>,
@@ -434,10 +436,10 @@ async fn probe_loop(
         loop {
             let r = probes::run_once(p, &target, t.timeout).await;
             if let Err(e) = &r {
-                tracing::debug!(container = %container.name, error = %e, "readiness probe failed");
+                tracing::debug!(pod = %ctx.label, container = %container.name, error = %e, "readiness probe failed");
             }
             if let Some(v) = counter.record(r.is_ok()) {
-                tracing::info!(container = %container.name, ready = v, "readiness changed");
+                tracing::info!(pod = %ctx.label, container = %container.name, ready = v, "readiness changed");
                 // Only a ready container turning unready is news (not the start-up).
                 if let (false, Some(true), Err(e)) = (v, was, &r) {
                     ctx.event(
@@ -1082,6 +1084,7 @@ pub async fn run_pod(
 
     let ctx = Arc::new(PodCtx {
         sh: sh.clone(),
+        label: label.clone(),
         pod_rx: pod_rx.clone(),
         rt: rt.clone(),
         notify: notify.clone(),

@@ -715,7 +715,8 @@ async fn run_container(
         if !mode.restarts(exit_code) {
             ctx.update(kind, idx, |c| {
                 c.state = RunState::Terminated(term);
-                c.ready = false;
+                // Like the real kubelet: a completed init container reports ready.
+                c.ready = kind == Kind::Init && exit_code == 0;
                 c.done = true;
             });
             return;

@@ -64,7 +64,9 @@ async fn worker(http: Client, url: String, w: usize, n: usize, done: Arc<AtomicU
             blob = v["sha256"].as_str().map(str::to_string);
         }
         assert!(
-            status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT,
+            status.is_success()
+                || status == StatusCode::NOT_FOUND
+                || status == StatusCode::CONFLICT,
             "write {j} of worker {w} failed with {status}"
         );
         if status.is_success() {
@@ -76,9 +78,11 @@ async fn worker(http: Client, url: String, w: usize, n: usize, done: Arc<AtomicU
 }
 
 async fn wait_count(done: &AtomicUsize, n: usize) {
-    wait_for("the workload to progress", Duration::from_secs(300), || async {
-        (done.load(Ordering::Relaxed) >= n).then_some(())
-    })
+    wait_for(
+        "the workload to progress",
+        Duration::from_secs(300),
+        || async { (done.load(Ordering::Relaxed) >= n).then_some(()) },
+    )
     .await;
 }
 
@@ -89,9 +93,11 @@ async fn replicas_converge_through_crash_and_wipe_under_mixed_writes() {
     let mut r1 = replica(&dir.path().join("r1"), &primary, "r1", &[]);
     let mut r2 = replica(&dir.path().join("r2"), &primary, "r2", &[]);
     let http = Client::new();
-    wait_for("both replicas connected", Duration::from_secs(30), || async {
-        (connected_peers(&http, &primary.url).await? == 2).then_some(())
-    })
+    wait_for(
+        "both replicas connected",
+        Duration::from_secs(30),
+        || async { (connected_peers(&http, &primary.url).await? == 2).then_some(()) },
+    )
     .await;
 
     let started = Instant::now();
@@ -124,23 +130,48 @@ async fn replicas_converge_through_crash_and_wipe_under_mixed_writes() {
         changed += w.await.unwrap();
     }
     let write_secs = started.elapsed().as_secs_f64();
-    assert!(changed > TOTAL_WRITES / 2, "only {changed} writes changed content");
+    assert!(
+        changed > TOTAL_WRITES / 2,
+        "only {changed} writes changed content"
+    );
 
-    let d = wait_converged(&http, &primary.url, &[&r1.url, &r2.url], Duration::from_secs(120)).await;
+    let d = wait_converged(
+        &http,
+        &primary.url,
+        &[&r1.url, &r2.url],
+        Duration::from_secs(120),
+    )
+    .await;
     eprintln!(
         "{TOTAL_WRITES} requests ({changed} changes) in {write_secs:.1}s; converged after {:.1}s total, digest {d}",
         started.elapsed().as_secs_f64()
     );
     // The restarted replica resumed from its position; the wiped one cloned.
-    assert!(!r1.log_text().contains("clone complete"), "r1 cloned instead of resuming");
+    assert!(
+        !r1.log_text().contains("clone complete"),
+        "r1 cloned instead of resuming"
+    );
     assert!(r2.log_text().contains("clone complete"), "r2 did not clone");
     for r in [&r1, &r2] {
-        assert!(quarantine(&http, &r.url).await.is_empty(), "unexpected quarantine");
+        assert!(
+            quarantine(&http, &r.url).await.is_empty(),
+            "unexpected quarantine"
+        );
     }
     // Readers see the same content on a replica as on the primary.
     let path = "/api/v1/content/w3/i3";
-    let a = http.get(format!("{}{path}", primary.url)).bearer_auth(editor()).send().await.unwrap();
-    let b = http.get(format!("{}{path}", r1.url)).bearer_auth(editor()).send().await.unwrap();
+    let a = http
+        .get(format!("{}{path}", primary.url))
+        .bearer_auth(editor())
+        .send()
+        .await
+        .unwrap();
+    let b = http
+        .get(format!("{}{path}", r1.url))
+        .bearer_auth(editor())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(a.status(), b.status());
     assert_eq!(a.text().await.unwrap(), b.text().await.unwrap());
 
@@ -150,7 +181,11 @@ async fn replicas_converge_through_crash_and_wipe_under_mixed_writes() {
     r2.kill9();
     let journal = |p: &std::path::Path| {
         let s = Store::open(p).unwrap();
-        assert!(s.check_consistency().unwrap().is_empty(), "{}: inconsistent", p.display());
+        assert!(
+            s.check_consistency().unwrap().is_empty(),
+            "{}: inconsistent",
+            p.display()
+        );
         s.entries_after(0, usize::MAX >> 1).unwrap()
     };
     let pj = journal(&primary.data_dir);

@@ -51,18 +51,27 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
     let mut r1 = replica(&dir.path().join("r1"), &primary, "r1", &[]);
     let mut r2 = replica(&dir.path().join("r2"), &primary, "r2", &[]);
     let http = Client::new();
-    wait_for("both replicas connected", Duration::from_secs(30), || async {
-        (connected_peers(&http, &primary.url).await? == 2).then_some(())
-    })
+    wait_for(
+        "both replicas connected",
+        Duration::from_secs(30),
+        || async { (connected_peers(&http, &primary.url).await? == 2).then_some(()) },
+    )
     .await;
-    assert!(put(&http, &primary.url, "/a/first", 1).await.status().is_success());
+    assert!(
+        put(&http, &primary.url, "/a/first", 1)
+            .await
+            .status()
+            .is_success()
+    );
 
     // Both replicas down: writes fail clearly and leave nothing behind.
     r1.kill9();
     r2.kill9();
-    wait_for("the primary to see its replicas gone", Duration::from_secs(30), || async {
-        (connected_peers(&http, &primary.url).await? == 0).then_some(())
-    })
+    wait_for(
+        "the primary to see its replicas gone",
+        Duration::from_secs(30),
+        || async { (connected_peers(&http, &primary.url).await? == 0).then_some(()) },
+    )
     .await;
     for i in 0..3 {
         let r = put(&http, &primary.url, &format!("/a/refused{i}"), i).await;
@@ -74,9 +83,18 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
         r1.restart();
         r2.restart();
     });
-    wait_converged(&http, &primary.url, &[&r1.url, &r2.url], Duration::from_secs(60)).await;
+    wait_converged(
+        &http,
+        &primary.url,
+        &[&r1.url, &r2.url],
+        Duration::from_secs(60),
+    )
+    .await;
     for n in [&primary, &r1, &r2] {
-        assert_eq!(local_status(&http, &n.url, "/a/first").await, StatusCode::OK);
+        assert_eq!(
+            local_status(&http, &n.url, "/a/first").await,
+            StatusCode::OK
+        );
         for i in 0..3 {
             assert_eq!(
                 local_status(&http, &n.url, &format!("/a/refused{i}")).await,
@@ -112,7 +130,9 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
                 if !r.status().is_success() {
                     return;
                 }
-                let Ok(v) = r.json::<Value>().await else { return };
+                let Ok(v) = r.json::<Value>().await else {
+                    return;
+                };
                 let version = v["version"].as_u64().unwrap();
                 let mut a = acked.lock().unwrap();
                 let e = a.entry(path).or_insert(0);
@@ -120,9 +140,11 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
             }
         }));
     }
-    wait_for("300 acknowledged writes", Duration::from_secs(120), || async {
-        (acked.lock().unwrap().values().sum::<u64>() >= 300).then_some(())
-    })
+    wait_for(
+        "300 acknowledged writes",
+        Duration::from_secs(120),
+        || async { (acked.lock().unwrap().values().sum::<u64>() >= 300).then_some(()) },
+    )
     .await;
     primary.kill9();
     for w in writers {
@@ -145,7 +167,9 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
             .await
             .unwrap();
         let have = if r.status().is_success() {
-            r.json::<Value>().await.unwrap()["version"].as_u64().unwrap()
+            r.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap()
         } else {
             0
         };
@@ -155,7 +179,12 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
     }
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     // The new primary takes writes.
-    assert!(put(&http, &r1.url, "/after/failover", 1).await.status().is_success());
+    assert!(
+        put(&http, &r1.url, "/after/failover", 1)
+            .await
+            .status()
+            .is_success()
+    );
     let s = status(&http, &r1.url).await.unwrap();
     assert_eq!(s["role"], "primary");
     assert_eq!(s["term"], 2);
@@ -169,14 +198,24 @@ async fn divergent_ex_primary_quarantines_its_unseen_entries_and_converges() {
     let mut r = replica(&dir.path().join("r"), &p, "r", &[]);
     let http = Client::new();
     for i in 0..50 {
-        assert!(put(&http, &p.url, &format!("/common/c{i}"), i).await.status().is_success());
+        assert!(
+            put(&http, &p.url, &format!("/common/c{i}"), i)
+                .await
+                .status()
+                .is_success()
+        );
     }
     wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(60)).await;
 
     // The replica goes away; the primary acknowledges 20 more writes (async) and dies.
     r.kill9();
     for i in 0..20 {
-        assert!(put(&http, &p.url, &format!("/lost/l{i}"), i).await.status().is_success());
+        assert!(
+            put(&http, &p.url, &format!("/lost/l{i}"), i)
+                .await
+                .status()
+                .is_success()
+        );
     }
     p.kill9();
 
@@ -185,7 +224,12 @@ async fn divergent_ex_primary_quarantines_its_unseen_entries_and_converges() {
     let (st, body) = admin_post(&http, &r.url, node_api::ADMIN_PROMOTE, json!({"term": 2})).await;
     assert_eq!(st, StatusCode::OK, "promote: {body}");
     for i in 0..10 {
-        assert!(put(&http, &r.url, &format!("/new/n{i}"), i).await.status().is_success());
+        assert!(
+            put(&http, &r.url, &format!("/new/n{i}"), i)
+                .await
+                .status()
+                .is_success()
+        );
     }
 
     // The ex-primary rejoins as a replica of the new primary.
@@ -203,12 +247,20 @@ async fn divergent_ex_primary_quarantines_its_unseen_entries_and_converges() {
     want.sort();
     assert_eq!(paths, want);
     assert!(q.iter().all(|e| e["entry"]["term"] == 1));
-    assert_eq!(local_status(&http, &p.url, "/lost/l0").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        local_status(&http, &p.url, "/lost/l0").await,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(local_status(&http, &p.url, "/new/n9").await, StatusCode::OK);
     let s = status(&http, &p.url).await.unwrap();
     assert_eq!(s["quarantined"], 20);
     assert_eq!(s["role"], "replica");
     // It keeps following: a later write reaches it.
-    assert!(put(&http, &r.url, "/new/later", 1).await.status().is_success());
+    assert!(
+        put(&http, &r.url, "/new/later", 1)
+            .await
+            .status()
+            .is_success()
+    );
     wait_converged(&http, &r.url, &[&p.url], Duration::from_secs(30)).await;
 }

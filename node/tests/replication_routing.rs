@@ -21,9 +21,24 @@ async fn coordinator_modes_headers_and_arbiter() {
     let dir = tempfile::tempdir().unwrap();
     let primary = Node::standalone(&dir.path().join("p"), &[]);
     let cud = replica(&dir.path().join("cud"), &primary, "r-cud", &[]);
-    let all = replica(&dir.path().join("all"), &primary, "r-all", &["--coordinator-mode", "ALL"]);
-    let off = replica(&dir.path().join("off"), &primary, "r-off", &["--coordinator-mode", "DISABLED"]);
-    let arb = replica(&dir.path().join("arb"), &primary, "arb", &["--role", "arbiter"]);
+    let all = replica(
+        &dir.path().join("all"),
+        &primary,
+        "r-all",
+        &["--coordinator-mode", "ALL"],
+    );
+    let off = replica(
+        &dir.path().join("off"),
+        &primary,
+        "r-off",
+        &["--coordinator-mode", "DISABLED"],
+    );
+    let arb = replica(
+        &dir.path().join("arb"),
+        &primary,
+        "arb",
+        &["--role", "arbiter"],
+    );
     let http = Client::new();
     let tok = editor();
     wait_for("4 connected peers", Duration::from_secs(30), || async {
@@ -95,8 +110,17 @@ async fn coordinator_modes_headers_and_arbiter() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let sha = r.json::<Value>().await.unwrap()["sha256"].as_str().unwrap().to_string();
-    wait_converged(&http, &primary.url, &[&cud.url, &all.url, &off.url, &arb.url], Duration::from_secs(30)).await;
+    let sha = r.json::<Value>().await.unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_converged(
+        &http,
+        &primary.url,
+        &[&cud.url, &all.url, &off.url, &arb.url],
+        Duration::from_secs(30),
+    )
+    .await;
     // Reads are local in CUD (no forwarded header) and see replicated content.
     let r = http
         .get(format!("{}/api/v1/content/site/a", cud.url))
@@ -137,7 +161,10 @@ async fn coordinator_modes_headers_and_arbiter() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[HEADER_FORWARDED_FROM], "r-all");
     let r = http
-        .get(format!("{}/api/v1/content/site/a?workspace=authoring", all.url))
+        .get(format!(
+            "{}/api/v1/content/site/a?workspace=authoring",
+            all.url
+        ))
         .bearer_auth(&tok)
         .header(HEADER_DIRECT, "true")
         .send()
@@ -186,7 +213,11 @@ async fn coordinator_modes_headers_and_arbiter() {
         assert_eq!(p["lagEntries"], 0, "{p}");
         assert_eq!(p["connected"], true);
     }
-    assert!(peers.iter().any(|p| p["nodeId"] == "arb" && p["role"] == "arbiter"));
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["nodeId"] == "arb" && p["role"] == "arbiter")
+    );
     let metrics = wait_for("lag metrics", Duration::from_secs(10), || async {
         let m = http
             .get(format!("{}/metrics", primary.url))
@@ -196,7 +227,8 @@ async fn coordinator_modes_headers_and_arbiter() {
             .text()
             .await
             .ok()?;
-        m.contains("studio_replication_lag_entries{peer=\"r-cud\"} 0").then_some(m)
+        m.contains("studio_replication_lag_entries{peer=\"r-cud\"} 0")
+            .then_some(m)
     })
     .await;
     assert!(metrics.contains("studio_replication_lag_seconds{peer=\"r-cud\"}"));
@@ -241,7 +273,13 @@ async fn demote_follow_and_switchover() {
     .await;
 
     // Planned switchover: b becomes primary at a higher term, a follows it.
-    let (st, body) = admin_post(&http, &a.url, node_api::ADMIN_SWITCHOVER, json!({"target": "b"})).await;
+    let (st, body) = admin_post(
+        &http,
+        &a.url,
+        node_api::ADMIN_SWITCHOVER,
+        json!({"target": "b"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let sb = status(&http, &b.url).await.unwrap();
     assert_eq!(sb["role"], "primary");
@@ -249,7 +287,10 @@ async fn demote_follow_and_switchover() {
     let sa = status(&http, &a.url).await.unwrap();
     assert_eq!(sa["role"], "replica");
     assert_eq!(sa["primary"], b.url.as_str());
-    assert_eq!(put(a.url.clone(), "/x/2").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        put(a.url.clone(), "/x/2").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert!(put(b.url.clone(), "/x/2").await.is_success());
     wait_converged(&http, &b.url, &[&a.url], Duration::from_secs(30)).await;
     assert!(quarantine(&http, &a.url).await.is_empty());
@@ -257,14 +298,37 @@ async fn demote_follow_and_switchover() {
     // Demote: read-only at once.
     let (st, _) = admin_post(&http, &b.url, node_api::ADMIN_DEMOTE, json!({})).await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(put(b.url.clone(), "/x/3").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        put(b.url.clone(), "/x/3").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     // Promote back with a stale term is refused; a higher one works; follow re-points.
-    let term = status(&http, &b.url).await.unwrap()["term"].as_u64().unwrap();
-    let (st, _) = admin_post(&http, &b.url, node_api::ADMIN_PROMOTE, json!({"term": term})).await;
+    let term = status(&http, &b.url).await.unwrap()["term"]
+        .as_u64()
+        .unwrap();
+    let (st, _) = admin_post(
+        &http,
+        &b.url,
+        node_api::ADMIN_PROMOTE,
+        json!({"term": term}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
-    let (st, _) = admin_post(&http, &b.url, node_api::ADMIN_PROMOTE, json!({"term": term + 1})).await;
+    let (st, _) = admin_post(
+        &http,
+        &b.url,
+        node_api::ADMIN_PROMOTE,
+        json!({"term": term + 1}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = admin_post(&http, &a.url, node_api::ADMIN_FOLLOW, json!({"primary": b.url})).await;
+    let (st, _) = admin_post(
+        &http,
+        &a.url,
+        node_api::ADMIN_FOLLOW,
+        json!({"primary": b.url}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert!(put(b.url.clone(), "/x/3").await.is_success());
     wait_converged(&http, &b.url, &[&a.url], Duration::from_secs(30)).await;

@@ -230,12 +230,12 @@ async fn session(
                 Frame::Entry { entry } => {
                     batch.push(entry);
                     if batch.len() >= MAX_BATCH {
-                        apply_batch(state, url, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
                     }
                 }
                 Frame::Heartbeat { primary, .. } => {
                     if !batch.is_empty() {
-                        apply_batch(state, url, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
                     }
                     let ppos = Position {
                         seq: primary.seq,
@@ -254,7 +254,7 @@ async fn session(
                 }
                 Frame::Diverged { common, terms } => {
                     if !batch.is_empty() {
-                        apply_batch(state, url, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
                     }
                     repair_divergence(state, url, common, &terms).await?;
                     return Ok(Outcome::Resync);
@@ -269,7 +269,7 @@ async fn session(
         buf.drain(..consumed);
         if !batch.is_empty() {
             let n = batch.len();
-            let last = apply_batch(state, url, batch).await?;
+            let last = apply_batch(state, url, remote_term, batch).await?;
             tracing::trace!(n, seq = last.seq, "applied");
             last_acked = Some(last);
         }
@@ -282,6 +282,7 @@ async fn session(
 async fn apply_batch(
     state: &AppState,
     url: &str,
+    remote_term: u64,
     batch: Vec<JournalEntry>,
 ) -> Result<Position, SessionError> {
     let shared = &state.role.repl;
@@ -290,11 +291,12 @@ async fn apply_batch(
     if target(&state.role.get()).as_deref() != Some(url) {
         return Ok(state.store.position());
     }
+    // A promise (election) fences the *primary's* term, like a Raft vote: entries of
+    // older terms are still fine when a primary of a current term sends them (catch-up).
     let promised = shared.promised_term();
-    if let Some(e) = batch.iter().find(|e| e.term < promised) {
+    if remote_term < promised {
         return Err(SessionError::Refused(format!(
-            "entry {} has term {}, below term {promised} this node promised: stale primary",
-            e.seq, e.term
+            "{url} streams at term {remote_term}, below term {promised} this node promised: stale primary"
         )));
     }
     for e in &batch {

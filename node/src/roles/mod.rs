@@ -112,7 +112,10 @@ pub async fn promote(state: &AppState, term: u64, _force: bool) -> Result<RoleIn
     if info.role == Role::Primary && !info.read_only && info.term == term {
         return Ok(info); // idempotent
     }
-    if term <= known {
+    // A promise of `t` (election) fences primaries *below* `t`: the candidate it was
+    // made to (this node, possibly) may still become primary at `t` itself.
+    let seen = info.term.max(state.store.position().term);
+    if term <= seen || term < state.role.repl.promised_term() {
         return Err(RoleError::StaleTerm {
             requested: term,
             known,

@@ -54,10 +54,13 @@ unit:
 	$(CARGO) test --workspace --exclude studio-e2e
 
 # End-to-end suites share one local cluster; the harness starts it if none is up.
+# The teardown suite takes that cluster down and checks nothing is left: it runs last.
+E2E_THREADS ?= 2
 e2e: controlplane bins
 	@export STUDIO_CP_BIN=$$(scripts/build-controlplane.sh); \
-	  rc=0; $(CARGO) test -p studio-e2e -- --test-threads=2 || rc=$$?; \
-	  scripts/cluster-down.sh; exit $$rc
+	  rc=0; $(CARGO) test -p studio-e2e -- --test-threads=$(E2E_THREADS) || rc=$$?; \
+	  $(CARGO) test -p studio-e2e --test teardown || rc=$$?; \
+	  scripts/cluster-down.sh >/dev/null || true; exit $$rc
 
 test: lint unit e2e
 

@@ -47,7 +47,12 @@ pub struct Context {
     pub switchovers: Mutex<HashMap<String, (String, Instant)>>,
     /// Consecutive failures per cluster, for the back-off.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Label repairs seen but not yet done: cluster key → (repairs, first seen).
+    pub pending_repairs: Mutex<HashMap<String, (Vec<plan::LabelRepair>, Instant)>>,
 }
+
+/// How long a role label must disagree with the Lease before the operator rewrites it.
+pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
 
 impl Context {
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
@@ -58,6 +63,7 @@ impl Context {
             nodes: NodeClient::new(),
             switchovers: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            pending_repairs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -297,8 +303,28 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         .await;
     }
 
-    // Repair role labels that disagree with the Lease.
-    if !plan.repairs.is_empty() {
+    // Repair role labels that disagree with the Lease, once the disagreement has lasted
+    // (the nodes flip labels themselves around every election; don't race them).
+    let repair_now = {
+        let mut pending = ctx.pending_repairs.lock().map_err(|_| Error::Poisoned)?;
+        if plan.repairs.is_empty() {
+            pending.remove(&key(&sc));
+            false
+        } else {
+            match pending.get(&key(&sc)) {
+                Some((r, since)) if r == &plan.repairs && since.elapsed() >= REPAIR_GRACE => {
+                    pending.remove(&key(&sc));
+                    true
+                }
+                Some((r, _)) if r == &plan.repairs => false,
+                _ => {
+                    pending.insert(key(&sc), (plan.repairs.clone(), Instant::now()));
+                    false
+                }
+            }
+        }
+    };
+    if repair_now {
         for r in &plan.repairs {
             let patch = json!({"metadata": {"labels": {labels::ROLE: r.role}}});
             pod_api
@@ -319,7 +345,9 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     // The one disruptive step.
-    let mut requeue = if plan.phase == Phase::Ready {
+    let mut requeue = if !plan.repairs.is_empty() {
+        REPAIR_GRACE
+    } else if plan.phase == Phase::Ready {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(5)

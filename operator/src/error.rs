@@ -39,6 +39,9 @@ pub enum Error {
 
     #[error("serialization error: {0}")]
     Json(#[from] serde_json::Error),
+
+    #[error("internal state lock poisoned")]
+    Poisoned,
 }
 
 impl Error {
@@ -54,6 +57,7 @@ impl Error {
             Error::SecretKey(..) => "secret_key",
             Error::Random(_) => "random",
             Error::Json(_) => "json",
+            Error::Poisoned => "poisoned",
         }
     }
 

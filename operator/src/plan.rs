@@ -349,6 +349,21 @@ pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
                 message = "waiting for the first primary".into();
                 Phase::Creating
             }
+        } else if let Some(p) = primary
+            .as_deref()
+            .and_then(|p| obs.member(p))
+            .filter(|m| m.node.as_ref().is_some_and(|n| n.role != NodeRole::Primary))
+        {
+            // The Lease names a node that says it is not primary: nobody takes writes.
+            message = format!(
+                "no writable primary: the Lease holder {} reports role {}",
+                p.name,
+                p.node
+                    .as_ref()
+                    .map(|n| format!("{:?}", n.role).to_lowercase())
+                    .unwrap_or_default()
+            );
+            Phase::Degraded
         } else if ready < desired || arbiter_missing {
             message = format!("{ready} of {desired} data nodes ready");
             if arbiter_missing {

@@ -495,3 +495,14 @@ fn conditions_are_kstatus_compatible() {
         prev.conditions[0].last_transition_time
     );
 }
+
+#[test]
+fn a_lease_holder_that_reports_replica_is_not_a_writable_primary() {
+    // After a failed hand-over: the Lease still names acme-0, which follows someone else.
+    let mut obs = healthy(3, 0);
+    obs.members[0].node = Some(status(NodeRole::Replica, 100));
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.phase, Phase::Degraded);
+    assert!(p.message.contains("no writable primary"), "{}", p.message);
+    assert!(p.message.contains("acme-0"), "{}", p.message);
+}

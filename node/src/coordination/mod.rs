@@ -744,8 +744,12 @@ impl Coord {
             );
             return Ok(());
         }
-        let transitions = obs.map(|o| o.record.transitions).unwrap_or(0);
-        let t0 = (transitions + 1).max(roles::known_term(&self.state) + 1);
+        // Every candidate that saw the same Lease promises the same term: the one the
+        // winner of the resourceVersion race writes (term == leaseTransitions).
+        let t0 = match obs {
+            Some(o) => o.record.transitions + 1,
+            None => roles::known_term(&self.state) + 1,
+        };
         let peers = self.poll_positions(t0).await;
         let pos = roles::position_promise(&self.state, t0 - 1).await;
         let me = Heard {
@@ -764,9 +768,7 @@ impl Coord {
         match d {
             Decision::Acquire => {
                 let heard_max = peers.iter().map(|h| h.pos.term).max().unwrap_or(0);
-                let term = t0
-                    .max(heard_max + 1)
-                    .max(roles::known_term(&self.state) + 1);
+                let term = t0.max(heard_max + 1).max(pos.term + 1);
                 tracing::info!(
                     term, %reason, seq = pos.seq, last_term = pos.term, heard = peers.len() + 1, members,
                     "the Lease is free and this node is the most advanced eligible member: acquiring"
@@ -1066,11 +1068,13 @@ impl Coord {
                 }
             }
         }
-        let known = roles::known_term(&self.state);
-        if term <= known {
-            // A member promised a higher term to another candidate meanwhile: move the
-            // Lease's term above it first (term == leaseTransitions always).
-            let bumped = known + 1;
+        let info = self.state.role.get();
+        let seen = info.term.max(self.state.store.position().term);
+        let promised = self.state.role.repl.promised_term();
+        if term <= seen || term < promised {
+            // This node saw or promised a higher term meanwhile: move the Lease's term
+            // above it first (term == leaseTransitions always).
+            let bumped = (seen + 1).max(promised);
             if !self.renew(Some(bumped)).await {
                 anyhow::bail!("could not move the Lease to term {bumped}");
             }

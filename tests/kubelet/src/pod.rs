@@ -1040,6 +1040,7 @@ pub async fn run_pod(
     notify.notify_one();
 
     // Sandbox: network, volumes, tokens. Retried until it works or the pod goes away.
+    let mut last_sandbox_error: Option<String> = None;
     let sandbox = loop {
         let current = pod_rx.borrow().clone();
         let Some(current) = current else { break None };
@@ -1050,7 +1051,18 @@ pub async fn run_pod(
         match attempt {
             Some(Ok(s)) => break Some(s),
             Some(Err(e)) => {
-                tracing::warn!(pod = %label, error = %e, "pod sandbox not ready; retrying");
+                if last_sandbox_error.as_ref() != Some(&e) {
+                    tracing::warn!(pod = %label, error = %e, "pod sandbox not ready; retrying every 2s");
+                    crate::events::emit(
+                        &sh.client,
+                        &current,
+                        None,
+                        "Warning",
+                        "FailedCreatePodSandBox",
+                        &e,
+                    );
+                    last_sandbox_error = Some(e.clone());
+                }
                 {
                     let mut guard = rt.lock().unwrap_or_else(|x| x.into_inner());
                     let r = &mut *guard;

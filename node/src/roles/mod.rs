@@ -3,7 +3,8 @@
 //! Kubernetes coordination layer both call these functions:
 //!
 //! - [`promote`]`(state, term, force)`: replica → writable primary at `term`. Refuses a
-//!   term not above every term this node has seen or promised, and refuses an arbiter.
+//!   term not above every term this node acted in or holds entries of, a term below
+//!   one it promised (promising `term` to itself first is fine), and an arbiter.
 //!   Stops the replication stream first, then writes a `TermStart` journal entry so the
 //!   new term is in the term history (divergence detection relies on it).
 //! - [`demote`]`(state, follow)`: primary → read-only replica at once (writes in flight

@@ -9,7 +9,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib-cluster.sh"
 
 [ "$(id -u)" = 0 ] || die "cluster-down needs root"
-command -v ip >/dev/null || die "missing tool 'ip' (apt-get install iproute2)"
+for tool in ip pgrep; do
+  command -v "$tool" >/dev/null || die "missing tool '$tool' (apt-get install iproute2 procps)"
+done
 
 if [ -d "$DIR/run" ]; then
   exec 9>"$DIR/run/lock"
@@ -17,6 +19,11 @@ if [ -d "$DIR/run" ]; then
 fi
 
 teardown
+for p in $(pgrep -x studio-kubelet || true); do
+  if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then
+    log "warning: a studio-kubelet that cluster-up did not start is still running (pid $p): stop it yourself"
+  fi
+done
 left=$(leftovers)
 if [ -n "$left" ]; then
   echo "[cluster] error: could not remove:" >&2

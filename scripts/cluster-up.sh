@@ -38,29 +38,37 @@ api_healthy() {
     --key "$DIR/pki/admin.key" "$API_URL/readyz" >/dev/null 2>&1
 }
 
-# Another studio-kubelet serving this API server would fight ours over the Nodes.
+# A studio-kubelet that we did not start but that serves this API server (one started
+# by hand while developing the kubelet) counts as the cluster's kubelet.
 foreign=""
 ours=$(component_pid kubelet || true)
 for p in $(pgrep -x studio-kubelet || true); do
   [ "$p" != "$ours" ] || continue
   if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then foreign="$foreign $p"; fi
 done
-if [ -n "$foreign" ] && [ "$NO_KUBELET" != 1 ]; then
-  die "a studio-kubelet that cluster-up did not start serves $API_URL (pid$foreign): stop it, or run with STUDIO_NO_KUBELET=1 to use it"
-fi
 
 # Already running?
 running=()
-for c in "${COMPONENTS[@]}"; do
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
   if component_pid "$c" >/dev/null; then running+=("$c"); fi
 done
-want=${#COMPONENTS[@]}
-[ "$NO_KUBELET" = 1 ] && want=$((want - 1))
-if [ "${#running[@]}" -ge "$want" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
-  log "already running (${running[*]}); kubeconfig:"
+kubelet_note=""
+if [ -n "$ours" ]; then
+  kubelet_note="kubelet pid $ours"
+elif [ -n "$foreign" ]; then
+  kubelet_note="a studio-kubelet started by hand, pid$foreign"
+elif [ "$NO_KUBELET" = 1 ]; then
+  kubelet_note="no kubelet (STUDIO_NO_KUBELET=1)"
+fi
+if [ "${#running[@]}" = 4 ] && [ -n "$kubelet_note" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
+  log "already running (${running[*]}; $kubelet_note); kubeconfig:"
   echo "$DIR/kubeconfig"
   exit 0
 fi
+if [ -n "$foreign" ] && [ "$NO_KUBELET" != 1 ]; then
+  die "a studio-kubelet that cluster-up did not start serves $API_URL (pid$foreign): stop it first, or run with STUDIO_NO_KUBELET=1 to keep using it"
+fi
+[ -z "$ours" ] || running+=(kubelet)
 owner=$(cat "$OWNER_FILE" 2>/dev/null || true)
 if [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -n "$(ip netns pids "$CP_NETNS" 2>/dev/null || true)" ]; then
   die "a cluster with STUDIO_CLUSTER_DIR=$owner is running (only one fits on a machine): stop it with STUDIO_CLUSTER_DIR=$owner scripts/cluster-down.sh"

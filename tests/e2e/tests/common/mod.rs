@@ -1,0 +1,943 @@
+//! Support for the operator's end-to-end suites (issue 5): the operator installed once
+//! with helm from `charts/`, StudioClusters applied with kubectl, their status, the
+//! nodes' content API with a user JWT, a write load, and a recorder of pod events.
+//!
+//! The operator is cluster-scoped (it watches every namespace), so there is exactly one
+//! install, release `studio-operator` in namespace `studio-system` (the same as
+//! `scripts/demo.sh`): [`operator`] installs or upgrades it once per test process under a
+//! file lock (test binaries run in parallel), and restarts its pods when they run an
+//! older `studio-operator` binary than the one just built.
+#![allow(dead_code)]
+
+pub mod jwt;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Event, Pod, Secret},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, ListParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use studio_e2e::{is_ready, name, pod_ip, ready_endpoints};
+use studio_harness::{Cluster, TestEnv, join, kubectl, wait_for};
+use tokio::sync::{OnceCell, RwLock};
+
+/// Namespace and release name of the one operator install.
+pub const OPERATOR_NS: &str = "studio-system";
+pub const RELEASE: &str = "studio-operator";
+/// The nodes' image: the process kubelet runs `target/debug/studio-node` for it.
+pub const NODE_IMAGE: &str = "local/studio-node:dev";
+/// A second tag mapped to the same binary (rolling upgrade).
+pub const NODE_IMAGE_V2: &str = "local/studio-node:v2";
+pub const NODE_PORT: u16 = 8080;
+/// The 3 + arbiter example, as shipped for real clusters.
+pub const EXAMPLE: &str = "examples/three-nodes-arbiter-sync.yaml";
+
+pub const ROLE: &str = "studio.cms.io/role";
+pub const CLUSTER: &str = "studio.cms.io/cluster";
+
+/// First start of a cluster's pods (scheduling, claims, process start, election); the
+/// acceptance bound (60 s from the pods' start to Ready) is asserted separately.
+pub const START: Duration = Duration::from_secs(180);
+
+/// Tests that disturb the operator itself (killing its leader) take this exclusively;
+/// every other test holds it shared, so their timings are not skewed by a take-over.
+pub static OPERATOR_GATE: RwLock<()> = RwLock::const_new(());
+
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// Runs helm with the admin kubeconfig; returns stdout or an error with stderr.
+pub fn helm<I, S>(cluster: &Cluster, args: I) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let out = Command::new(cluster.tool("helm"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running helm")?;
+    if !out.status.success() {
+        bail!(
+            "helm {:?} failed ({}): {}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The local cluster with the operator installed from `charts/studio-operator` and a
+/// leader elected.
+pub async fn operator() -> anyhow::Result<&'static Cluster> {
+    let cluster = studio_harness::cluster()?;
+    INSTALLED
+        .get_or_try_init(|| install(cluster))
+        .await
+        .context("installing the operator with helm")?;
+    Ok(cluster)
+}
+
+async fn install(c: &'static Cluster) -> anyhow::Result<()> {
+    // One installer at a time across test processes (helm refuses concurrent upgrades).
+    let lock_path = c.dir.join("studio-operator-e2e.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .context("waiting for the install lock")?
+        .context("locking the install lock")
+        .and_then(|lock| install_locked(c).map(|()| drop(lock)))?;
+    wait_for_operator_leader(c).await?;
+    Ok(())
+}
+
+fn install_locked(c: &Cluster) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Helm installs CRDs only when absent; apply the chart's CRD so the schema under
+    // test is the committed one.
+    let crd = c
+        .repo
+        .join("charts/studio-operator/crds/studiocluster.yaml");
+    kubectl(
+        c,
+        [
+            "apply".as_ref(),
+            "--server-side".as_ref(),
+            "--force-conflicts".as_ref(),
+            "-f".as_ref(),
+            crd.as_os_str(),
+        ],
+    )?;
+    kubectl(
+        c,
+        [
+            "wait",
+            "--for=condition=Established",
+            "crd/studioclusters.studio.cms.io",
+            "--timeout=60s",
+        ],
+    )?;
+    let chart = c.repo.join("charts/studio-operator");
+    helm(
+        c,
+        [
+            "upgrade".as_ref(),
+            "--install".as_ref(),
+            RELEASE.as_ref(),
+            chart.as_os_str(),
+            "--namespace".as_ref(),
+            OPERATOR_NS.as_ref(),
+            "--create-namespace".as_ref(),
+            "--set".as_ref(),
+            "image.repository=local/studio-operator".as_ref(),
+            "--set".as_ref(),
+            "image.tag=dev".as_ref(),
+            "--wait".as_ref(),
+            "--timeout".as_ref(),
+            "180s".as_ref(),
+        ],
+    )?;
+    // Pods started before the binary was last built run old code: restart them.
+    let built = std::fs::metadata(c.target_dir.join("studio-operator"))
+        .and_then(|m| m.modified())
+        .context("reading the mtime of the studio-operator binary")?;
+    let pods: Value = serde_json::from_str(&kubectl(
+        c,
+        [
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+            "-o",
+            "json",
+        ],
+    )?)
+    .context("parsing the operator's pods")?;
+    let stale = pods["items"].as_array().into_iter().flatten().any(|p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|cs| match cs["state"]["running"]["startedAt"].as_str() {
+                Some(t) => t
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .map(|t| SystemTime::from(t) < built)
+                    .unwrap_or(true),
+                None => true,
+            })
+    });
+    if stale {
+        eprintln!("[operator] restarting the operator's pods onto the freshly built binary");
+        kubectl(
+            c,
+            [
+                "-n",
+                OPERATOR_NS,
+                "rollout",
+                "restart",
+                &format!("deployment/{RELEASE}"),
+            ],
+        )?;
+        kubectl(
+            c,
+            [
+                "-n",
+                OPERATOR_NS,
+                "rollout",
+                "status",
+                &format!("deployment/{RELEASE}"),
+                "--timeout=180s",
+            ],
+        )?;
+    }
+    eprintln!(
+        "[operator] helm release {RELEASE} in {OPERATOR_NS} ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The operator's leader: the holder of its Lease, when that pod is Ready.
+pub async fn operator_leader(client: &kube::Client) -> anyhow::Result<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let lease = leases
+        .get(RELEASE)
+        .await
+        .context("get the operator Lease")?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("the operator Lease has no holder"))?;
+    let pod = pods
+        .get_opt(&holder)
+        .await?
+        .ok_or_else(|| anyhow!("the Lease holder {holder} has no pod"))?;
+    ensure!(
+        is_ready(&pod) && pod.metadata.deletion_timestamp.is_none(),
+        "the Lease holder {holder} is not a Ready pod"
+    );
+    Ok(holder)
+}
+
+async fn wait_for_operator_leader(c: &Cluster) -> anyhow::Result<String> {
+    let client = c.client().await?;
+    wait_for(
+        "the operator's leader (Lease studio-operator held by a Ready pod)",
+        Duration::from_secs(90),
+        || operator_leader(&client),
+    )
+    .await
+}
+
+/// A test's namespace with the operator installed; holds the operator gate shared.
+pub struct OpEnv {
+    pub env: TestEnv,
+    _gate: tokio::sync::RwLockReadGuard<'static, ()>,
+}
+
+impl OpEnv {
+    pub async fn new(test: &str) -> anyhow::Result<OpEnv> {
+        operator().await?;
+        let gate = OPERATOR_GATE.read().await;
+        Ok(OpEnv {
+            env: TestEnv::new(test).await?,
+            _gate: gate,
+        })
+    }
+
+    pub async fn pass(self) -> anyhow::Result<()> {
+        self.env.pass().await
+    }
+}
+
+impl std::ops::Deref for OpEnv {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
+}
+
+/// The StudioCluster resource, read as dynamic objects.
+pub fn studio_resource() -> ApiResource {
+    ApiResource {
+        group: "studio.cms.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "studio.cms.io/v1alpha1".into(),
+        kind: "StudioCluster".into(),
+        plural: "studioclusters".into(),
+    }
+}
+
+pub fn studio_api(env: &TestEnv) -> Api<DynamicObject> {
+    Api::namespaced_with(env.client.clone(), &env.ns, &studio_resource())
+}
+
+/// Writes `text` to a file of the test's scratch directory and returns its path.
+pub fn scratch_file(env: &TestEnv, file: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("studio-e2e-{}", env.ns));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// `kubectl apply -f` of a manifest in the test's namespace.
+pub fn apply(env: &TestEnv, file: &str, manifest: &str) -> anyhow::Result<String> {
+    let path = scratch_file(env, file, manifest)?;
+    env.kubectl(["apply".as_ref(), "-f".as_ref(), path.as_os_str()])
+}
+
+/// The shipped 3 + arbiter example with its image mapped to the local binary.
+pub fn example_manifest(repo: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(repo.join(EXAMPLE))
+        .with_context(|| format!("reading {EXAMPLE}"))?;
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("  image:") {
+                found = true;
+                format!("  image: {NODE_IMAGE}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    ensure!(found, "{EXAMPLE} has no spec.image line");
+    Ok(out.join("\n") + "\n")
+}
+
+/// A StudioCluster in the example's shape (3 nodes + arbiter, sync, K = 2, fast
+/// election), with `patch` merged into its spec (JSON merge: null removes).
+pub fn cluster_manifest(name: &str, patch: Value) -> String {
+    let mut spec = json!({
+        "nodes": 3,
+        "image": NODE_IMAGE,
+        "arbiter": {"enabled": true},
+        "storage": {"size": "1Gi", "pvcRetention": "Delete"},
+        "replication": {"mode": "sync", "syncReplicas": 2},
+        "coordinatorMode": "CUD",
+        "election": {"leaseDurationSeconds": 6, "renewDeadlineSeconds": 4, "retryPeriodSeconds": 1}
+    });
+    merge(&mut spec, &patch);
+    json!({
+        "apiVersion": "studio.cms.io/v1alpha1",
+        "kind": "StudioCluster",
+        "metadata": {"name": name},
+        "spec": spec
+    })
+    .to_string()
+}
+
+/// RFC 7386 JSON merge.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// What `status` says, reduced to what tests assert.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub phase: String,
+    pub message: String,
+    pub ready: bool,
+    pub ready_nodes: i64,
+    pub current_primary: Option<String>,
+    pub members: Vec<Value>,
+    pub last_failover: Value,
+    pub ready_since: Option<String>,
+}
+
+impl Status {
+    pub fn of(obj: &DynamicObject) -> Status {
+        let st = &obj.data["status"];
+        let ready_cond = st["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready");
+        Status {
+            generation: obj.metadata.generation.unwrap_or(0),
+            observed_generation: st["observedGeneration"].as_i64().unwrap_or(-1),
+            phase: st["phase"].as_str().unwrap_or("").into(),
+            message: st["message"].as_str().unwrap_or("").into(),
+            ready: ready_cond.is_some_and(|c| c["status"] == "True"),
+            ready_nodes: st["readyNodes"].as_i64().unwrap_or(0),
+            current_primary: st["currentPrimary"].as_str().map(String::from),
+            members: st["members"].as_array().cloned().unwrap_or_default(),
+            last_failover: st["lastFailover"].clone(),
+            ready_since: ready_cond
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .map(String::from),
+        }
+    }
+
+    /// Ready for the current generation.
+    pub fn ready_now(&self) -> bool {
+        self.ready && self.observed_generation == self.generation && self.phase == "Ready"
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "phase={} ready={} readyNodes={} primary={} observedGeneration={}/{} message={:?}",
+            self.phase,
+            self.ready,
+            self.ready_nodes,
+            self.current_primary.as_deref().unwrap_or("-"),
+            self.observed_generation,
+            self.generation,
+            self.message
+        )
+    }
+}
+
+pub async fn status(env: &TestEnv, name: &str) -> anyhow::Result<Status> {
+    let obj = studio_api(env)
+        .get(name)
+        .await
+        .with_context(|| format!("get studiocluster {name}"))?;
+    Ok(Status::of(&obj))
+}
+
+/// Waits until the cluster is Ready for its current generation with `nodes` ready data
+/// nodes; returns the status.
+pub async fn wait_ready(
+    env: &TestEnv,
+    name: &str,
+    nodes: i64,
+    timeout: Duration,
+) -> anyhow::Result<Status> {
+    wait_for(
+        &format!("studiocluster/{name} Ready with {nodes} ready nodes"),
+        timeout,
+        || async {
+            let s = status(env, name).await?;
+            if s.ready_now() && s.ready_nodes == nodes && s.current_primary.is_some() {
+                Ok(s)
+            } else {
+                bail!("{}", s.summary())
+            }
+        },
+    )
+    .await
+}
+
+/// The pods of a cluster (data nodes and arbiter), sorted by name.
+pub async fn cluster_pods(env: &TestEnv, cluster: &str) -> anyhow::Result<Vec<Pod>> {
+    let mut list = env
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("{CLUSTER}={cluster}")))
+        .await
+        .context("listing the cluster's pods")?
+        .items;
+    list.sort_by_key(name);
+    Ok(list)
+}
+
+pub fn role_of(pod: &Pod) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ROLE))
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn image_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+pub fn is_arbiter(cluster: &str, pod: &str) -> bool {
+    pod.starts_with(&format!("{cluster}-arbiter-"))
+}
+
+/// Holder of the cluster's election Lease.
+pub async fn lease_holder(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
+    Ok(env
+        .api::<Lease>()
+        .get_opt(&format!("{cluster}-primary"))
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+/// Checks that status, Lease, role labels and the -primary/-replicas Services agree on
+/// one primary, with every data node Ready; returns the primary's name and address.
+pub async fn roles_agree(
+    env: &TestEnv,
+    cluster: &str,
+    nodes: usize,
+) -> anyhow::Result<(String, Ipv4Addr)> {
+    let st = status(env, cluster).await?;
+    ensure!(st.ready_now(), "not Ready: {}", st.summary());
+    let primary = st
+        .current_primary
+        .clone()
+        .ok_or_else(|| anyhow!("status.currentPrimary is empty"))?;
+    let holder = lease_holder(env, cluster).await?;
+    ensure!(
+        holder.as_deref() == Some(primary.as_str()),
+        "Lease {cluster}-primary held by {holder:?}, status.currentPrimary {primary}"
+    );
+    let pods = cluster_pods(env, cluster).await?;
+    let data: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| !is_arbiter(cluster, &name(p)))
+        .collect();
+    ensure!(
+        data.len() == nodes && data.iter().all(|p| is_ready(p)),
+        "data pods: [{}]",
+        join(
+            data.iter()
+                .map(|p| format!("{} ready={}", name(p), is_ready(p)))
+        )
+    );
+    let labelled: Vec<String> = pods
+        .iter()
+        .filter(|p| role_of(p) == "primary")
+        .map(name)
+        .collect();
+    ensure!(
+        labelled == vec![primary.clone()],
+        "pods labelled primary: {labelled:?}, status.currentPrimary {primary}"
+    );
+    for p in &pods {
+        let want = if is_arbiter(cluster, &name(p)) {
+            "arbiter"
+        } else if name(p) == primary {
+            "primary"
+        } else {
+            "replica"
+        };
+        ensure!(
+            role_of(p) == want,
+            "pod {} is labelled {:?}, expected {want}",
+            name(p),
+            role_of(p)
+        );
+    }
+    let ip_of = |n: &str| pods.iter().find(|p| name(p) == n).and_then(pod_ip);
+    let primary_ip = ip_of(&primary).ok_or_else(|| anyhow!("{primary} has no IP"))?;
+    let slices: Api<EndpointSlice> = env.api();
+    let behind_primary = ready_endpoints(&slices, &format!("{cluster}-primary")).await?;
+    ensure!(
+        behind_primary == BTreeSet::from([primary_ip]),
+        "Service {cluster}-primary has ready endpoints {behind_primary:?}, expected {primary_ip} ({primary})"
+    );
+    let replica_ips: BTreeSet<Ipv4Addr> = data
+        .iter()
+        .filter(|p| name(p) != primary)
+        .filter_map(|p| pod_ip(p))
+        .collect();
+    let behind_replicas = ready_endpoints(&slices, &format!("{cluster}-replicas")).await?;
+    ensure!(
+        behind_replicas == replica_ips,
+        "Service {cluster}-replicas has ready endpoints {behind_replicas:?}, expected {replica_ips:?}"
+    );
+    Ok((primary, primary_ip))
+}
+
+/// Events about the StudioCluster `cluster`, as (reason, message), oldest first.
+pub async fn cluster_events(env: &TestEnv, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut list: Vec<Event> = env
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .context("listing events")?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("StudioCluster")
+                && e.involved_object.name.as_deref() == Some(cluster)
+        })
+        .collect();
+    list.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.last_timestamp.as_ref().map(|t| t.0))
+    });
+    Ok(list
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+/// A client of the nodes' content API holding a user JWT signed with the cluster's
+/// generated Secret.
+#[derive(Clone)]
+pub struct Content {
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Content {
+    pub async fn new(env: &TestEnv, cluster: &str) -> anyhow::Result<Content> {
+        let secret = env
+            .api::<Secret>()
+            .get(&format!("{cluster}-auth"))
+            .await
+            .with_context(|| format!("get secret {cluster}-auth"))?;
+        let key = secret
+            .data
+            .unwrap_or_default()
+            .get("jwt-key")
+            .map(|b| b.0.clone())
+            .ok_or_else(|| anyhow!("Secret {cluster}-auth has no jwt-key"))?;
+        let key = String::from_utf8_lossy(&key).trim().to_string();
+        Ok(Content {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(8))
+                .build()
+                .context("building an HTTP client")?,
+            token: jwt::token(key.as_bytes(), "e2e", &["editor"]),
+        })
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        ip: Ipv4Addr,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://{ip}:{NODE_PORT}/api/v1/content/{path}");
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// PUT an item; Ok when the node acknowledged it (200/201).
+    pub async fn put(&self, ip: Ipv4Addr, path: &str, value: &str) -> anyhow::Result<()> {
+        let (code, body) = self
+            .request(
+                Method::PUT,
+                ip,
+                path,
+                Some(json!({"type": "e2e", "properties": {"value": value}})),
+            )
+            .await?;
+        ensure!(
+            code == 200 || code == 201,
+            "PUT {path}: HTTP {code}: {body}"
+        );
+        Ok(())
+    }
+
+    /// GET an item's `value` property (None when 404).
+    pub async fn get(&self, ip: Ipv4Addr, path: &str) -> anyhow::Result<Option<String>> {
+        let (code, body) = self.request(Method::GET, ip, path, None).await?;
+        match code {
+            200 => {
+                let v: Value = serde_json::from_str(&body).context("parsing the item")?;
+                Ok(v["properties"]["value"].as_str().map(String::from))
+            }
+            404 => Ok(None),
+            _ => bail!("GET {path}: HTTP {code}: {body}"),
+        }
+    }
+}
+
+/// The Ready primary's address (the pod labelled primary), if any.
+pub async fn primary_ip(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<Ipv4Addr>> {
+    Ok(cluster_pods(env, cluster)
+        .await?
+        .iter()
+        .find(|p| role_of(p) == "primary" && is_ready(p) && p.metadata.deletion_timestamp.is_none())
+        .and_then(pod_ip))
+}
+
+/// A sequential writer through the primary: every acknowledged write is recorded; the
+/// target is re-resolved from the role labels after an error.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub acked: Arc<Mutex<Vec<(String, String)>>>,
+    pub errors: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub attempts: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(env: &TestEnv, cluster: &str, content: Content, prefix: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let pods: Api<Pod> = env.api();
+        let (cluster, prefix) = (cluster.to_string(), prefix.to_string());
+        let (s, a, e, n) = (
+            stop.clone(),
+            acked.clone(),
+            errors.clone(),
+            attempts.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut target: Option<Ipv4Addr> = None;
+            let mut i = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                if target.is_none() {
+                    target = pods
+                        .list(
+                            &ListParams::default()
+                                .labels(&format!("{CLUSTER}={cluster},{ROLE}=primary")),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|l| {
+                            l.items
+                                .iter()
+                                .find(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                                .and_then(pod_ip)
+                        });
+                    if target.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                let Some(ip) = target else { continue };
+                i += 1;
+                n.fetch_add(1, Ordering::SeqCst);
+                let path = format!("{prefix}/w-{i}");
+                let value = format!("v{i}");
+                match content.put(ip, &path, &value).await {
+                    Ok(()) => lock(&a).push((path, value)),
+                    Err(err) => {
+                        lock(&e).push((Instant::now(), format!("{ip}: {err:#}")));
+                        target = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Load {
+            stop,
+            acked,
+            errors,
+            attempts,
+            task,
+        }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        lock(&self.acked).len()
+    }
+
+    /// Stops the writer; returns (acknowledged writes, errors).
+    pub async fn stop(self) -> (Vec<(String, String)>, Vec<(Instant, String)>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let acked = lock(&self.acked).clone();
+        let errors = lock(&self.errors).clone();
+        (acked, errors)
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until every acknowledged write reads back, with its value, from the primary.
+pub async fn verify_acked(
+    env: &TestEnv,
+    cluster: &str,
+    content: &Content,
+    acked: &[(String, String)],
+) -> anyhow::Result<()> {
+    let ip = wait_for("a Ready primary", Duration::from_secs(60), || async {
+        primary_ip(env, cluster)
+            .await?
+            .ok_or_else(|| anyhow!("no Ready pod labelled primary"))
+    })
+    .await?;
+    let mut missing = Vec::new();
+    for (path, value) in acked {
+        let got = content.get(ip, path).await?;
+        if got.as_deref() != Some(value.as_str()) {
+            missing.push(format!("{path}={value} read {got:?}"));
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost on the primary {ip}: {}",
+        missing.len(),
+        acked.len(),
+        missing
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
+}
+
+/// What happened to the cluster's pods, from a watch: deletions (with the role label at
+/// the moment the pod was marked for deletion) and primary changes.
+#[derive(Debug, Clone)]
+pub enum PodEvent {
+    Deleting {
+        pod: String,
+        role: String,
+        image: String,
+        at: Instant,
+    },
+    PrimaryLabel {
+        pod: String,
+        at: Instant,
+    },
+}
+
+pub struct PodRecorder {
+    pub events: Arc<Mutex<Vec<PodEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodRecorder {
+    pub fn start(env: &TestEnv, cluster: &str) -> PodRecorder {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let pods: Api<Pod> = env.api();
+        let cfg = watcher::Config::default().labels(&format!("{CLUSTER}={cluster}"));
+        let ev = events.clone();
+        let task = tokio::spawn(async move {
+            // uid → seen deleting; pod name → last known primary label holder.
+            let mut deleting: BTreeSet<String> = BTreeSet::new();
+            let mut primary: Option<String> = None;
+            let mut stream = watcher(pods, cfg)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(item) = stream.next().await {
+                let Ok(pod) = item else { continue };
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let n = name(&pod);
+                if pod.metadata.deletion_timestamp.is_some() && deleting.insert(uid) {
+                    lock(&ev).push(PodEvent::Deleting {
+                        pod: n.clone(),
+                        role: role_of(&pod),
+                        image: image_of(&pod),
+                        at: Instant::now(),
+                    });
+                }
+                if role_of(&pod) == "primary" && primary.as_deref() != Some(n.as_str()) {
+                    primary = Some(n.clone());
+                    lock(&ev).push(PodEvent::PrimaryLabel {
+                        pod: n,
+                        at: Instant::now(),
+                    });
+                }
+            }
+        });
+        PodRecorder { events, task }
+    }
+
+    pub fn snapshot(&self) -> Vec<PodEvent> {
+        lock(&self.events).clone()
+    }
+}
+
+impl Drop for PodRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Patches a StudioCluster's spec with a JSON merge patch through kubectl (as a user).
+pub fn patch_spec(env: &TestEnv, cluster: &str, patch: Value) -> anyhow::Result<String> {
+    env.kubectl([
+        "patch",
+        "studiocluster",
+        cluster,
+        "--type",
+        "merge",
+        "-p",
+        &json!({ "spec": patch }).to_string(),
+    ])
+}
+
+/// Annotates a StudioCluster (as a user).
+pub fn annotate(env: &TestEnv, cluster: &str, kv: &str) -> anyhow::Result<String> {
+    env.kubectl([
+        "annotate",
+        "--overwrite",
+        &format!("studiocluster/{cluster}"),
+        kv,
+    ])
+}
+
+/// A map of the cluster's pods: name → (uid, role label, ready).
+pub async fn pod_table(
+    env: &TestEnv,
+    cluster: &str,
+) -> anyhow::Result<BTreeMap<String, (String, String, bool)>> {
+    Ok(cluster_pods(env, cluster)
+        .await?
+        .iter()
+        .map(|p| {
+            (
+                name(p),
+                (
+                    p.metadata.uid.clone().unwrap_or_default(),
+                    role_of(p),
+                    is_ready(p),
+                ),
+            )
+        })
+        .collect())
+}

@@ -14,6 +14,25 @@ use super::types::{
     Applied, Item, JournalEntry, Op, Workspace, binary_refs, is_sha256_hex, text_of,
 };
 
+/// `execute` through the statement cache (hot paths prepare each SQL text once).
+pub(crate) fn exec<P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    p: P,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `query_row` through the statement cache.
+pub(crate) fn qrow<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    p: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
 /// Longest accepted item type name.
 pub const MAX_TYPE_LEN: usize = 128;
 
@@ -68,7 +87,8 @@ pub(crate) fn get_item(
     ws: &str,
     path: &str,
 ) -> rusqlite::Result<Option<ItemRow>> {
-    tx.query_row(
+    qrow(
+        &tx,
         &format!("SELECT {ITEM_COLS} FROM items WHERE ws = ?1 AND path = ?2"),
         params![ws, path],
         row_to_item,
@@ -94,7 +114,8 @@ pub(crate) fn has_descendants(
     ws: &str,
     root: &str,
 ) -> rusqlite::Result<bool> {
-    tx.query_row(
+    qrow(
+        &tx,
         "SELECT EXISTS(SELECT 1 FROM items WHERE ws = ?1 AND path >= ?2 || '/' AND path < ?2 || '0')",
         params![ws, root],
         |r| r.get(0),
@@ -103,26 +124,49 @@ pub(crate) fn has_descendants(
 
 /// Writes a row without undo logging (used by apply helpers and by undo itself).
 pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::Result<()> {
-    let existing: Option<i64> = tx
-        .query_row(
-            "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
-            params![row.ws, row.path],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let existing: Option<i64> = qrow(
+        &tx,
+        "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
+        params![row.ws, row.path],
+        |r| r.get(0),
+    )
+    .optional()?;
     let rid = match existing {
         Some(rid) => {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE items SET id=?1, type=?2, props=?3, version=?4, created=?5, modified=?6, author=?7, parent=?8 WHERE rid=?9",
-                params![row.id, row.item_type, row.props, row.version as i64, row.created, row.modified, row.author, parent_of(&row.path), rid],
+                params![
+                    row.id,
+                    row.item_type,
+                    row.props,
+                    row.version as i64,
+                    row.created,
+                    row.modified,
+                    row.author,
+                    parent_of(&row.path),
+                    rid
+                ],
             )?;
-            tx.execute("DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
+            exec(&tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
             rid
         }
         None => {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO items (ws, path, parent, id, type, props, version, created, modified, author) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
-                params![row.ws, row.path, parent_of(&row.path), row.id, row.item_type, row.props, row.version as i64, row.created, row.modified, row.author],
+                params![
+                    row.ws,
+                    row.path,
+                    parent_of(&row.path),
+                    row.id,
+                    row.item_type,
+                    row.props,
+                    row.version as i64,
+                    row.created,
+                    row.modified,
+                    row.author
+                ],
             )?;
             tx.last_insert_rowid()
         }
@@ -131,7 +175,8 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
     let mut text = String::new();
     text_of(&props, &mut text);
     if !text.is_empty() {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO items_fts (rowid, body) VALUES (?1, ?2)",
             params![rid, text],
         )?;
@@ -140,16 +185,16 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
 }
 
 pub(crate) fn raw_delete(tx: &rusqlite::Connection, ws: &str, path: &str) -> rusqlite::Result<()> {
-    let rid: Option<i64> = tx
-        .query_row(
-            "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
-            params![ws, path],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let rid: Option<i64> = qrow(
+        &tx,
+        "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
+        params![ws, path],
+        |r| r.get(0),
+    )
+    .optional()?;
     if let Some(rid) = rid {
-        tx.execute("DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
-        tx.execute("DELETE FROM items WHERE rid = ?1", params![rid])?;
+        exec(&tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
+        exec(&tx, "DELETE FROM items WHERE rid = ?1", params![rid])?;
     }
     Ok(())
 }
@@ -177,7 +222,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn undo(&mut self, tbl: &str, key: String, before: Option<String>) -> Result<(), StoreError> {
-        self.tx.execute(
+        exec(
+            &self.tx,
             "INSERT INTO undo (seq, n, tbl, key, before) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![self.seq as i64, self.undo_n, tbl, key, before],
         )?;
@@ -213,9 +259,19 @@ impl Ctx<'_> {
             version: row.version,
         })?;
         self.undo("versions", key, None)?;
-        self.tx.execute(
+        exec(
+            &self.tx,
             "INSERT OR REPLACE INTO versions (id, version, path, type, props, time, author, seq) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
-            params![row.id, row.version as i64, row.path, row.item_type, row.props, self.time, row.author, self.seq as i64],
+            params![
+                row.id,
+                row.version as i64,
+                row.path,
+                row.item_type,
+                row.props,
+                self.time,
+                row.author,
+                self.seq as i64
+            ],
         )?;
         Ok(())
     }
@@ -245,13 +301,14 @@ pub(crate) fn revert(
         }
         "versions" => {
             let k: VersionKey = serde_json::from_str(key)?;
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM versions WHERE id = ?1 AND version = ?2",
                 params![k.id, k.version as i64],
             )?;
         }
         "blobs" => {
-            tx.execute("DELETE FROM blobs WHERE sha256 = ?1", params![key])?;
+            exec(&tx, "DELETE FROM blobs WHERE sha256 = ?1", params![key])?;
         }
         other => return Err(StoreError::Corrupt(format!("unknown undo table {other}"))),
     }
@@ -316,7 +373,8 @@ pub(crate) fn apply(tx: &Connection, entry: &JournalEntry) -> Result<Applied, St
             let mut refs = Vec::new();
             binary_refs(properties, &mut refs);
             for r in &refs {
-                let known: bool = cx.tx.query_row(
+                let known: bool = qrow(
+                    &cx.tx,
                     "SELECT EXISTS(SELECT 1 FROM blobs WHERE sha256 = ?1)",
                     params![r],
                     |row| row.get(0),
@@ -542,7 +600,8 @@ pub(crate) fn apply(tx: &Connection, entry: &JournalEntry) -> Result<Applied, St
             if !is_sha256_hex(sha256) {
                 return Err(StoreError::BadRequest(format!("invalid sha256 {sha256:?}")));
             }
-            let inserted = cx.tx.execute(
+            let inserted = exec(
+                &cx.tx,
                 "INSERT OR IGNORE INTO blobs (sha256, size, seq) VALUES (?1, ?2, ?3)",
                 params![sha256, *size as i64, cx.seq as i64],
             )?;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 pub use types::*;
 
-use apply::{ITEM_COLS, get_item, row_to_item};
+use apply::{ITEM_COLS, exec, get_item, qrow, row_to_item};
 
 /// Storage errors. The HTTP layer maps them to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +102,36 @@ struct PendingWrite {
     reply: std::sync::mpsc::SyncSender<Result<(JournalEntry, Applied)>>,
 }
 
+/// Largest group-commit batch.
+const MAX_BATCH: usize = 512;
+
+fn group_commit_loop(
+    rx: std::sync::mpsc::Receiver<PendingWrite>,
+    writer: &Mutex<Connection>,
+    pos_tx: &watch::Sender<Position>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut conn = lock(writer);
+        Store::commit_batch(&mut conn, pos_tx, batch);
+    }
+}
+
 /// The content store of one node.
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
-    writer: Mutex<Connection>,
-    queue: Mutex<Vec<PendingWrite>>,
+    writer: Arc<Mutex<Connection>>,
+    /// Primary writes go to the group-commit thread.
+    queue: Mutex<std::sync::mpsc::Sender<PendingWrite>>,
     readers: Mutex<Vec<Connection>>,
-    pos_tx: watch::Sender<Position>,
+    pos_tx: Arc<watch::Sender<Position>>,
 }
 
 fn now_ms() -> i64 {
@@ -122,6 +144,8 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -16384)?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -133,11 +157,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn read_position(conn: &Connection) -> Result<Position> {
     let get = |k: &str| -> Result<u64> {
-        let v: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![k], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let v: Option<String> = qrow(
+            &conn,
+            "SELECT value FROM meta WHERE key = ?1",
+            params![k],
+            |r| r.get(0),
+        )
+        .optional()?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     };
     Ok(Position {
@@ -147,7 +173,8 @@ fn read_position(conn: &Connection) -> Result<Position> {
 }
 
 fn set_position(conn: &Connection, pos: Position) -> Result<()> {
-    conn.execute(
+    exec(
+        &conn,
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1), ('last_term', ?2)",
         params![pos.seq.to_string(), pos.term.to_string()],
     )?;
@@ -179,11 +206,21 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        let writer = Arc::new(Mutex::new(conn));
+        let pos_tx = Arc::new(pos_tx);
+        let (queue_tx, queue_rx) = std::sync::mpsc::channel::<PendingWrite>();
+        {
+            let (writer, pos_tx) = (Arc::clone(&writer), Arc::clone(&pos_tx));
+            // Ends when the Store (the only sender) is dropped.
+            std::thread::Builder::new()
+                .name("studio-group-commit".into())
+                .spawn(move || group_commit_loop(queue_rx, &writer, &pos_tx))?;
+        }
         Ok(Arc::new(Store {
             dir,
             db_path,
-            writer: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
+            writer,
+            queue: Mutex::new(queue_tx),
             readers: Mutex::new(Vec::new()),
             pos_tx,
         }))
@@ -237,28 +274,26 @@ impl Store {
 
     /// Like [`Store::write`], also returning what the write changed.
     pub fn write_applied(&self, op: Op, term: u64) -> Result<(JournalEntry, Applied)> {
-        // Group commit: queue the request, then take the writer lock; whoever holds
-        // it drains the whole queue into one transaction (one fsync for the batch),
-        // so concurrent writers share the cost of durability. Every request is
-        // answered only after the transaction holding it has committed.
+        // Group commit: the request goes to the commit thread, which takes everything
+        // queued while the previous batch was being made durable into one transaction
+        // (one fsync per batch). The answer comes only after that commit.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        lock(&self.queue).push(PendingWrite {
-            op,
-            term,
-            reply: tx,
-        });
-        {
-            let mut conn = lock(&self.writer);
-            let batch: Vec<PendingWrite> = std::mem::take(&mut *lock(&self.queue));
-            if !batch.is_empty() {
-                self.commit_batch(&mut conn, batch);
-            }
-        }
+        lock(&self.queue)
+            .send(PendingWrite {
+                op,
+                term,
+                reply: tx,
+            })
+            .map_err(|_| StoreError::Task("group commit thread stopped".into()))?;
         rx.recv()
             .map_err(|_| StoreError::Task("write batch dropped".into()))?
     }
 
-    fn commit_batch(&self, conn: &mut Connection, batch: Vec<PendingWrite>) {
+    fn commit_batch(
+        conn: &mut Connection,
+        pos_tx: &watch::Sender<Position>,
+        batch: Vec<PendingWrite>,
+    ) {
         let mut done: Vec<(PendingWrite, Result<(JournalEntry, Applied)>)> =
             Vec::with_capacity(batch.len());
         let result = (|| -> Result<Position> {
@@ -298,7 +333,7 @@ impl Store {
         })();
         match result {
             Ok(pos) => {
-                self.pos_tx.send_replace(pos);
+                pos_tx.send_replace(pos);
                 for (w, r) in done {
                     let _ = w.reply.send(r);
                 }
@@ -361,7 +396,8 @@ impl Store {
     /// Applies `entry` and appends it to the journal (inside the caller's transaction).
     fn append_entry(tx: &Connection, entry: &JournalEntry, pos: Position) -> Result<Applied> {
         let applied = apply::apply(tx, entry)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO journal (seq, term, time, op) VALUES (?1, ?2, ?3, ?4)",
             params![
                 entry.seq as i64,
@@ -371,7 +407,8 @@ impl Store {
             ],
         )?;
         if entry.term > pos.term || pos.seq == 0 {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT OR IGNORE INTO terms (term, first_seq) VALUES (?1, ?2)",
                 params![entry.term as i64, entry.seq as i64],
             )?;
@@ -410,27 +447,27 @@ impl Store {
     /// The entry at `seq`, if still in the journal.
     pub fn entry_at(&self, seq: u64) -> Result<Option<JournalEntry>> {
         self.with_reader(|c| {
-            let row = c
-                .query_row(
-                    "SELECT seq, term, time, op FROM journal WHERE seq = ?1",
-                    params![seq as i64],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                        ))
-                    },
-                )
-                .optional()?;
+            let row = qrow(
+                &c,
+                "SELECT seq, term, time, op FROM journal WHERE seq = ?1",
+                params![seq as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
             row.map(|(s, t, tm, op)| entry_from_row(s, t, tm, &op))
                 .transpose()
         })
     }
 
     fn oldest_in(c: &Connection) -> Result<u64> {
-        let min: Option<i64> = c.query_row("SELECT MIN(seq) FROM journal", [], |r| r.get(0))?;
+        let min: Option<i64> = qrow(&c, "SELECT MIN(seq) FROM journal", [], |r| r.get(0))?;
         match min {
             Some(m) => Ok(m as u64),
             None => Ok(read_position(c)?.seq + 1),
@@ -465,7 +502,8 @@ impl Store {
         if seq == 0 {
             return Ok(0);
         }
-        let t: Option<i64> = c.query_row(
+        let t: Option<i64> = qrow(
+            &c,
             "SELECT MAX(term) FROM terms WHERE first_seq <= ?1",
             params![seq as i64],
             |r| r.get(0),
@@ -516,9 +554,14 @@ impl Store {
         for (tbl, key, before) in &undo {
             apply::revert(&tx, tbl, key, before.as_deref())?;
         }
-        tx.execute("DELETE FROM undo WHERE seq > ?1", params![seq as i64])?;
-        tx.execute("DELETE FROM journal WHERE seq > ?1", params![seq as i64])?;
-        tx.execute(
+        exec(&tx, "DELETE FROM undo WHERE seq > ?1", params![seq as i64])?;
+        exec(
+            &tx,
+            "DELETE FROM journal WHERE seq > ?1",
+            params![seq as i64],
+        )?;
+        exec(
+            &tx,
             "DELETE FROM terms WHERE first_seq > ?1",
             params![seq as i64],
         )?;
@@ -534,8 +577,16 @@ impl Store {
     /// Drops journal entries (and their undo records) with seq < `seq`.
     pub fn compact_before(&self, seq: u64) -> Result<u64> {
         let conn = lock(&self.writer);
-        let n = conn.execute("DELETE FROM journal WHERE seq < ?1", params![seq as i64])?;
-        conn.execute("DELETE FROM undo WHERE seq < ?1", params![seq as i64])?;
+        let n = exec(
+            &conn,
+            "DELETE FROM journal WHERE seq < ?1",
+            params![seq as i64],
+        )?;
+        exec(
+            &conn,
+            "DELETE FROM undo WHERE seq < ?1",
+            params![seq as i64],
+        )?;
         Ok(n as u64)
     }
 
@@ -545,9 +596,17 @@ impl Store {
         let tx = conn.transaction()?;
         let now = now_ms();
         for e in entries {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO quarantine (seq, term, time, op, reason, added) VALUES (?1,?2,?3,?4,?5,?6)",
-                params![e.seq as i64, e.term as i64, e.time, serde_json::to_string(&e.op)?, reason, now],
+                params![
+                    e.seq as i64,
+                    e.term as i64,
+                    e.time,
+                    serde_json::to_string(&e.op)?,
+                    reason,
+                    now
+                ],
             )?;
         }
         tx.commit()?;
@@ -596,7 +655,7 @@ impl Store {
         // VACUUM INTO reads one consistent snapshot; the position travels inside it
         // (meta table), so it is read back from the copy.
         let target = path.to_string_lossy().to_string();
-        conn.execute("VACUUM INTO ?1", params![target])?;
+        exec(&conn, "VACUUM INTO ?1", params![target])?;
         drop(conn);
         let copy = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let pos = read_position(&copy)?;
@@ -620,16 +679,26 @@ impl Store {
         }
         conn.execute_batch(SCHEMA)?;
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM quarantine", [])?;
+        exec(&tx, "DELETE FROM quarantine", [])?;
         for q in &quarantine {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO quarantine (qid, seq, term, time, op, reason, added) VALUES (?1,?2,?3,?4,?5,?6,?7)",
-                params![q.id as i64, q.entry.seq as i64, q.entry.term as i64, q.entry.time, serde_json::to_string(&q.entry.op)?, q.reason, q.quarantined_at],
+                params![
+                    q.id as i64,
+                    q.entry.seq as i64,
+                    q.entry.term as i64,
+                    q.entry.time,
+                    serde_json::to_string(&q.entry.op)?,
+                    q.reason,
+                    q.quarantined_at
+                ],
             )?;
         }
-        tx.execute("DELETE FROM meta WHERE key LIKE 'local.%'", [])?;
+        exec(&tx, "DELETE FROM meta WHERE key LIKE 'local.%'", [])?;
         for (k, v) in &local {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)",
                 params![k, v],
             )?;
@@ -644,9 +713,12 @@ impl Store {
 
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
         self.with_reader(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
+            qrow(
+                &c,
+                "SELECT value FROM meta WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(Into::into)
         })
@@ -654,7 +726,8 @@ impl Store {
 
     pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
         let conn = lock(&self.writer);
-        conn.execute(
+        exec(
+            &conn,
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
             params![key, value],
         )?;
@@ -675,11 +748,12 @@ impl Store {
     pub fn check_consistency(&self) -> Result<Vec<String>> {
         self.with_reader(|c| {
             let mut problems = Vec::new();
-            let ic: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            let ic: String = qrow(&c, "PRAGMA integrity_check", [], |r| r.get(0))?;
             if ic != "ok" {
                 problems.push(format!("integrity_check: {ic}"));
             }
-            let (n, min, max): (i64, Option<i64>, Option<i64>) = c.query_row(
+            let (n, min, max): (i64, Option<i64>, Option<i64>) = qrow(
+                &c,
                 "SELECT COUNT(*), MIN(seq), MAX(seq) FROM journal",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -760,7 +834,7 @@ impl Store {
         limit: u64,
     ) -> Result<(Vec<Item>, u64)> {
         self.with_reader(|c| {
-            let total: i64 = c.query_row(
+            let total: i64 = qrow(&c,
                 "SELECT COUNT(*) FROM items WHERE ws = ?1 AND parent = ?2",
                 params![ws.as_str(), parent],
                 |r| r.get(0),
@@ -845,13 +919,13 @@ impl Store {
     /// Size of a registered binary.
     pub fn blob_registered(&self, sha256: &str) -> Result<Option<u64>> {
         self.with_reader(|c| {
-            let v: Option<i64> = c
-                .query_row(
-                    "SELECT size FROM blobs WHERE sha256 = ?1",
-                    params![sha256],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let v: Option<i64> = qrow(
+                &c,
+                "SELECT size FROM blobs WHERE sha256 = ?1",
+                params![sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
             Ok(v.map(|v| v as u64))
         })
     }

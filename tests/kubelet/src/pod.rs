@@ -1291,4 +1291,192 @@ mod tests {
         assert!(!d.path().join("token").exists());
         assert!(!d.path().join("volumes").exists());
     }
+
+    /// A pod context that needs no API server and no root: host network, no volumes.
+    fn offline_ctx(dir: &Path, pod: Pod) -> (Arc<PodCtx>, Arc<Mutex<PodRt>>) {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let settings = Settings {
+            nodes: vec!["local-1".into()],
+            api_server: "https://127.0.0.1:6443".into(),
+            api_host: "127.0.0.1".into(),
+            api_port: 6443,
+            ca_file: dir.join("ca.crt"),
+            bridge: "none".into(),
+            gateway: Ipv4Addr::new(10, 213, 0, 1),
+            host_ip: Ipv4Addr::LOCALHOST,
+            cidr: "10.213.0.0/16".parse().unwrap(),
+            bin_dir: dir.join("bin"),
+            state_dir: dir.to_path_buf(),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        };
+        let cidr = settings.cidr;
+        let sh = Arc::new(Shared {
+            client,
+            settings,
+            ipam: Mutex::new(Ipam::new(cidr)),
+        });
+        let rt = Arc::new(Mutex::new(initial_rt(&pod, Ipv4Addr::LOCALHOST)));
+        let (_tx, rx) = watch::channel(Some(pod));
+        std::mem::forget(_tx);
+        let pod_dir = dir.join("pod");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let ctx = Arc::new(PodCtx {
+            sh,
+            label: "ns/p".into(),
+            pod_rx: rx,
+            rt: rt.clone(),
+            notify: Arc::new(Notify::new()),
+            short: "0000test".into(),
+            netns: String::new(),
+            pod_ip: Ipv4Addr::LOCALHOST,
+            pod_dir,
+            volume_dirs: HashMap::new(),
+            kubeconfig: dir.join("kubeconfig"),
+        });
+        (ctx, rt)
+    }
+
+    fn one_container_pod(policy: &str, container: serde_json::Value) -> (Pod, Container) {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "0000test-0000"},
+            "spec": {"restartPolicy": policy, "containers": [container]}
+        }))
+        .unwrap();
+        let c = pod.spec.as_ref().unwrap().containers[0].clone();
+        (pod, c)
+    }
+
+    async fn until(
+        what: &str,
+        rt: &Arc<Mutex<PodRt>>,
+        f: impl Fn(&ContainerRt) -> bool,
+    ) -> ContainerRt {
+        for _ in 0..200 {
+            {
+                let r = rt.lock().unwrap();
+                if f(&r.main[0]) {
+                    return r.main[0].clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = rt.lock().unwrap();
+        panic!("timed out waiting for {what}: {:?}", r.main[0]);
+    }
+
+    #[tokio::test]
+    async fn exiting_containers_restart_with_backoff_and_append_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pod, c) = one_container_pod(
+            "OnFailure",
+            json!({"name": "c", "image": "x/sh", "command": ["/bin/sh", "-c", "echo run $POD; exit 3"],
+                   "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}),
+        );
+        let (ctx, rt) = offline_ctx(dir.path(), pod);
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(run_container(
+            ctx.clone(),
+            Kind::Main,
+            0,
+            c,
+            RestartMode::OnFailure,
+            stop_rx,
+        ));
+        let seen = until("two restarts", &rt, |c| c.restart_count >= 2).await;
+        assert_eq!(seen.last_state.as_ref().map(|t| t.exit_code), Some(3));
+        stop_tx.send(Some(Duration::from_millis(100))).unwrap();
+        task.await.unwrap();
+        let log = std::fs::read_to_string(ctx.pod_dir.join("c.log")).unwrap();
+        assert!(log.matches("run p").count() >= 3, "log: {log:?}");
+        let r = rt.lock().unwrap();
+        assert!(!r.main[0].ready);
+    }
+
+    #[tokio::test]
+    async fn never_policy_completes_and_pod_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pod, c) = one_container_pod(
+            "Never",
+            json!({"name": "c", "image": "x/sh", "command": ["/bin/true"]}),
+        );
+        let (ctx, rt) = offline_ctx(dir.path(), pod.clone());
+        let (_stop_tx, stop_rx) = watch::channel(None);
+        run_container(ctx, Kind::Main, 0, c, RestartMode::Never, stop_rx).await;
+        let r = rt.lock().unwrap().clone();
+        assert!(r.main[0].done);
+        assert_eq!(r.main[0].restart_count, 0);
+        let status = build_status(&pod, &r, &mut ConditionClock::default(), Utc::now());
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pod, c) = one_container_pod(
+            "Always",
+            json!({"name": "c", "image": "x/sh", "command": ["/bin/sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"]}),
+        );
+        let (ctx, rt) = offline_ctx(dir.path(), pod);
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(run_container(
+            ctx.clone(),
+            Kind::Main,
+            0,
+            c,
+            RestartMode::Always,
+            stop_rx,
+        ));
+        until("running", &rt, |c| {
+            matches!(c.state, RunState::Running { .. })
+        })
+        .await;
+        // Let the shell install its trap.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = std::time::Instant::now();
+        stop_tx.send(Some(Duration::from_millis(500))).unwrap();
+        task.await.unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(450),
+            "stopped after {took:?}: SIGTERM was not ignored?"
+        );
+        let r = rt.lock().unwrap().clone();
+        match &r.main[0].state {
+            RunState::Terminated(t) => assert_eq!((t.exit_code, t.signal), (137, Some(9))),
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_liveness_probe_restarts_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pod, c) = one_container_pod(
+            "Always",
+            json!({"name": "c", "image": "x/sh", "command": ["/bin/sh", "-c", "sleep 30"],
+                   "livenessProbe": {"exec": {"command": ["/bin/false"]}, "periodSeconds": 1, "failureThreshold": 1,
+                                     "terminationGracePeriodSeconds": 1}}),
+        );
+        let (ctx, rt) = offline_ctx(dir.path(), pod);
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(run_container(
+            ctx,
+            Kind::Main,
+            0,
+            c,
+            RestartMode::Always,
+            stop_rx,
+        ));
+        let seen = until("a liveness restart", &rt, |c| c.restart_count >= 1).await;
+        let last = seen.last_state.unwrap();
+        assert!(
+            last.message
+                .unwrap_or_default()
+                .contains("Liveness probe failed")
+        );
+        stop_tx.send(Some(Duration::from_millis(100))).unwrap();
+        task.await.unwrap();
+    }
 }

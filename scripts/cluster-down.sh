@@ -19,10 +19,8 @@ if [ -d "$DIR/run" ]; then
 fi
 
 teardown
-for p in $(pgrep -x studio-kubelet || true); do
-  if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then
-    log "warning: a studio-kubelet that cluster-up did not start is still running (pid $p): stop it yourself"
-  fi
+for p in $(foreign_kubelets); do
+  log "warning: a studio-kubelet that cluster-up did not start is still running (pid $p): stop it yourself"
 done
 left=$(leftovers)
 if [ -n "$left" ]; then

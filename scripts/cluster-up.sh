@@ -40,12 +40,9 @@ api_healthy() {
 
 # A studio-kubelet that we did not start but that serves this API server (one started
 # by hand while developing the kubelet) counts as the cluster's kubelet.
-foreign=""
 ours=$(component_pid kubelet || true)
-for p in $(pgrep -x studio-kubelet || true); do
-  [ "$p" != "$ours" ] || continue
-  if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then foreign="$foreign $p"; fi
-done
+foreign=$(foreign_kubelets | tr '\n' ' ')
+foreign=${foreign:+ ${foreign% }}
 
 # Already running?
 running=()

@@ -44,6 +44,8 @@ component_pid() {
   pid=$(cat "$f" 2>/dev/null) || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
+  # A zombie (dead, not yet reaped by whoever inherited it) is not running.
+  [ "$(proc_state "$pid")" != Z ] || return 1
   # A recycled pid would belong to some other program: check the start marker we wrote.
   [ "$(proc_start "$pid")" = "$(cat "$f.start" 2>/dev/null)" ] || return 1
   echo "$pid"
@@ -59,6 +61,14 @@ proc_start() {
   echo "${20}"
 }
 
+# proc_state PID: the process's state letter (R, S, D, Z, ...).
+proc_state() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  echo "${stat%% *}"
+}
+
 # stop_pid PID TIMEOUT_SECONDS: SIGTERM the process group (and the process), then SIGKILL
 # whatever is still alive after the timeout. Waits until the process is gone.
 stop_pid() {
@@ -68,7 +78,7 @@ stop_pid() {
   for ((i = 0; i < timeout * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || return 0
     # A zombie child of ours counts as gone.
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && return 0
+    [ "$(proc_state "$pid")" != Z ] || return 0
     sleep 0.1
   done
   log "  pid $pid ignored SIGTERM for ${timeout}s: SIGKILL"
@@ -100,6 +110,20 @@ kill_netns_pids() {
   done
 }
 
+# foreign_kubelets: pids of studio-kubelet processes serving our API server that
+# cluster-up did not start, in this network namespace (a kubelet started by hand).
+foreign_kubelets() {
+  local ours p me
+  ours=$(component_pid kubelet || true)
+  me=$(readlink /proc/self/ns/net)
+  for p in $(pgrep -x studio-kubelet || true); do
+    [ "$p" != "$ours" ] || continue
+    [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$me" ] || continue
+    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then echo "$p"; fi
+  done
+  return 0
+}
+
 our_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^studio-' || true; }
 
 # teardown: stops everything the cluster started and removes its network objects.
@@ -123,7 +147,7 @@ teardown() {
     [ "$c" = kubelet ] && continue
     if pid=$(component_pid "$c"); then
       log "stopping $c (pid $pid)"
-      stop_pid "$pid" 10
+      stop_pid "$pid" 5
     fi
     rm -f "$(pid_file "$c")" "$(pid_file "$c").start"
   done

@@ -173,7 +173,10 @@ fn error_policy(sc: Arc<StudioCluster>, err: &Error, ctx: Arc<Context>) -> Actio
         }
         Err(_) => 1,
     };
-    warn!(cluster = %key(&sc), error = %err, attempt, "reconcile failed");
+    match err.root() {
+        Error::Waiting(why) => info!(cluster = %key(&sc), %why, "waiting"),
+        e => warn!(cluster = %key(&sc), error = %e, attempt, "reconcile failed"),
+    }
     Action::requeue(err.backoff(attempt))
 }
 
@@ -632,12 +635,30 @@ async fn clear_switchover_request(
 
 async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     // Owned objects go through their owner references (garbage collector). What the
-    // nodes created themselves (Lease, bootstrap record) is removed here; claims follow
-    // the StatefulSets' retention policy.
+    // nodes created themselves (Lease, bootstrap record) is removed here, but only once
+    // every pod has stopped: a node shutting down hands its Lease over and would
+    // re-create it. Claims follow pvcRetention.
     let ns = sc
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = sc.name_any();
+    let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    for s in [names::statefulset(&name), names::arbiter_statefulset(&name)] {
+        ignore_404(
+            sts.delete(&s, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={}", labels::CLUSTER, name);
+    let left = pods.list(&ListParams::default().labels(&selector)).await?;
+    if !left.items.is_empty() {
+        return Err(Error::Waiting(format!(
+            "deletion of {name}: waiting for {} pod(s) to stop",
+            left.items.len()
+        )));
+    }
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     ignore_404(
@@ -653,7 +674,7 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     )?;
     if sc.spec.storage.pvc_retention == PvcRetention::Delete {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        let lp = ListParams::default().labels(&format!("{}={}", labels::CLUSTER, name));
+        let lp = ListParams::default().labels(&selector);
         ignore_404(
             pvcs.delete_collection(&DeleteParams::default(), &lp)
                 .await
@@ -664,7 +685,7 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         &sc,
         EventType::Normal,
         "Deleted",
-        format!("cluster {name} deleted; owned objects follow"),
+        format!("cluster {name} deleted: pods stopped, Lease and bootstrap record removed"),
     )
     .await;
     Ok(Action::await_change())

@@ -42,12 +42,28 @@ pub enum Error {
 
     #[error("internal state lock poisoned")]
     Poisoned,
+
+    /// Not a failure: a step must wait for the cluster (e.g. pods to stop) and retry soon.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 impl Error {
+    /// The reconciler's own error inside a finalizer wrapper.
+    pub fn root(&self) -> &Error {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.root(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
     /// A short machine-readable label for metrics.
     pub fn metric_label(&self) -> &'static str {
-        match self {
+        match self.root() {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "missing_field",
@@ -58,12 +74,16 @@ impl Error {
             Error::Random(_) => "random",
             Error::Json(_) => "json",
             Error::Poisoned => "poisoned",
+            Error::Waiting(_) => "waiting",
         }
     }
 
     /// How long to wait before retrying after this error.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = match self {
+        if let Error::Waiting(_) = self.root() {
+            return Duration::from_secs(1);
+        }
+        let base = match self.root() {
             // A spec the user must fix: retry slowly (a spec change triggers a reconcile anyway).
             Error::InvalidSpec(_) | Error::SecretKey(..) => 60,
             _ => 1,
@@ -74,3 +94,21 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn backoff_grows_and_sees_through_the_finalizer_wrapper() {
+        let api = Error::MissingField("x");
+        assert!(api.backoff(1) < api.backoff(3));
+        assert!(api.backoff(100) <= Duration::from_secs(300));
+        let waiting = Error::Finalizer(Box::new(F::CleanupFailed(Error::Waiting("pods".into()))));
+        assert_eq!(waiting.backoff(9), Duration::from_secs(1));
+        assert_eq!(waiting.metric_label(), "waiting");
+        let invalid = Error::Finalizer(Box::new(F::ApplyFailed(Error::InvalidSpec("x".into()))));
+        assert!(invalid.backoff(1) >= Duration::from_secs(60));
+    }
+}

@@ -159,7 +159,11 @@ impl Shared {
     }
 
     pub(crate) fn forget_peers(&self) {
-        lock(&self.peers).clear();
+        // Keep peers whose stream is open: in Kubernetes mode replicas follow the new
+        // Lease holder (and open their streams) before it finishes promoting, and
+        // forgetting them would leave the sync quorum at 0 connected until they
+        // reconnect.
+        lock(&self.peers).retain(|_, p| p.streams > 0);
     }
 
     fn peers_snapshot(&self) -> Vec<(String, Peer)> {

@@ -70,6 +70,12 @@ fn missing(objects: &[(String, bool)]) -> Vec<String> {
         .collect()
 }
 
+/// The part of kubectl's message that names `field`.
+fn naming_line<'a>(msg: &'a str, field: &str) -> &'a str {
+    let at = msg.find(&format!("{field}:")).unwrap_or(0);
+    msg[at..].lines().next().unwrap_or("")
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -283,12 +289,12 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
             Ok(out) => failures.push(format!("{spec} was accepted: {}", out.trim())),
             Err(e) => {
                 let msg = format!("{e:#}");
-                if !msg.contains(field) {
+                if !msg.contains(&format!("{field}:")) {
                     failures.push(format!("{spec}: the message does not name {field}: {msg}"));
                 } else {
                     eprintln!(
                         "[operator] refused, naming {field}: {}",
-                        msg.lines().last().unwrap_or("")
+                        naming_line(&msg, field)
                     );
                 }
             }
@@ -320,14 +326,14 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
             Ok(out) => failures.push(format!("update {storage} was accepted: {}", out.trim())),
             Err(e) => {
                 let msg = format!("{e:#}");
-                if !msg.contains(field) {
+                if !msg.contains(&format!("{field}:")) {
                     failures.push(format!(
                         "update {storage}: the message does not name {field}: {msg}"
                     ));
                 } else {
                     eprintln!(
                         "[operator] refused, naming {field}: {}",
-                        msg.lines().last().unwrap_or("")
+                        naming_line(&msg, field)
                     );
                 }
             }

@@ -19,9 +19,10 @@
 //!   ServiceAccount token), `KUBERNETES_SERVICE_HOST`/`_PORT` (from `--api-server`),
 //!   `HOSTNAME`, `HOME`, `PATH`, `STUDIO_ROOT`, `STUDIO_MOUNT_<VOLUME>`. The
 //!   kubelet's own environment is never inherited.
-//! - **Volumes** ([`volumes`]): no mount namespaces; every `mountPath` prefix in args,
-//!   command and env values is rewritten to the volume's host directory
-//!   (`--data-dir=/data` → `--data-dir=<state>/volumes/pvc-<uid>`), see the module.
+//! - **Volumes** ([`volumes`]): no mount namespaces; every `mountPath` standing as a
+//!   whole path in args, command and env values is rewritten to the volume's host
+//!   directory (`--data-dir=/data` → `--data-dir=<state>/volumes/pvc-<uid>`), see the
+//!   module. Secret/ConfigMap/projected/downwardAPI volumes are written as files.
 //! - **PVCs** ([`provisioner`]): `<state-dir>/volumes/pvc-<pvc-uid>`, a hostPath PV made
 //!   by the built-in provisioner; survives pod restarts and re-creation, removed with the
 //!   PVC.
@@ -35,7 +36,18 @@
 //! - **Not supported**: sidecar init containers (`restartPolicy: Always` on an init
 //!   container run as plain init containers), lifecycle hooks, gRPC probes, resource
 //!   limits, `kubectl logs/exec` (read the log files instead).
-//! - **Restarts** ([`pod`]): per restartPolicy, back-off 1 s doubling to 30 s.
+//! - **Restarts** ([`pod`]): per restartPolicy, back-off 1 s doubling to 30 s (reset
+//!   after 60 s of running). Probes: httpGet/tcpSocket from the root netns to the pod
+//!   IP, exec inside the pod netns; readiness drives Ready, liveness/startup failures
+//!   kill and restart.
+//! - **Status**: patched (merge, status subresource) within ~20 ms of any change;
+//!   Events (Started, Killing, BackOff, Unhealthy, Failed) are posted best-effort.
+//! - **Nodes** ([`node`]): registered, status and Lease renewed every 10 s; the
+//!   `node.kubernetes.io/not-ready` taint the API server adds at creation is lifted
+//!   (the test cluster runs no node lifecycle controller).
+//! - **Kubelet restart**: leftovers (netns, veths, their processes) are removed and the
+//!   pods still bound are started again, keeping their pod IPs. SIGTERM/SIGINT stop
+//!   every pod (2 s grace) and remove its netns before exit.
 //! - **Logs**: `<state-dir>/pods/<namespace>_<pod>_<uid>/<container>.log`
 //!   (stdout+stderr, appended across restarts, kept after the pod is deleted).
 //! - **Deletion**: SIGTERM to the process group, wait the grace period, SIGKILL, remove

@@ -88,7 +88,7 @@ pub(crate) fn get_item(
     path: &str,
 ) -> rusqlite::Result<Option<ItemRow>> {
     qrow(
-        &tx,
+        tx,
         &format!("SELECT {ITEM_COLS} FROM items WHERE ws = ?1 AND path = ?2"),
         params![ws, path],
         row_to_item,
@@ -115,7 +115,7 @@ pub(crate) fn has_descendants(
     root: &str,
 ) -> rusqlite::Result<bool> {
     qrow(
-        &tx,
+        tx,
         "SELECT EXISTS(SELECT 1 FROM items WHERE ws = ?1 AND path >= ?2 || '/' AND path < ?2 || '0')",
         params![ws, root],
         |r| r.get(0),
@@ -125,7 +125,7 @@ pub(crate) fn has_descendants(
 /// Writes a row without undo logging (used by apply helpers and by undo itself).
 pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::Result<()> {
     let existing: Option<i64> = qrow(
-        &tx,
+        tx,
         "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
         params![row.ws, row.path],
         |r| r.get(0),
@@ -134,7 +134,7 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
     let rid = match existing {
         Some(rid) => {
             exec(
-                &tx,
+                tx,
                 "UPDATE items SET id=?1, type=?2, props=?3, version=?4, created=?5, modified=?6, author=?7, parent=?8 WHERE rid=?9",
                 params![
                     row.id,
@@ -148,12 +148,12 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
                     rid
                 ],
             )?;
-            exec(&tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
+            exec(tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
             rid
         }
         None => {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO items (ws, path, parent, id, type, props, version, created, modified, author) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
                 params![
                     row.ws,
@@ -176,7 +176,7 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
     text_of(&props, &mut text);
     if !text.is_empty() {
         exec(
-            &tx,
+            tx,
             "INSERT INTO items_fts (rowid, body) VALUES (?1, ?2)",
             params![rid, text],
         )?;
@@ -186,15 +186,15 @@ pub(crate) fn raw_upsert(tx: &rusqlite::Connection, row: &ItemRow) -> rusqlite::
 
 pub(crate) fn raw_delete(tx: &rusqlite::Connection, ws: &str, path: &str) -> rusqlite::Result<()> {
     let rid: Option<i64> = qrow(
-        &tx,
+        tx,
         "SELECT rid FROM items WHERE ws = ?1 AND path = ?2",
         params![ws, path],
         |r| r.get(0),
     )
     .optional()?;
     if let Some(rid) = rid {
-        exec(&tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
-        exec(&tx, "DELETE FROM items WHERE rid = ?1", params![rid])?;
+        exec(tx, "DELETE FROM items_fts WHERE rowid = ?1", params![rid])?;
+        exec(tx, "DELETE FROM items WHERE rid = ?1", params![rid])?;
     }
     Ok(())
 }
@@ -223,7 +223,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn undo(&mut self, tbl: &str, key: String, before: Option<String>) -> Result<(), StoreError> {
         exec(
-            &self.tx,
+            self.tx,
             "INSERT INTO undo (seq, n, tbl, key, before) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![self.seq as i64, self.undo_n, tbl, key, before],
         )?;
@@ -260,7 +260,7 @@ impl Ctx<'_> {
         })?;
         self.undo("versions", key, None)?;
         exec(
-            &self.tx,
+            self.tx,
             "INSERT OR REPLACE INTO versions (id, version, path, type, props, time, author, seq) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
             params![
                 row.id,
@@ -302,13 +302,13 @@ pub(crate) fn revert(
         "versions" => {
             let k: VersionKey = serde_json::from_str(key)?;
             exec(
-                &tx,
+                tx,
                 "DELETE FROM versions WHERE id = ?1 AND version = ?2",
                 params![k.id, k.version as i64],
             )?;
         }
         "blobs" => {
-            exec(&tx, "DELETE FROM blobs WHERE sha256 = ?1", params![key])?;
+            exec(tx, "DELETE FROM blobs WHERE sha256 = ?1", params![key])?;
         }
         other => return Err(StoreError::Corrupt(format!("unknown undo table {other}"))),
     }
@@ -374,7 +374,7 @@ pub(crate) fn apply(tx: &Connection, entry: &JournalEntry) -> Result<Applied, St
             binary_refs(properties, &mut refs);
             for r in &refs {
                 let known: bool = qrow(
-                    &cx.tx,
+                    cx.tx,
                     "SELECT EXISTS(SELECT 1 FROM blobs WHERE sha256 = ?1)",
                     params![r],
                     |row| row.get(0),
@@ -601,7 +601,7 @@ pub(crate) fn apply(tx: &Connection, entry: &JournalEntry) -> Result<Applied, St
                 return Err(StoreError::BadRequest(format!("invalid sha256 {sha256:?}")));
             }
             let inserted = exec(
-                &cx.tx,
+                cx.tx,
                 "INSERT OR IGNORE INTO blobs (sha256, size, seq) VALUES (?1, ?2, ?3)",
                 params![sha256, *size as i64, cx.seq as i64],
             )?;

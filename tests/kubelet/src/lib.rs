@@ -12,7 +12,7 @@
 //!   `command[0]` replaces the binary only if it is an absolute path that exists, or if
 //!   its file name exists in `--bin-dir`; otherwise it is taken as the image's own
 //!   entrypoint and dropped (`command[1..]` and `args` still apply). `$(VAR)` expands.
-//! - **Env** ([`env`]): literal values, `fieldRef` (metadata.name/namespace/uid/
+//! - **Env** ([`env`](mod@env)): literal values, `fieldRef` (metadata.name/namespace/uid/
 //!   labels['x']/annotations['x'], spec.nodeName, spec.serviceAccountName,
 //!   status.podIP, status.hostIP), `secretKeyRef`, `configMapKeyRef`, `envFrom`
 //!   (optional flags honoured). Added: `KUBECONFIG` (per-pod kubeconfig with the pod's

@@ -77,6 +77,11 @@ impl Member {
         self.node.as_ref().map(|n| (n.seq, n.last_term))
     }
 
+    /// Labelled primary or saying so itself: never delete such a pod.
+    pub fn looks_primary(&self) -> bool {
+        self.role_label.as_deref() == Some(roles::PRIMARY) || self.reports_primary()
+    }
+
     pub fn reports_primary(&self) -> bool {
         self.node
             .as_ref()
@@ -318,6 +323,20 @@ pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
                     }
                 }
             }
+        } else if let Some(m) = obs
+            .data()
+            .find(|m| m.ordinal.is_some_and(|o| o >= desired) && m.looks_primary())
+        {
+            // The Lease has moved but the old primary has not dropped its label yet (the
+            // new primary relabels it before taking writes): removing it now would
+            // delete a pod that Services still route writes to.
+            data_replicas = current;
+            if message.is_empty() {
+                message = format!(
+                    "scale-down to {desired} waits for {} to drop the primary role",
+                    m.name
+                );
+            }
         } else if message.is_empty() {
             message = format!("scaling down from {current} to {desired} nodes");
         }
@@ -492,6 +511,14 @@ fn upgrade_step(
         .collect();
     others.sort_by_key(|m| (m.arbiter, std::cmp::Reverse(m.ordinal)));
     if let Some(m) = others.first() {
+        if m.looks_primary() {
+            // Just switched away from: wait until it has dropped the primary role.
+            return (
+                None,
+                upgrading,
+                format!("upgrade: waiting for {} to drop the primary role", m.name),
+            );
+        }
         return (
             Some(Step::RestartPod {
                 name: m.name.clone(),

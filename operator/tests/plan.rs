@@ -506,3 +506,41 @@ fn a_lease_holder_that_reports_replica_is_not_a_writable_primary() {
     assert!(p.message.contains("no writable primary"), "{}", p.message);
     assert!(p.message.contains("acme-0"), "{}", p.message);
 }
+
+#[test]
+fn a_pod_still_labelled_primary_is_never_removed_or_restarted() {
+    // Scale 5 → 2 right after the switchover: the Lease is on acme-0 but acme-4 still
+    // carries the primary label (the new primary is relabelling it).
+    let mut obs = healthy(5, 0);
+    obs.members[4].role_label = Some("primary".into());
+    obs.members[4].node = Some(status(NodeRole::Replica, 100));
+    let p = plan::plan(&cluster(2), &obs);
+    assert_eq!(p.data_replicas, 5, "{}", p.message);
+    assert!(p.message.contains("acme-4"), "{}", p.message);
+    obs.members[4].role_label = Some("replica".into());
+    assert_eq!(plan::plan(&cluster(2), &obs).data_replicas, 2);
+
+    // Upgrade right after the switchover: the old primary (outdated) still labelled.
+    let mut obs = observed(
+        vec![
+            member(0, "primary", "r1", 100),
+            member(1, "primary", "r2", 100),
+            member(2, "replica", "r2", 100),
+        ],
+        3,
+        "r2",
+        Some("acme-1"),
+    );
+    obs.members[0].node = Some(status(NodeRole::Replica, 100));
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.step, None, "{}", p.message);
+    obs.members[0].role_label = Some("replica".into());
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartPod {
+            name: "acme-0".into(),
+            primary: false
+        })
+    );
+}

@@ -1,17 +1,131 @@
 //! `scripts/cluster-down.sh` leaves nothing of ours behind: no process (control plane,
 //! kubelet, pods), no network namespace, veth or bridge.
 //!
-//! This suite takes the shared local cluster down: run it after the other suites (the
-//! Makefile runs it last, on its own). A later suite starts the cluster again through
-//! the harness.
+//! The suite runs a whole cluster of its own (`cluster-up`, a pod, `cluster-down`) in a
+//! sandbox: a network namespace and a mount namespace with a private `/run` (where `ip
+//! netns` keeps its names), with its own `STUDIO_CLUSTER_DIR`. So it never touches the
+//! shared cluster the other suites use, and it checks the scripts exactly as a user runs
+//! them. It is not part of `cargo test` (see Cargo.toml); run it with
+//! `cargo test -p studio-e2e --test teardown`.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::{Context, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use studio_e2e::{describe, is_ready, pod_ip, testapp_pod};
-use studio_harness::{TestEnv, pod_netns, pod_pids, wait_for};
+use studio_harness::{Cluster, cluster_paths, wait_for};
+use tokio::{io::AsyncWriteExt, process::Command};
+
+/// A network + mount namespace kept alive by a `sleep` process, entered with nsenter.
+struct Sandbox {
+    holder: std::process::Child,
+    cluster: Cluster,
+}
+
+impl Sandbox {
+    async fn start(mut cluster: Cluster, dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ready = dir.join("sandbox-ready");
+        let _ = std::fs::remove_file(&ready);
+        let holder = std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(
+                "mount -t tmpfs studio-sandbox /run && ip link set lo up && touch \"$0\" \
+                 && exec sleep 3600",
+            )
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the sandbox (unshare)")?;
+        cluster.kubeconfig = dir.join("kubeconfig");
+        cluster.dir = dir;
+        let sandbox = Sandbox { holder, cluster };
+        wait_for(
+            "the sandbox namespaces",
+            Duration::from_secs(10),
+            || async {
+                if ready.exists() {
+                    Ok(())
+                } else {
+                    bail!("{} does not exist yet", ready.display())
+                }
+            },
+        )
+        .await?;
+        Ok(sandbox)
+    }
+
+    /// A command that runs inside the sandbox with the cluster's environment.
+    fn command(&self, program: impl AsRef<Path>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.holder.id().to_string())
+            .args(["-m", "-n", "--"])
+            .arg(program.as_ref())
+            .env("STUDIO_CLUSTER_DIR", &self.cluster.dir)
+            .env("STUDIO_CP_BIN", &self.cluster.cp_bin)
+            .env("STUDIO_TARGET_DIR", &self.cluster.target_dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    fn script(&self, name: &str) -> Command {
+        self.command(self.cluster.repo.join("scripts").join(name))
+    }
+
+    fn kubectl(&self) -> Command {
+        let mut cmd = self.command(self.cluster.tool("kubectl"));
+        cmd.arg("--kubeconfig")
+            .arg(&self.cluster.kubeconfig)
+            .arg("--request-timeout=20s");
+        cmd
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Whatever happened, leave no cluster running in the sandbox.
+        let _ = std::process::Command::new("nsenter")
+            .arg("-t")
+            .arg(self.holder.id().to_string())
+            .args(["-m", "-n", "--"])
+            .arg(self.cluster.repo.join("scripts/cluster-down.sh"))
+            .env("STUDIO_CLUSTER_DIR", &self.cluster.dir)
+            .stdout(Stdio::null())
+            .status();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Runs a command with a time limit; returns its stdout, or an error with its output.
+async fn run(what: &str, mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .with_context(|| format!("{what}: no answer within {}s", limit.as_secs()))?
+        .with_context(|| format!("{what}: cannot run"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(stdout)
+}
 
 /// Is the process gone (no such pid, or a zombie waiting for its parent)?
 fn gone(pid: i32) -> bool {
@@ -21,6 +135,29 @@ fn gone(pid: i32) -> bool {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
     }
+}
+
+/// Live processes whose command line mentions `dir` (everything cluster-up starts names
+/// a file in its cluster directory).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(&needle) && !gone(pid) && !cmdline.starts_with("nsenter") {
+            out.push(format!("{pid}: {}", cmdline.trim()));
+        }
+    }
+    out
 }
 
 fn pid_files(run: &Path) -> Vec<(String, i32)> {
@@ -41,72 +178,103 @@ fn pid_files(run: &Path) -> Vec<(String, i32)> {
     out
 }
 
-fn command_output(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Processes whose executable is one of the control-plane binaries.
-fn control_plane_processes(cp_bin: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(exe) = std::fs::read_link(entry.path().join("exe"))
-            && exe.parent() == Some(cp_bin)
-            && !gone(pid)
-        {
-            out.push(format!("{pid} {}", exe.display()));
-        }
-    }
-    out
-}
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: victim
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: app
+    image: registry.studio.local/studio-testapp:dev
+    env:
+    - {name: PORT, value: "8080"}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    readinessProbe:
+      httpGet: {path: /readyz, port: 8080}
+      periodSeconds: 1
+"#;
 
 #[tokio::test]
 async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result<()> {
-    let env = TestEnv::new("teardown").await?;
-    let cluster = env.cluster;
+    let paths = cluster_paths()?;
+    let dir = paths.repo.join(".cache/teardown-test");
+    let sandbox = Sandbox::start(paths, dir).await?;
+    let cluster = sandbox.cluster.clone();
+
+    run(
+        "cluster-up",
+        sandbox.script("cluster-up.sh"),
+        Duration::from_secs(300),
+    )
+    .await?;
 
     // A running pod, so that there are pod processes, a pod netns and a veth to remove.
-    let pods = env.api::<Pod>();
-    pods.create(&PostParams::default(), &testapp_pod("victim", "default")?)
+    let mut apply = sandbox.kubectl();
+    apply
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply.spawn().context("kubectl apply")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(POD.as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
-        .context("creating the pod")?;
-    let pod = wait_for("the pod to be Ready", Duration::from_secs(120), || async {
-        let p = pods.get("victim").await?;
-        if is_ready(&p) && pod_ip(&p).is_some() {
-            Ok(p)
-        } else {
-            bail!("{}", describe(&p))
-        }
-    })
-    .await?;
-    let pod_processes = pod_pids(&pod)?;
-    ensure!(!pod_processes.is_empty(), "the pod has no process");
-    let netns = pod_netns(&pod).context("pod without uid")?;
-    let components = pid_files(&cluster.dir.join("run"));
+        .context("kubectl apply did not finish")??;
     ensure!(
-        components.iter().any(|(n, _)| n == "kube-apiserver"),
-        "no pid file of the API server in {}: {components:?}",
-        cluster.dir.join("run").display()
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    env.pass_without_cleanup();
+    let mut wait = sandbox.kubectl();
+    wait.args([
+        "wait",
+        "--for=condition=Ready",
+        "pod/victim",
+        "--timeout=120s",
+    ]);
+    run("waiting for the pod", wait, Duration::from_secs(130)).await?;
+    let mut get = sandbox.kubectl();
+    get.args(["get", "pod", "victim", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = run("reading the pod's uid", get, Duration::from_secs(30)).await?;
+    let short: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(8)
+        .collect();
+    let mut pids = sandbox.command("ip");
+    pids.args(["netns", "pids", &format!("studio-pod-{short}")]);
+    let pod_processes: Vec<i32> = run("listing the pod's processes", pids, Duration::from_secs(10))
+        .await?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(!pod_processes.is_empty(), "the pod has no process");
+    let components = pid_files(&cluster.dir.join("run"));
+    for c in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+    ] {
+        ensure!(
+            components.iter().any(|(n, _)| n == c),
+            "no pid file of {c} in {}: {components:?}",
+            cluster.dir.join("run").display()
+        );
+    }
 
-    let script = cluster.repo.join("scripts/cluster-down.sh");
-    let status = Command::new(&script)
-        .env("STUDIO_CLUSTER_DIR", &cluster.dir)
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(status.success(), "{} failed: {status}", script.display());
+    run(
+        "cluster-down",
+        sandbox.script("cluster-down.sh"),
+        Duration::from_secs(120),
+    )
+    .await?;
 
     let mut left = Vec::new();
     for (name, pid) in &components {
@@ -116,39 +284,47 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
     }
     for pid in &pod_processes {
         if !gone(*pid) {
-            left.push(format!("pod process {pid} (was in {netns})"));
+            left.push(format!("pod process {pid}"));
         }
     }
     left.extend(
-        control_plane_processes(&cluster.cp_bin)
+        processes_mentioning(&cluster.dir)
             .into_iter()
-            .map(|p| format!("control-plane process {p}")),
+            .map(|p| format!("process {p}")),
     );
-    for line in command_output("ip", &["netns", "list"])?.lines() {
+    let mut netns = sandbox.command("ip");
+    netns.args(["netns", "list"]);
+    for line in run("ip netns list", netns, Duration::from_secs(10))
+        .await?
+        .lines()
+    {
         if line.starts_with("studio-") {
             left.push(format!("netns {line}"));
         }
     }
-    for line in command_output("ip", &["-o", "link", "show"])?.lines() {
+    let mut links = sandbox.command("ip");
+    links.args(["-o", "link", "show"]);
+    for line in run("ip link show", links, Duration::from_secs(10))
+        .await?
+        .lines()
+    {
         let name = line
             .split(": ")
             .nth(1)
             .and_then(|n| n.split('@').next())
             .unwrap_or_default();
-        let pod_veth = name.len() == 10
-            && name.starts_with("sv")
-            && name[2..].chars().all(|c| c.is_ascii_hexdigit());
-        if name.starts_with("studio") || pod_veth {
+        if name != "lo" {
             left.push(format!("link {name}"));
         }
     }
     ensure!(left.is_empty(), "cluster-down left: {left:?}");
 
     // Running it again is harmless.
-    let status = Command::new(&script)
-        .env("STUDIO_CLUSTER_DIR", &cluster.dir)
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(status.success(), "a second cluster-down failed: {status}");
+    run(
+        "a second cluster-down",
+        sandbox.script("cluster-down.sh"),
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }

@@ -173,6 +173,9 @@ echo "$DIR" >"$OWNER_FILE"
 log "creating bridge $BRIDGE ($BRIDGE_ADDR/$NET_PREFIX) and netns $CP_NETNS ($CP_ADDR)"
 ip link add "$BRIDGE" type bridge
 ip addr add "$BRIDGE_ADDR/$NET_PREFIX" dev "$BRIDGE"
+# Never route what arrives on the bridge (pods' default route points at it) elsewhere,
+# even on a host with IP forwarding on: traffic stays among our namespaces.
+echo 0 >"/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
 ip link set "$BRIDGE" up
 ip netns add "$CP_NETNS"
 ip -n "$CP_NETNS" link set lo up

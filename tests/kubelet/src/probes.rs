@@ -105,6 +105,25 @@ fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String
     }
 }
 
+/// One HTTP client for every probe (connection set-up, TLS config built once).
+fn http_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .danger_accept_invalid_certs(true)
+                .redirect(reqwest::redirect::Policy::limited(10))
+                // Probes open a fresh connection each time, like the kubelet's.
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| format!("building HTTP client: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// Runs one probe attempt; `Err` carries the failure message.
 pub async fn run_once(probe: &Probe, target: &Target<'_>, timeout: Duration) -> Result<(), String> {
     if let Some(h) = &probe.http_get {
@@ -118,14 +137,11 @@ pub async fn run_once(probe: &Probe, target: &Target<'_>, timeout: Duration) -> 
             format!("/{path}")
         };
         let url = format!("{scheme}://{host}:{port}{path}");
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = http_client()?;
+        let mut req = client
+            .get(&url)
             .timeout(timeout)
-            .danger_accept_invalid_certs(true)
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .build()
-            .map_err(|e| format!("building HTTP client: {e}"))?;
-        let mut req = client.get(&url).header("User-Agent", "kube-probe/1.36");
+            .header("User-Agent", "kube-probe/1.36");
         for hh in h.http_headers.iter().flatten() {
             req = req.header(hh.name.as_str(), hh.value.as_str());
         }

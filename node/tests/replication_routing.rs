@@ -341,3 +341,67 @@ async fn demote_follow_and_switchover() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_a_primary_of_an_older_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Node::standalone(&dir.path().join("p"), &[]);
+    let r = replica(&dir.path().join("r"), &p, "r", &[]);
+    let http = Client::new();
+    let put = |path: &'static str| {
+        let (http, url) = (http.clone(), p.url.clone());
+        async move {
+            http.put(format!("{url}/api/v1/content{path}"))
+                .bearer_auth(editor())
+                .json(&doc(1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert!(put("/t/1").await.is_success());
+    wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(30)).await;
+
+    // r learns of term 5 (as if it voted in an election): the term-1 primary is stale.
+    let (st, body) = admin_post(
+        &http,
+        &r.url,
+        node_api::ADMIN_FOLLOW,
+        json!({"primary": p.url, "term": 5}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let refusals = |log: String| log.matches("stale primary").count();
+    let n0 = wait_for(
+        "r to refuse the stale primary",
+        Duration::from_secs(30),
+        || async {
+            let n = refusals(r.log_text());
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
+    assert!(put("/t/2").await.is_success());
+    wait_for("r to refuse again", Duration::from_secs(30), || async {
+        (refusals(r.log_text()) > n0).then_some(())
+    })
+    .await;
+    let got = http
+        .get(format!("{}/api/v1/content/t/2", r.url))
+        .bearer_auth(editor())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        got,
+        StatusCode::NOT_FOUND,
+        "r applied an entry of a stale primary"
+    );
+
+    // Once the primary acts in a newer term, r follows it again and catches up.
+    let (st, body) = admin_post(&http, &p.url, node_api::ADMIN_PROMOTE, json!({"term": 6})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(30)).await;
+}

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use studio_crds::node_api::{
     self, AckRequest, HEADER_CLUSTER_ID, HEADER_SNAPSHOT_SEQ, HEADER_SNAPSHOT_TERM, HEADER_TERM,
@@ -19,6 +19,8 @@ use crate::storage::{JournalEntry, Position, StoreError, TermStart};
 const STREAM_SILENCE: Duration = Duration::from_secs(5);
 /// Largest batch applied in one transaction.
 const MAX_BATCH: usize = 2000;
+/// Bytes of stream read ahead before applying.
+const MAX_BUFFER: usize = 4 << 20;
 
 /// The replica's view of [`node_api::StreamFrame`], decoding entries directly.
 #[derive(Debug, Deserialize)]
@@ -206,7 +208,6 @@ async fn session(
     tracing::info!(primary = %url, seq = pos.seq, term = pos.term, "replication stream connected");
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    let mut last_acked: Option<Position> = None;
     loop {
         let chunk = tokio::select! {
             c = tokio::time::timeout(STREAM_SILENCE, body.next()) => c,
@@ -218,6 +219,23 @@ async fn session(
             Ok(Some(c)) => c?,
         };
         buf.extend_from_slice(&chunk);
+        // Take whatever else has already arrived, so one transaction (one fsync and
+        // one acknowledgement) covers it all.
+        let mut ended = false;
+        let mut idle = false;
+        while buf.len() < MAX_BUFFER {
+            match body.next().now_or_never() {
+                Some(Some(c)) => buf.extend_from_slice(&c?),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => {
+                    idle = true;
+                    break;
+                }
+            }
+        }
         let mut batch: Vec<JournalEntry> = Vec::new();
         let mut consumed = 0;
         while let Some(i) = buf[consumed..].iter().position(|b| *b == b'\n') {
@@ -234,6 +252,12 @@ async fn session(
                     }
                 }
                 Frame::Heartbeat { primary, .. } => {
+                    let promised = shared.promised_term();
+                    if remote_term < promised {
+                        return Err(SessionError::Refused(format!(
+                            "{url} is at term {remote_term}, below term {promised} this node promised: stale primary"
+                        )));
+                    }
                     if !batch.is_empty() {
                         apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
                     }
@@ -250,7 +274,6 @@ async fn session(
                     // alive, even when nothing changed.
                     let _gate = shared.apply_gate.lock().await;
                     send_ack(state, url, state.store.position()).await;
-                    last_acked = Some(own);
                 }
                 Frame::Diverged { common, terms } => {
                     if !batch.is_empty() {
@@ -271,9 +294,14 @@ async fn session(
             let n = batch.len();
             let last = apply_batch(state, url, remote_term, batch).await?;
             tracing::trace!(n, seq = last.seq, "applied");
-            last_acked = Some(last);
+            if idle {
+                // Applied everything the primary had sent: caught up.
+                shared.caught_up.store(true, Ordering::SeqCst);
+            }
         }
-        let _ = last_acked;
+        if ended {
+            return Err(SessionError::Ended);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops the local cluster started by scripts/cluster-up.sh: the kubelet first (it stops
-# its pods), then any pod process left in a studio-pod-* network namespace, then the
-# control plane; removes the studio-* network namespaces, their veths and the bridge.
+# its pods; a studio-kubelet started by hand against this cluster is stopped too), then
+# any pod process left in a studio-pod-* network namespace, then the control plane;
+# removes the studio-* network namespaces, their veths and the bridge.
 # Idempotent. Keeps $STUDIO_CLUSTER_DIR (pki, logs, pod logs) for post-mortems;
 # cluster-up starts from empty etcd and kubelet state.
 set -euo pipefail
@@ -19,9 +20,6 @@ if [ -d "$DIR/run" ]; then
 fi
 
 teardown
-for p in $(foreign_kubelets); do
-  log "warning: a studio-kubelet that cluster-up did not start is still running (pid $p): stop it yourself"
-done
 left=$(leftovers)
 if [ -n "$left" ]; then
   echo "[cluster] error: could not remove:" >&2

@@ -136,6 +136,16 @@ teardown() {
     stop_pid "$pid" 20
   fi
   rm -f "$(pid_file kubelet)" "$(pid_file kubelet).start"
+  # A studio-kubelet started by hand against this cluster would keep its pods running.
+  for pid in $(foreign_kubelets); do
+    log "stopping a studio-kubelet that cluster-up did not start (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+      if ! kill -0 "$pid" 2>/dev/null || [ "$(proc_state "$pid")" = Z ]; then break; fi
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   # 2. pod processes the kubelet left behind (they outlive a deleted netns: kill first).
   for ns in $(our_netns); do
     [ "$ns" = "$CP_NETNS" ] && continue
@@ -181,6 +191,7 @@ leftovers() {
   for c in "${COMPONENTS[@]}"; do
     if pid=$(component_pid "$c"); then echo "process $c (pid $pid)"; fi
   done
+  for pid in $(foreign_kubelets); do echo "process studio-kubelet (pid $pid)"; done
   for ns in $(our_netns); do echo "netns $ns"; done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
   ip link show "$CP_VETH_HOST" >/dev/null 2>&1 && echo "veth $CP_VETH_HOST"

@@ -205,15 +205,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if let Err(why) = plan::validate(&sc) {
         ctx.event(&sc, EventType::Warning, "InvalidSpec", why.clone())
             .await;
-        let status = StudioClusterStatus {
-            observed_generation: sc.metadata.generation,
-            phase: Some(Phase::Invalid),
-            message: Some(why.clone()),
-            conditions: plan::conditions_for(&sc, Phase::Invalid, &why, sc.status.as_ref()),
-            ..sc.status.clone().unwrap_or_default()
-        };
-        patch_status(client, &sc, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        return invalid(client, &sc, why).await;
     }
 
     // Read.
@@ -247,7 +239,14 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     // Credentials: generated once, never regenerated.
-    let token = ensure_secret(&ctx, &sc).await?;
+    let token = match ensure_secret(&ctx, &sc).await {
+        Ok(t) => t,
+        Err(Error::InvalidSpec(why)) => return invalid(client, &sc, why).await,
+        Err(Error::SecretKey(secret, key)) => {
+            return invalid(client, &sc, format!("Secret {secret} lacks key {key}")).await;
+        }
+        Err(e) => return Err(e),
+    };
 
     // A StatefulSet being re-created (storage growth) must be gone before it is applied
     // again: wait for the garbage collector to orphan its pods.
@@ -362,6 +361,20 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
 
     update_status(&ctx, &sc, &obs, &plan).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Records a spec the operator cannot reconcile (phase Invalid, Stalled) and retries
+/// slowly; a spec change reconciles at once.
+async fn invalid(client: &Client, sc: &StudioCluster, why: String) -> Result<Action> {
+    let status = StudioClusterStatus {
+        observed_generation: sc.metadata.generation,
+        phase: Some(Phase::Invalid),
+        message: Some(why.clone()),
+        conditions: plan::conditions_for(sc, Phase::Invalid, &why, sc.status.as_ref()),
+        ..sc.status.clone().unwrap_or_default()
+    };
+    patch_status(client, sc, &status).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
 }
 
 async fn apply_owned(client: &Client, ns: &str, o: &Owned) -> Result<()> {

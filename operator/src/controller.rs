@@ -589,6 +589,10 @@ async fn execute(
                     info!(cluster = %key(sc), %to, %msg, "switchover accepted");
                 }
                 Err(e) => {
+                    // Not in flight any more: the retry (after the back-off) asks again.
+                    if let Ok(mut s) = ctx.switchovers.lock() {
+                        s.remove(&key(sc));
+                    }
                     ctx.event(
                         sc,
                         EventType::Warning,

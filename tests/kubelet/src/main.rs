@@ -5,6 +5,9 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Pick the TLS provider explicitly: with more than one rustls provider compiled in
+    // (feature unification in a workspace build), rustls would otherwise panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = studio_kubelet::Args::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));

@@ -698,6 +698,7 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
                 .map(|_| ()),
         )?;
     }
+    ctx.metrics.forget_cluster(&ns, &name);
     ctx.event(
         &sc,
         EventType::Normal,
@@ -761,6 +762,12 @@ async fn update_status(
         }
     }
     let members = plan::member_statuses(obs);
+    ctx.metrics.observe_cluster(
+        &sc.namespace().unwrap_or_default(),
+        &sc.name_any(),
+        obs.data().filter(|m| m.ready && !m.terminating).count() as i32,
+        plan.phase == Phase::Ready,
+    );
     let status = StudioClusterStatus {
         observed_generation: sc.metadata.generation,
         phase: Some(plan.phase),

@@ -17,6 +17,12 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
@@ -25,6 +31,10 @@ pub struct Metrics {
     pub switchovers: Counter,
     pub failovers: Counter,
     pub leader: Gauge<i64, AtomicI64>,
+    /// Ready data nodes per StudioCluster.
+    pub ready_nodes: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
+    /// 1 while a StudioCluster is Ready.
+    pub cluster_ready: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for Metrics {
@@ -42,6 +52,8 @@ impl Metrics {
         let switchovers = Counter::default();
         let failovers = Counter::default();
         let leader = Gauge::default();
+        let ready_nodes = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
+        let cluster_ready = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -64,6 +76,16 @@ impl Metrics {
             failovers.clone(),
         );
         registry.register(
+            "cluster_ready_nodes",
+            "Ready data nodes of each StudioCluster",
+            ready_nodes.clone(),
+        );
+        registry.register(
+            "cluster_ready",
+            "1 while the StudioCluster is Ready",
+            cluster_ready.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica is the elected leader",
             leader.clone(),
@@ -76,7 +98,28 @@ impl Metrics {
             switchovers,
             failovers,
             leader,
+            ready_nodes,
+            cluster_ready,
         }
+    }
+
+    pub fn observe_cluster(&self, namespace: &str, cluster: &str, ready_nodes: i32, ready: bool) {
+        let l = ClusterLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        };
+        self.ready_nodes.get_or_create(&l).set(ready_nodes as i64);
+        self.cluster_ready.get_or_create(&l).set(ready as i64);
+    }
+
+    /// A deleted cluster stops being reported.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        let l = ClusterLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        };
+        self.ready_nodes.remove(&l);
+        self.cluster_ready.remove(&l);
     }
 
     pub fn observe_reconcile(&self, took: Duration, err: Option<&Error>) {
@@ -97,5 +140,35 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_leader_and_each_cluster() {
+        let m = Metrics::new();
+        m.leader.set(1);
+        m.observe_cluster("cms", "acme", 3, true);
+        m.observe_reconcile(Duration::from_millis(20), Some(&Error::MissingField("x")));
+        let text = m.encode();
+        assert!(
+            text.lines().any(|l| l == "studio_operator_leader 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"studio_operator_cluster_ready_nodes{namespace="cms",cluster="acme"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"studio_operator_reconcile_errors_total{error="missing_field"} 1"#),
+            "{text}"
+        );
+        m.forget_cluster("cms", "acme");
+        assert!(!m.encode().contains("acme"));
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! - `lag`: primary + 1 async replica; writes 1 KiB items at a fixed rate; for every
 //!   10th write, the time from the primary's answer until the item is readable on
-//!   the replica (polled with `X-Studio-Direct`, ~0.3 ms resolution).
+//!   the replica (polled with `X-Studio-Direct` every ~0.5-1 ms, so ~1 ms resolution).
 //! - `sync`: primary in sync mode K=1 + 1 replica (and the same in async mode for
 //!   comparison): acknowledged writes/s and latency with concurrent writers.
 //! - `clone`: fills a primary with binaries and items, starts an empty replica and
@@ -83,6 +83,16 @@ fn node_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// A temporary directory, kept when `STUDIO_BENCH_KEEP` is set (to read node logs).
+fn workdir() -> anyhow::Result<tempfile::TempDir> {
+    let mut d = tempfile::TempDir::with_prefix("replbench-")?;
+    if std::env::var_os("STUDIO_BENCH_KEEP").is_some() {
+        eprintln!("node logs and data in {}", d.path().display());
+        d.disable_cleanup(true);
+    }
+    Ok(d)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -103,8 +113,8 @@ async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
             name,
             "--log-format",
             "json",
-            "--log",
-            "info",
+            "--log-filter",
+            &std::env::var("STUDIO_BENCH_NODE_LOG").unwrap_or_else(|_| "info".into()),
         ])
         .args(args)
         .env_remove("STUDIO_JWT_SECRET")
@@ -113,7 +123,7 @@ async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    let p = Proc {
+    let mut p = Proc {
         child,
         url: format!("http://127.0.0.1:{port}"),
         log,
@@ -121,8 +131,9 @@ async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http.get(format!("{}/healthz", p.url)).send().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("{name} did not start");
+        if Instant::now() > deadline || matches!(p.child.try_wait(), Ok(Some(_))) {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            bail!("{name} did not start: {log}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -176,7 +187,7 @@ fn item(n: usize) -> Value {
 }
 
 async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = workdir()?;
     let p = start(dir.path(), "p", &["--standalone"]).await?;
     let r = start(dir.path(), "r", &["--follow", &p.url]).await?;
     let http = reqwest::Client::builder()
@@ -220,6 +231,7 @@ async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
                 if t0.elapsed() > Duration::from_secs(30) {
                     return None;
                 }
+                tokio::time::sleep(Duration::from_micros(500)).await;
             }
         }));
     }
@@ -247,7 +259,7 @@ async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
 }
 
 async fn throughput(mode: &str, writers: usize, seconds: u64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = workdir()?;
     let mut pargs = vec!["--standalone"];
     if mode == "sync" {
         pargs.extend(["--replication-mode", "sync", "--sync-replicas", "1"]);
@@ -307,7 +319,7 @@ async fn throughput(mode: &str, writers: usize, seconds: u64) -> anyhow::Result<
 }
 
 async fn clone_bench(binaries: usize, binary_mib: usize, items: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = workdir()?;
     let p = start(dir.path(), "p", &["--standalone"]).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

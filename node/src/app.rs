@@ -59,7 +59,7 @@ impl AppState {
         }
         let term = info.term;
         crate::replication::before_commit(self)?;
-        let (entry, applied) = self.store.call(move |s| s.write_applied(op, term)).await?;
+        let (entry, applied) = self.store.write_async(op, term).await?;
         self.metrics.writes.inc();
         self.metrics.journal_seq.set(entry.seq as i64);
         self.metrics.journal_term.set(entry.term as i64);

@@ -99,7 +99,28 @@ pub const LOCAL_META_PREFIX: &str = "local.";
 struct PendingWrite {
     op: Op,
     term: u64,
-    reply: std::sync::mpsc::SyncSender<Result<(JournalEntry, Applied)>>,
+    reply: Reply,
+}
+
+type WriteResult = Result<(JournalEntry, Applied)>;
+
+/// Where the group-commit thread sends a write's outcome.
+enum Reply {
+    Blocking(std::sync::mpsc::SyncSender<WriteResult>),
+    Async(tokio::sync::oneshot::Sender<WriteResult>),
+}
+
+impl Reply {
+    fn send(self, r: WriteResult) {
+        match self {
+            Reply::Blocking(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
 }
 
 /// Largest group-commit batch.
@@ -158,7 +179,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn read_position(conn: &Connection) -> Result<Position> {
     let get = |k: &str| -> Result<u64> {
         let v: Option<String> = qrow(
-            &conn,
+            conn,
             "SELECT value FROM meta WHERE key = ?1",
             params![k],
             |r| r.get(0),
@@ -174,7 +195,7 @@ fn read_position(conn: &Connection) -> Result<Position> {
 
 fn set_position(conn: &Connection, pos: Position) -> Result<()> {
     exec(
-        &conn,
+        conn,
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1), ('last_term', ?2)",
         params![pos.seq.to_string(), pos.term.to_string()],
     )?;
@@ -278,15 +299,24 @@ impl Store {
         // queued while the previous batch was being made durable into one transaction
         // (one fsync per batch). The answer comes only after that commit.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        lock(&self.queue)
-            .send(PendingWrite {
-                op,
-                term,
-                reply: tx,
-            })
-            .map_err(|_| StoreError::Task("group commit thread stopped".into()))?;
+        self.enqueue(op, term, Reply::Blocking(tx))?;
         rx.recv()
             .map_err(|_| StoreError::Task("write batch dropped".into()))?
+    }
+
+    /// [`Store::write_applied`] for async callers: waits for the group commit
+    /// without holding a blocking thread.
+    pub async fn write_async(&self, op: Op, term: u64) -> Result<(JournalEntry, Applied)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(op, term, Reply::Async(tx))?;
+        rx.await
+            .map_err(|_| StoreError::Task("write batch dropped".into()))?
+    }
+
+    fn enqueue(&self, op: Op, term: u64, reply: Reply) -> Result<()> {
+        lock(&self.queue)
+            .send(PendingWrite { op, term, reply })
+            .map_err(|_| StoreError::Task("group commit thread stopped".into()))
     }
 
     fn commit_batch(
@@ -335,13 +365,13 @@ impl Store {
             Ok(pos) => {
                 pos_tx.send_replace(pos);
                 for (w, r) in done {
-                    let _ = w.reply.send(r);
+                    w.reply.send(r);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for (w, r) in done {
-                    let _ = w.reply.send(match r {
+                    w.reply.send(match r {
                         Ok(_) => Err(StoreError::Task(format!("commit failed: {msg}"))),
                         Err(e) => Err(e),
                     });
@@ -397,7 +427,7 @@ impl Store {
     fn append_entry(tx: &Connection, entry: &JournalEntry, pos: Position) -> Result<Applied> {
         let applied = apply::apply(tx, entry)?;
         exec(
-            &tx,
+            tx,
             "INSERT INTO journal (seq, term, time, op) VALUES (?1, ?2, ?3, ?4)",
             params![
                 entry.seq as i64,
@@ -408,7 +438,7 @@ impl Store {
         )?;
         if entry.term > pos.term || pos.seq == 0 {
             exec(
-                &tx,
+                tx,
                 "INSERT OR IGNORE INTO terms (term, first_seq) VALUES (?1, ?2)",
                 params![entry.term as i64, entry.seq as i64],
             )?;
@@ -448,7 +478,7 @@ impl Store {
     pub fn entry_at(&self, seq: u64) -> Result<Option<JournalEntry>> {
         self.with_reader(|c| {
             let row = qrow(
-                &c,
+                c,
                 "SELECT seq, term, time, op FROM journal WHERE seq = ?1",
                 params![seq as i64],
                 |r| {
@@ -467,7 +497,7 @@ impl Store {
     }
 
     fn oldest_in(c: &Connection) -> Result<u64> {
-        let min: Option<i64> = qrow(&c, "SELECT MIN(seq) FROM journal", [], |r| r.get(0))?;
+        let min: Option<i64> = qrow(c, "SELECT MIN(seq) FROM journal", [], |r| r.get(0))?;
         match min {
             Some(m) => Ok(m as u64),
             None => Ok(read_position(c)?.seq + 1),
@@ -503,7 +533,7 @@ impl Store {
             return Ok(0);
         }
         let t: Option<i64> = qrow(
-            &c,
+            c,
             "SELECT MAX(term) FROM terms WHERE first_seq <= ?1",
             params![seq as i64],
             |r| r.get(0),
@@ -714,7 +744,7 @@ impl Store {
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
         self.with_reader(|c| {
             qrow(
-                &c,
+                c,
                 "SELECT value FROM meta WHERE key = ?1",
                 params![key],
                 |r| r.get(0),
@@ -748,12 +778,12 @@ impl Store {
     pub fn check_consistency(&self) -> Result<Vec<String>> {
         self.with_reader(|c| {
             let mut problems = Vec::new();
-            let ic: String = qrow(&c, "PRAGMA integrity_check", [], |r| r.get(0))?;
+            let ic: String = qrow(c, "PRAGMA integrity_check", [], |r| r.get(0))?;
             if ic != "ok" {
                 problems.push(format!("integrity_check: {ic}"));
             }
             let (n, min, max): (i64, Option<i64>, Option<i64>) = qrow(
-                &c,
+                c,
                 "SELECT COUNT(*), MIN(seq), MAX(seq) FROM journal",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -834,7 +864,7 @@ impl Store {
         limit: u64,
     ) -> Result<(Vec<Item>, u64)> {
         self.with_reader(|c| {
-            let total: i64 = qrow(&c,
+            let total: i64 = qrow(c,
                 "SELECT COUNT(*) FROM items WHERE ws = ?1 AND parent = ?2",
                 params![ws.as_str(), parent],
                 |r| r.get(0),
@@ -920,7 +950,7 @@ impl Store {
     pub fn blob_registered(&self, sha256: &str) -> Result<Option<u64>> {
         self.with_reader(|c| {
             let v: Option<i64> = qrow(
-                &c,
+                c,
                 "SELECT size FROM blobs WHERE sha256 = ?1",
                 params![sha256],
                 |r| r.get(0),

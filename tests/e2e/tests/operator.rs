@@ -862,13 +862,13 @@ async fn image_change_rolls_replicas_then_switches_over_then_the_old_primary() -
         .collect();
     let order = join(deletions.iter().map(|(p, r, at)| {
         format!(
-            "{p}({r}) {}{}",
-            if *at < flip_at { "-" } else { "+" },
-            secs(at.saturating_duration_since(t0))
+            "{p} (labelled {r}) at {} {} the switchover",
+            secs(at.saturating_duration_since(t0)),
+            if *at < flip_at { "before" } else { "after" }
         )
     }));
     eprintln!(
-        "[operator] upgrade order (±: before/after the switchover to {new_primary} at {}): {order}",
+        "[operator] upgrade order (switchover to {new_primary} at {}): {order}",
         secs(flip_at.saturating_duration_since(t0))
     );
     ensure!(

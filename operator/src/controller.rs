@@ -232,6 +232,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         .as_ref()
         .map(|s| s.current_primary.is_some() || s.last_failover.is_some())
         .unwrap_or(false);
+    obs.prev_phase = sc.status.as_ref().and_then(|s| s.phase);
     let plan = plan::plan(&sc, &obs);
     if sc.spec.paused {
         update_status(&ctx, &sc, &obs, &plan).await?;

@@ -106,6 +106,9 @@ pub struct Observed {
     /// The cluster has had a primary before (so missing one now is degradation, not
     /// creation).
     pub had_primary: bool,
+    /// The phase the previous status recorded: a restart the operator ordered
+    /// (upgrade, scale) is still that operation until the pod is ready again.
+    pub prev_phase: Option<Phase>,
 }
 
 impl Observed {
@@ -390,6 +393,8 @@ pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
             }
             if !obs.had_primary {
                 Phase::Creating
+            } else if let Some(p @ (Phase::Upgrading | Phase::Scaling)) = obs.prev_phase {
+                p
             } else if obs.data().count() < desired as usize {
                 Phase::Scaling
             } else {

@@ -69,6 +69,7 @@ fn observed(members: Vec<Member>, replicas: i32, rev: &str, holder: Option<&str>
         arbiter_update_revision: Some(rev.into()),
         lease_holder: holder.map(String::from),
         had_primary: true,
+        prev_phase: None,
     }
 }
 
@@ -543,4 +544,24 @@ fn a_pod_still_labelled_primary_is_never_removed_or_restarted() {
             primary: false
         })
     );
+}
+
+#[test]
+fn the_last_restart_of_an_upgrade_is_still_upgrading_not_degraded() {
+    // The old primary was restarted on the new revision and is not ready yet.
+    let mut obs = observed(
+        vec![
+            member(0, "replica", "r2", 100),
+            member(1, "primary", "r2", 100),
+            member(2, "replica", "r2", 100),
+        ],
+        3,
+        "r2",
+        Some("acme-1"),
+    );
+    obs.members[0].ready = false;
+    obs.prev_phase = Some(Phase::Upgrading);
+    assert_eq!(plan::plan(&cluster(3), &obs).phase, Phase::Upgrading);
+    obs.prev_phase = Some(Phase::Ready);
+    assert_eq!(plan::plan(&cluster(3), &obs).phase, Phase::Degraded);
 }

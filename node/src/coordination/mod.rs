@@ -152,6 +152,8 @@ struct Coord {
     /// The Lease as last observed, and when it last changed (local clock).
     lease: Mutex<Option<Observed>>,
     lease_synced: AtomicBool,
+    /// The holder named by the Lease and since when (local clock).
+    holder_since: Mutex<Option<(String, Instant)>>,
     lease_first_seen: AtomicBool,
     /// resourceVersion of a Lease naming this node that predates this process: its
     /// previous incarnation is dead (we are running), so that holding proves nothing.
@@ -218,6 +220,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         pods_synced: AtomicBool::new(false),
         lease: Mutex::new(None),
         lease_synced: AtomicBool::new(false),
+        holder_since: Mutex::new(None),
         lease_first_seen: AtomicBool::new(false),
         stale_self: Mutex::new(None),
         wake: Notify::new(),
@@ -365,6 +368,12 @@ impl Coord {
                 ) && new < old
                 {
                     return;
+                }
+                {
+                    let mut hs = lock(&self.holder_since);
+                    if hs.as_ref().map(|(n, _)| Some(n)) != Some(rec.holder.as_ref()) {
+                        *hs = rec.holder.clone().map(|h| (h, now));
+                    }
                 }
                 *g = Some(Observed::update(g.as_ref(), rec, now));
             }
@@ -642,7 +651,11 @@ impl Coord {
         }
         if self.acting_term().is_none() {
             if let (Some(h), false) = (&holder, me_holds) {
-                self.follow(h).await;
+                let held_for = match &*lock(&self.holder_since) {
+                    Some((n, t)) if n == h => t.elapsed(),
+                    _ => Duration::ZERO,
+                };
+                self.follow(h, held_for).await;
             }
             if !self.s.arbiter
                 && !self.shutting_down.load(Ordering::SeqCst)
@@ -1125,9 +1138,17 @@ impl Coord {
         }
     }
 
-    /// Points replication at the holder's pod IP.
-    async fn follow(&self, holder: &str) {
-        let Some(url) = self.pod(holder).and_then(|p| self.url_of(&p)) else {
+    /// Points replication at the holder's pod IP, once it serves as primary (it labels
+    /// itself right after promoting; a holder that has not for a second is followed
+    /// anyway, e.g. when it cannot patch its label).
+    async fn follow(&self, holder: &str, held_for: Duration) {
+        let Some(pod) = self.pod(holder) else { return };
+        if kubeapi::role_label(&pod) != Some(role_values::PRIMARY)
+            && held_for < Duration::from_secs(1)
+        {
+            return;
+        }
+        let Some(url) = self.url_of(&pod) else {
             return;
         };
         if self.state.role.get().primary.as_deref() == Some(url.as_str()) {
@@ -1241,8 +1262,24 @@ impl Coord {
             Ok(()) => {
                 self.set_primary(None);
                 self.handing_over.store(false, Ordering::SeqCst);
-                if let Err(e) = roles::demote(&self.state, Some(url.clone())).await {
+                if let Err(e) = roles::demote(&self.state, None).await {
                     tracing::warn!(error = %e, "demote after switchover failed");
+                }
+                // Follow the target once it serves as primary (it reacts to the Lease
+                // through its watch), so the stream connects at the first attempt.
+                let until = Instant::now() + self.s.timing.renew_deadline;
+                while Instant::now() < until {
+                    if self
+                        .status_of(&url)
+                        .await
+                        .is_some_and(|s| s.role == NodeRole::Primary && !s.read_only)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if let Err(e) = roles::follow(&self.state, &url, None).await {
+                    tracing::warn!(error = %e, "following the new primary failed");
                 }
                 if let Err(e) =
                     kubeapi::label_pod(&self.pods_api, self.me(), role_values::REPLICA, None).await

@@ -103,8 +103,15 @@ pub(super) async fn run(state: AppState) {
             Err(e) => {
                 tracing::warn!(primary = %url, error = %e, retry_ms = backoff.as_millis() as u64, "replication stream interrupted");
                 // Wait before retrying, but react to a role change at once.
-                let _ = tokio::time::timeout(backoff, role_changed(&mut role_rx, &url)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let changed = tokio::time::timeout(backoff, role_changed(&mut role_rx, &url))
+                    .await
+                    .is_ok();
+                // A new primary to follow starts with a short back-off again.
+                backoff = if changed {
+                    Duration::from_millis(100)
+                } else {
+                    (backoff * 2).min(Duration::from_secs(2))
+                };
             }
         }
     }
@@ -188,7 +195,9 @@ async fn session(
         .get(format!("{url}{}", node_api::REPLICATION_STREAM))
         .query(&params);
     let resp = tokio::select! {
-        r = internal(state, req).send() => r?,
+        r = tokio::time::timeout(STREAM_SILENCE, internal(state, req).send()) => {
+            r.map_err(|_| SessionError::Silent(STREAM_SILENCE))??
+        }
         _ = role_changed(role_rx, url) => return Ok(Outcome::RoleChanged),
     };
     if !resp.status().is_success() {
@@ -387,16 +396,36 @@ async fn fetch_blob(state: &AppState, url: &str, sha: &str) -> Result<u64, Sessi
     let req = state
         .http
         .get(format!("{url}{}/{sha}", node_api::BLOB_PREFIX));
-    let resp = internal(state, req).send().await?;
+    let resp = tokio::time::timeout(STREAM_SILENCE, internal(state, req).send())
+        .await
+        .map_err(|_| SessionError::Silent(STREAM_SILENCE))??;
     if !resp.status().is_success() {
         return Err(error_status(resp).await);
     }
-    let stream = Box::pin(resp.bytes_stream());
+    let stream = Box::pin(chunks_with_timeout(resp));
     let (_, size) = state
         .store
         .put_blob_stream(stream, u64::MAX, Some(sha))
         .await?;
     Ok(size)
+}
+
+/// A response body whose chunks fail when the sender stalls for [`STREAM_SILENCE`].
+fn chunks_with_timeout(
+    resp: reqwest::Response,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> {
+    futures::stream::unfold(Some(resp.bytes_stream()), |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(STREAM_SILENCE, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(format!("reading from the peer: {e}")), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(format!("the peer sent nothing for {STREAM_SILENCE:?}")),
+                None,
+            )),
+        }
+    })
 }
 
 /// The term of `seq` in a term history (ascending by term).
@@ -514,7 +543,10 @@ pub(crate) async fn clone_from(state: &AppState, url: &str) -> Result<(), Sessio
     let tmp = dir.join(format!("clone-{}.db", uuid::Uuid::new_v4()));
     let result = async {
         let req = state.http.get(format!("{url}{}", node_api::SNAPSHOT));
-        let resp = internal(state, req).send().await?;
+        // Making the snapshot may take a while on a big repository.
+        let resp = tokio::time::timeout(Duration::from_secs(600), internal(state, req).send())
+            .await
+            .map_err(|_| SessionError::Silent(Duration::from_secs(600)))??;
         if !resp.status().is_success() {
             return Err(error_status(resp).await);
         }
@@ -524,10 +556,10 @@ pub(crate) async fn clone_from(state: &AppState, url: &str) -> Result<(), Sessio
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(StoreError::from)?;
-        let mut body = resp.bytes_stream();
+        let mut body = Box::pin(chunks_with_timeout(resp));
         let mut db_bytes: u64 = 0;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
+            let chunk = chunk.map_err(SessionError::Refused)?;
             db_bytes += chunk.len() as u64;
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
                 .await

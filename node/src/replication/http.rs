@@ -460,6 +460,10 @@ async fn switchover(
     State(state): State<AppState>,
     Json(req): Json<SwitchoverRequest>,
 ) -> Result<Json<AdminResponse>, ApiError> {
+    // In Kubernetes mode the primary role is the Lease: hand it over through it.
+    if crate::coordination::active() {
+        return crate::coordination::http::switchover(State(state), Json(req)).await;
+    }
     let info = state.role.get();
     if info.role != Role::Primary || info.read_only {
         return Err(ApiError::new(

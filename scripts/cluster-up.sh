@@ -66,11 +66,19 @@ if [ -n "$foreign" ] && [ "$NO_KUBELET" != 1 ]; then
   die "a studio-kubelet that cluster-up did not start serves $API_URL (pid$foreign): stop it first, or run with STUDIO_NO_KUBELET=1 to keep using it"
 fi
 [ -z "$ours" ] || running+=(kubelet)
+# With etcd and the API server up, a controller or kubelet that exited is restarted
+# alone: the cluster's objects are kept.
+repair=0
+if component_pid etcd >/dev/null && component_pid kube-apiserver >/dev/null &&
+  [ -f "$DIR/kubeconfig" ] && api_healthy; then
+  repair=1
+  log "etcd and kube-apiserver are running (${running[*]}): restarting what has exited"
+fi
 owner=$(cat "$OWNER_FILE" 2>/dev/null || true)
 if [ -n "$owner" ] && [ "$owner" != "$DIR" ] && [ -n "$(ip netns pids "$CP_NETNS" 2>/dev/null || true)" ]; then
   die "a cluster with STUDIO_CLUSTER_DIR=$owner is running (only one fits on a machine): stop it with STUDIO_CLUSTER_DIR=$owner scripts/cluster-down.sh"
 fi
-if [ "${#running[@]}" -gt 0 ] || [ -n "$(our_netns)" ] || ip link show "$BRIDGE" >/dev/null 2>&1; then
+if [ "$repair" = 0 ] && { [ "${#running[@]}" -gt 0 ] || [ -n "$(our_netns)" ] || ip link show "$BRIDGE" >/dev/null 2>&1; }; then
   log "found stale state (running: ${running[*]:-none}; netns: $(our_netns | tr '\n' ' ')): cleaning it up"
   teardown
 fi
@@ -88,10 +96,6 @@ if [ "$NO_KUBELET" != 1 ]; then
   [ -x "$TARGET_DIR/studio-kubelet" ] ||
     die "missing $TARGET_DIR/studio-kubelet: run 'cargo build --workspace --bins' (or set STUDIO_TARGET_DIR)"
 fi
-
-# Our addresses must not clash with anything on the host.
-clash=$(ip -o -4 addr show | awk -v b="$BRIDGE" '$2 != b && $4 ~ /^10\.21[34]\./ {print $2 " " $4}')
-[ -z "$clash" ] || die "10.213.0.0/16 or 10.214.0.0/16 is already used on this host: $clash"
 
 # ---------------------------------------------------------------- PKI
 pki=$DIR/pki
@@ -138,53 +142,71 @@ EOF
   chmod 600 "$1"
 }
 
-if [ ! -f "$pki/complete" ]; then
-  log "generating PKI in $pki"
-  rm -rf "$pki"
-  mkdir -p "$pki"
-  gen_key "$pki/ca.key"
-  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=studio-local-ca" -days 3650 \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-    -out "$pki/ca.crt" 2>/dev/null
-  sign apiserver "/CN=kube-apiserver" serverAuth \
-    "IP:$CP_ADDR,IP:$SERVICE_API_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
-  sign admin "/O=system:masters/CN=studio-admin" clientAuth
-  sign controller-manager "/CN=system:kube-controller-manager" clientAuth
-  sign scheduler "/CN=system:kube-scheduler" clientAuth
-  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
-  openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
-  touch "$pki/complete"
-fi
-write_kubeconfig "$DIR/kubeconfig" admin
-write_kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
-write_kubeconfig "$DIR/scheduler.kubeconfig" scheduler
+# make_pki: the CA, serving and client certs and the service-account keys (generated
+# once, kept across runs), and the kubeconfigs.
+make_pki() {
+  if [ ! -f "$pki/complete" ]; then
+    log "generating PKI in $pki"
+    rm -rf "$pki"
+    mkdir -p "$pki"
+    gen_key "$pki/ca.key"
+    openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=studio-local-ca" -days 3650 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$pki/ca.crt" 2>/dev/null
+    sign apiserver "/CN=kube-apiserver" serverAuth \
+      "IP:$CP_ADDR,IP:$SERVICE_API_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+    sign admin "/O=system:masters/CN=studio-admin" clientAuth
+    sign controller-manager "/CN=system:kube-controller-manager" clientAuth
+    sign scheduler "/CN=system:kube-scheduler" clientAuth
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
+    openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+    touch "$pki/complete"
+  fi
+  write_kubeconfig "$DIR/kubeconfig" admin
+  write_kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
+  write_kubeconfig "$DIR/scheduler.kubeconfig" scheduler
+}
 
-# ---------------------------------------------------------------- fresh state
-rm -rf --one-file-system "$DIR/etcd" "$DIR/kubelet"
-if [ -d "$DIR/logs" ]; then
-  rm -rf "$DIR/logs.prev"
-  mv "$DIR/logs" "$DIR/logs.prev"
-fi
-mkdir -p "$DIR/logs" "$DIR/etcd" "$DIR/kubelet"
-chmod 700 "$DIR/etcd"
+# fresh_state: empty etcd and kubelet state; the previous run's logs in logs.prev.
+fresh_state() {
+  rm -rf --one-file-system "$DIR/etcd" "$DIR/kubelet"
+  if [ -d "$DIR/logs" ]; then
+    rm -rf "$DIR/logs.prev"
+    mv "$DIR/logs" "$DIR/logs.prev"
+  fi
+  mkdir -p "$DIR/logs" "$DIR/etcd" "$DIR/kubelet"
+  chmod 700 "$DIR/etcd"
+}
 
 # ---------------------------------------------------------------- network
-echo "$DIR" >"$OWNER_FILE"
-log "creating bridge $BRIDGE ($BRIDGE_ADDR/$NET_PREFIX) and netns $CP_NETNS ($CP_ADDR)"
-ip link add "$BRIDGE" type bridge
-ip addr add "$BRIDGE_ADDR/$NET_PREFIX" dev "$BRIDGE"
-# Never route what arrives on the bridge (pods' default route points at it) elsewhere,
-# even on a host with IP forwarding on: traffic stays among our namespaces.
-echo 0 >"/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
-ip link set "$BRIDGE" up
-ip netns add "$CP_NETNS"
-ip -n "$CP_NETNS" link set lo up
-ip link add "$CP_VETH_HOST" type veth peer name eth0 netns "$CP_NETNS"
-ip link set "$CP_VETH_HOST" master "$BRIDGE"
-ip link set "$CP_VETH_HOST" up
-ip -n "$CP_NETNS" addr add "$CP_ADDR/$NET_PREFIX" dev eth0
-ip -n "$CP_NETNS" link set eth0 up
-# No default route in studio-cp: it reaches only the bridge's /16.
+# make_network: the bridge and the control plane's netns with its veth.
+make_network() {
+  echo "$DIR" >"$OWNER_FILE"
+  log "creating bridge $BRIDGE ($BRIDGE_ADDR/$NET_PREFIX) and netns $CP_NETNS ($CP_ADDR)"
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$BRIDGE_ADDR/$NET_PREFIX" dev "$BRIDGE"
+  # Never route what arrives on the bridge (pods' default route points at it) elsewhere,
+  # even on a host with IP forwarding on: traffic stays among our namespaces.
+  echo 0 >"/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
+  ip link set "$BRIDGE" up
+  ip netns add "$CP_NETNS"
+  ip -n "$CP_NETNS" link set lo up
+  ip link add "$CP_VETH_HOST" type veth peer name eth0 netns "$CP_NETNS"
+  ip link set "$CP_VETH_HOST" master "$BRIDGE"
+  ip link set "$CP_VETH_HOST" up
+  ip -n "$CP_NETNS" addr add "$CP_ADDR/$NET_PREFIX" dev eth0
+  ip -n "$CP_NETNS" link set eth0 up
+  # No default route in studio-cp: it reaches only the bridge's /16.
+}
+
+# A fresh start (not when repairing): our addresses must not clash with the host's.
+if [ "$repair" = 0 ]; then
+  clash=$(ip -o -4 addr show | awk -v b="$BRIDGE" '$2 != b && $4 ~ /^10\.21[34]\./ {print $2 " " $4}')
+  [ -z "$clash" ] || die "10.213.0.0/16 or 10.214.0.0/16 is already used on this host: $clash"
+  make_pki
+  fresh_state
+  make_network
+fi
 
 # ---------------------------------------------------------------- processes
 # launch NAME NETNS|- CMD...: starts CMD in its own session, logging to logs/NAME.log.
@@ -198,7 +220,7 @@ launch() {
   # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" "${pre[@]}" "$@" \
     </dev/null >>"$DIR/logs/$name.log" 2>&1 9>&- &
-  for ((i = 0; i < 50; i++)); do
+  for ((i = 0; i < 200; i++)); do
     [ -s "$pidf" ] && break
     sleep 0.05
   done
@@ -234,49 +256,71 @@ wait_for() {
   done
 }
 
-log "starting etcd"
-launch etcd "$CP_NETNS" "$CP_BIN/etcd" --name studio --data-dir "$DIR/etcd" \
-  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster studio=http://127.0.0.1:2380 --unsafe-no-fsync --log-level warn
-
+start_etcd() {
+  log "starting etcd"
+  launch etcd "$CP_NETNS" "$CP_BIN/etcd" --name studio --data-dir "$DIR/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster studio=http://127.0.0.1:2380 --unsafe-no-fsync --log-level warn
+}
 etcd_healthy() { ip netns exec "$CP_NETNS" curl -sf --max-time 2 http://127.0.0.1:2379/health; }
-wait_for "etcd to be healthy" etcd etcd_healthy
 
-log "starting kube-apiserver"
-launch kube-apiserver "$CP_NETNS" "$CP_BIN/kube-apiserver" \
-  --etcd-servers=http://127.0.0.1:2379 \
-  --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$CP_ADDR" \
-  --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-  --client-ca-file="$pki/ca.crt" \
-  --service-cluster-ip-range="$SERVICE_CIDR" \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-  --authorization-mode=Node,RBAC --allow-privileged=true \
-  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,StorageObjectInUseProtection \
-  --profiling=false --v=1
+start_apiserver() {
+  log "starting kube-apiserver"
+  launch kube-apiserver "$CP_NETNS" "$CP_BIN/kube-apiserver" \
+    --etcd-servers=http://127.0.0.1:2379 \
+    --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$CP_ADDR" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,StorageObjectInUseProtection \
+    --profiling=false --v=1
+}
 
-wait_for "the API server at $API_URL to be ready" etcd,kube-apiserver api_healthy
-log "API server ready after $((($(date +%s%N) - start_ns) / 1000000)) ms"
+start_controller_manager() {
+  log "starting kube-controller-manager"
+  launch kube-controller-manager "$CP_NETNS" "$CP_BIN/kube-controller-manager" \
+    --kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --leader-elect=false \
+    --controllers='*,-node-lifecycle-controller' \
+    --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+    --use-service-account-credentials=true \
+    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+    --profiling=false --v=1
+}
 
+start_scheduler() {
+  log "starting kube-scheduler"
+  launch kube-scheduler "$CP_NETNS" "$CP_BIN/kube-scheduler" \
+    --kubeconfig="$DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$DIR/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
+}
+
+start_kubelet() {
+  log "starting studio-kubelet (nodes $NODES)"
+  launch kubelet - "$TARGET_DIR/studio-kubelet" --kubeconfig "$DIR/kubeconfig" \
+    --nodes "$NODES" --api-server "$API_URL" --ca-file "$pki/ca.crt" \
+    --bridge "$BRIDGE" --gateway "$BRIDGE_ADDR" --pod-cidr "$POD_CIDR" \
+    --bin-dir "$TARGET_DIR" --state-dir "$DIR/kubelet"
+}
+
+if [ "$repair" = 0 ]; then
+  start_etcd
+  wait_for "etcd to be healthy" etcd etcd_healthy
+  start_apiserver
+  wait_for "the API server at $API_URL to be ready" etcd,kube-apiserver api_healthy
+  log "API server ready after $((($(date +%s%N) - start_ns) / 1000000)) ms"
+fi
 # The controllers start once RBAC's bootstrap roles exist (they exit when refused).
-log "starting kube-controller-manager and kube-scheduler"
-launch kube-controller-manager "$CP_NETNS" "$CP_BIN/kube-controller-manager" \
-  --kubeconfig="$DIR/controller-manager.kubeconfig" \
-  --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
-  --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
-  --bind-address=127.0.0.1 --leader-elect=false \
-  --controllers='*,-node-lifecycle-controller' \
-  --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
-  --use-service-account-credentials=true \
-  --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-  --profiling=false --v=1
-launch kube-scheduler "$CP_NETNS" "$CP_BIN/kube-scheduler" \
-  --kubeconfig="$DIR/scheduler.kubeconfig" \
-  --authentication-kubeconfig="$DIR/scheduler.kubeconfig" \
-  --authorization-kubeconfig="$DIR/scheduler.kubeconfig" \
-  --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
-
+component_pid kube-controller-manager >/dev/null || start_controller_manager
+component_pid kube-scheduler >/dev/null || start_scheduler
 
 storage_class() {
   kubectl_ apply -f - <<EOF
@@ -294,11 +338,7 @@ EOF
 wait_for "the default StorageClass to be created" kube-apiserver storage_class
 
 if [ "$NO_KUBELET" != 1 ]; then
-  log "starting studio-kubelet (nodes $NODES)"
-  launch kubelet - "$TARGET_DIR/studio-kubelet" --kubeconfig "$DIR/kubeconfig" \
-    --nodes "$NODES" --api-server "$API_URL" --ca-file "$pki/ca.crt" \
-    --bridge "$BRIDGE" --gateway "$BRIDGE_ADDR" --pod-cidr "$POD_CIDR" \
-    --bin-dir "$TARGET_DIR" --state-dir "$DIR/kubelet"
+  component_pid kubelet >/dev/null || start_kubelet
   nodes_ready() {
     local n
     n=$(kubectl_ get nodes -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c '^True$')

@@ -4,7 +4,8 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v ip >/dev/null || need+=(iproute2)
-command -v flock >/dev/null || need+=(util-linux)
+for t in flock setsid unshare nsenter; do command -v $t >/dev/null || { need+=(util-linux); break; }; done
+command -v pgrep >/dev/null || need+=(procps)
 command -v curl >/dev/null || need+=(curl)
 command -v go >/dev/null || { echo "error: Go >= 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "error: Rust (cargo) is required (https://rustup.rs)" >&2; exit 1; }

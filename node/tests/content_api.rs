@@ -900,6 +900,20 @@ async fn every_bad_input_class_is_a_clear_4xx() {
             "unauthorized",
         ),
         (
+            "wrong method",
+            format!("POST /api/v1/content/a HTTP/1.1\r\n{auth}"),
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "binary id not utf-8",
+            format!("GET /api/v1/binaries/%FF HTTP/1.1\r\n{auth}"),
+            String::new(),
+            400,
+            "invalid_binary_id",
+        ),
+        (
             "unknown route",
             format!("GET /api/v1/nothing HTTP/1.1\r\n{auth}"),
             String::new(),

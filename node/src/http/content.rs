@@ -633,9 +633,10 @@ async fn get_binary(
     caller: Caller,
     method: axum::http::Method,
     headers: HeaderMap,
-    Path(sha): Path<String>,
+    sha: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Level::Reader)?;
+    let Path(sha) = sha.map_err(|e| ApiError::bad_request("invalid_binary_id", e.body_text()))?;
     if !is_sha256_hex(&sha) {
         return Err(ApiError::bad_request(
             "invalid_binary_id",

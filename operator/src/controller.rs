@@ -47,6 +47,8 @@ pub struct Context {
     pub switchovers: Mutex<HashMap<String, (String, Instant)>>,
     /// Consecutive failures per cluster, for the back-off.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// The last primary seen per cluster (to name both ends of a failover).
+    pub last_primary: Mutex<HashMap<String, String>>,
     /// Label repairs seen but not yet done: cluster key → (repairs, first seen).
     pub pending_repairs: Mutex<HashMap<String, (Vec<plan::LabelRepair>, Instant)>>,
 }
@@ -64,6 +66,7 @@ impl Context {
             switchovers: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             pending_repairs: Mutex::new(HashMap::new()),
+            last_primary: Mutex::new(HashMap::new()),
         }
     }
 
@@ -700,6 +703,9 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         )?;
     }
     ctx.metrics.forget_cluster(&ns, &name);
+    if let Ok(mut m) = ctx.last_primary.lock() {
+        m.remove(&key(&sc));
+    }
     ctx.event(
         &sc,
         EventType::Normal,
@@ -726,7 +732,21 @@ async fn update_status(
     let prev = sc.status.clone().unwrap_or_default();
     let primary = obs.primary().map(|m| m.name.clone());
     let mut last_failover = prev.last_failover.clone();
-    if let (Some(old), Some(new)) = (&prev.current_primary, &primary)
+    // The primary before this change: the one in status, or (when a reconcile in between
+    // saw no primary at all, e.g. while the old one's pod was terminating) the last one
+    // this operator saw.
+    let old_primary = prev.current_primary.clone().or_else(|| {
+        ctx.last_primary
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key(sc)).cloned())
+    });
+    if let Some(new) = &primary
+        && let Ok(mut m) = ctx.last_primary.lock()
+    {
+        m.insert(key(sc), new.clone());
+    }
+    if let (Some(old), Some(new)) = (&old_primary, &primary)
         && old != new
     {
         let planned = ctx

@@ -35,7 +35,7 @@
 //!   pid in `--lock-file` is a live `studio-kubelet`.
 //! - **Not supported**: sidecar init containers (`restartPolicy: Always` on an init
 //!   container run as plain init containers), lifecycle hooks, gRPC probes, resource
-//!   limits, `kubectl logs/exec` (read the log files instead).
+//!   limits, `kubectl exec`/`attach`/`port-forward`, `kubectl logs --previous`.
 //! - **Restarts** ([`pod`]): per restartPolicy, back-off 1 s doubling to 30 s (reset
 //!   after 60 s of running). Probes: httpGet/tcpSocket from the root netns to the pod
 //!   IP, exec inside the pod netns; readiness drives Ready, liveness/startup failures
@@ -49,7 +49,8 @@
 //!   pods still bound are started again, keeping their pod IPs. SIGTERM/SIGINT stop
 //!   every pod (2 s grace) and remove its netns before exit.
 //! - **Logs**: `<state-dir>/pods/<namespace>_<pod>_<uid>/<container>.log`
-//!   (stdout+stderr, appended across restarts, kept after the pod is deleted).
+//!   (stdout+stderr, appended across restarts, kept after the pod is deleted), also
+//!   served on `https://<host-ip>:10250` so `kubectl logs` works ([`server`]).
 //! - **Deletion**: SIGTERM to the process group, wait the grace period, SIGKILL, remove
 //!   the netns, then delete the pod with grace 0.
 
@@ -63,6 +64,7 @@ pub mod node;
 pub mod pod;
 pub mod probes;
 pub mod provisioner;
+pub mod server;
 pub mod status;
 pub mod token;
 pub mod volumes;
@@ -132,6 +134,9 @@ pub struct Args {
     /// Maximum container restart back-off in seconds.
     #[arg(long, default_value_t = 30)]
     pub backoff_max_seconds: u64,
+    /// Port of the HTTPS log endpoint on the host IP (for `kubectl logs`); 0 disables it.
+    #[arg(long, default_value_t = server::KUBELET_PORT)]
+    pub kubelet_port: u16,
     /// Pid file that keeps a second kubelet from starting on this machine.
     #[arg(long, default_value = "/run/studio-kubelet.pid")]
     pub lock_file: PathBuf,
@@ -264,11 +269,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cpu: args.node_cpu.clone(),
             memory: args.node_memory.clone(),
             max_pods: args.max_pods,
+            kubelet_port: args.kubelet_port,
         };
         background.push(tokio::spawn(node::run(
             client.clone(),
             info,
             Duration::from_secs(args.heartbeat_seconds.max(1)),
+        )));
+    }
+    if args.kubelet_port != 0 {
+        background.push(tokio::spawn(server::run(
+            settings.state_dir.clone(),
+            settings.host_ip,
+            args.kubelet_port,
         )));
     }
     background.push(tokio::spawn(provisioner::run(

@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo, Taint,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -26,6 +27,8 @@ pub struct NodeSpecInfo {
     pub cpu: String,
     pub memory: String,
     pub max_pods: u32,
+    /// Port of our log endpoint (0: none).
+    pub kubelet_port: u16,
 }
 
 /// The Node object to create.
@@ -96,16 +99,17 @@ pub fn node_status(info: &NodeSpecInfo, now: DateTime<Utc>, since: DateTime<Utc>
                 "studio process kubelet is posting ready status",
             ),
         ]),
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".to_string(),
-                address: info.host_ip.clone(),
-            },
-            NodeAddress {
-                type_: "Hostname".to_string(),
-                address: info.name.clone(),
-            },
-        ]),
+        // No Hostname address: the API server prefers it for reaching the kubelet and
+        // our Node names do not resolve; InternalIP is the bridge address.
+        addresses: Some(vec![NodeAddress {
+            type_: "InternalIP".to_string(),
+            address: info.host_ip.clone(),
+        }]),
+        daemon_endpoints: (info.kubelet_port != 0).then(|| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(info.kubelet_port),
+            }),
+        }),
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         node_info: Some(NodeSystemInfo {
@@ -261,6 +265,7 @@ mod tests {
             cpu: "8".into(),
             memory: "32Gi".into(),
             max_pods: 110,
+            kubelet_port: 10250,
         };
         let t0 = Utc::now();
         let s = node_status(&info, t0, t0);
@@ -275,6 +280,15 @@ mod tests {
         assert_eq!(s.allocatable.as_ref().unwrap()["pods"].0, "110");
         assert_eq!(s.capacity.as_ref().unwrap()["cpu"].0, "8");
         assert_eq!(s.addresses.as_ref().unwrap()[0].address, "10.213.0.1");
+        let port = s
+            .daemon_endpoints
+            .as_ref()
+            .unwrap()
+            .kubelet_endpoint
+            .as_ref()
+            .unwrap()
+            .port;
+        assert_eq!(port, 10250);
         assert_eq!(
             s.node_info.as_ref().unwrap().kubelet_version,
             KUBELET_VERSION

@@ -55,6 +55,17 @@ helm upgrade --install "$RELEASE" "$repo/charts/studio-operator" \
   --set image.repository=local/studio-operator --set image.tag=dev \
   --wait --timeout "${TIMEOUT}s" >/dev/null ||
   die "helm install failed; see kubectl -n $OPERATOR_NS get pods and $DIR/kubelet/pods/${OPERATOR_NS}_*/operator.log"
+# Operator pods older than the studio-operator binary run old code (helm sees no change
+# when only the binary was rebuilt): restart them onto the new build.
+built=$(stat -c %Y "$target/studio-operator")
+oldest=$(kubectl -n "$OPERATOR_NS" get pods -l "app.kubernetes.io/instance=$RELEASE" \
+  -o jsonpath='{range .items[*]}{.status.startTime}{"\n"}{end}' | sort | head -n1)
+if [ -n "$oldest" ] && [ "$(date -d "$oldest" +%s)" -lt "$built" ]; then
+  echo "restarting the operator onto the binary built $(date -d "@$built" -u +%H:%M:%SZ)"
+  kubectl -n "$OPERATOR_NS" rollout restart "deployment/$RELEASE" >/dev/null
+  kubectl -n "$OPERATOR_NS" rollout status "deployment/$RELEASE" --timeout="${TIMEOUT}s" >/dev/null ||
+    die "the operator did not roll out; see $DIR/kubelet/pods/${OPERATOR_NS}_*/operator.log"
+fi
 kubectl -n "$OPERATOR_NS" get pods -o wide
 
 say "Creating the StudioCluster: kubectl apply -f examples/$(basename "$EXAMPLE") -n $NS"

@@ -639,6 +639,7 @@ async fn killing_the_operator_leader_hands_over_to_the_standby() -> anyhow::Resu
         Ok(())
     })
     .await?;
+    remove_scratch(&env);
     env.pass().await
 }
 

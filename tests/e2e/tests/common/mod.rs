@@ -274,6 +274,7 @@ impl OpEnv {
     }
 
     pub async fn pass(self) -> anyhow::Result<()> {
+        remove_scratch(&self.env);
         self.env.pass().await
     }
 }
@@ -300,9 +301,18 @@ pub fn studio_api(env: &TestEnv) -> Api<DynamicObject> {
     Api::namespaced_with(env.client.clone(), &env.ns, &studio_resource())
 }
 
+fn scratch_dir(env: &TestEnv) -> PathBuf {
+    std::env::temp_dir().join(format!("studio-e2e-{}", env.ns))
+}
+
+/// Removes the test's scratch directory (manifests it applied).
+pub fn remove_scratch(env: &TestEnv) {
+    let _ = std::fs::remove_dir_all(scratch_dir(env));
+}
+
 /// Writes `text` to a file of the test's scratch directory and returns its path.
 pub fn scratch_file(env: &TestEnv, file: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("studio-e2e-{}", env.ns));
+    let dir = scratch_dir(env);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(file);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -264,3 +264,50 @@ async fn divergent_ex_primary_quarantines_its_unseen_entries_and_converges() {
     );
     wait_converged(&http, &r.url, &[&p.url], Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_behind_the_retention_window_clones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Node::standalone(&dir.path().join("p"), &["--journal-retention", "50"]);
+    let mut r = replica(&dir.path().join("r"), &p, "r", &[]);
+    let http = Client::new();
+    for i in 0..20 {
+        assert!(
+            put(&http, &p.url, &format!("/early/e{i}"), i)
+                .await
+                .status()
+                .is_success()
+        );
+    }
+    wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(60)).await;
+    r.kill9();
+    for i in 0..200 {
+        assert!(
+            put(&http, &p.url, &format!("/late/l{i}"), i)
+                .await
+                .status()
+                .is_success()
+        );
+    }
+    let r_seq = 20;
+    wait_for(
+        "the primary to compact past the replica",
+        Duration::from_secs(60),
+        || async {
+            let s = status(&http, &p.url).await?;
+            (s["oldestSeq"].as_u64()? > r_seq + 1).then_some(())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| r.restart());
+    wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(60)).await;
+    assert!(
+        r.log_text().contains("clone complete"),
+        "the replica did not clone"
+    );
+    assert!(quarantine(&http, &r.url).await.is_empty());
+    assert_eq!(
+        local_status(&http, &r.url, "/late/l199").await,
+        StatusCode::OK
+    );
+}

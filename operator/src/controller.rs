@@ -590,6 +590,23 @@ async fn execute(
                     if *reason == Reason::User {
                         clear_switchover_request(&scs, sc, &format!("{to}: done")).await?;
                     }
+                    // An approval is good for one upgrade.
+                    let approved = sc
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(annotations::APPROVE_PRIMARY_UPDATE));
+                    if *reason == Reason::Upgrade && approved {
+                        let patch = json!({"metadata": {"annotations": {
+                            annotations::APPROVE_PRIMARY_UPDATE: null,
+                        }}});
+                        scs.patch(
+                            &sc.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await?;
+                    }
                     info!(cluster = %key(sc), %to, %msg, "switchover accepted");
                 }
                 Err(e) => {

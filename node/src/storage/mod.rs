@@ -606,18 +606,23 @@ impl Store {
 
     /// Drops journal entries (and their undo records) with seq < `seq`.
     pub fn compact_before(&self, seq: u64) -> Result<u64> {
-        let conn = lock(&self.writer);
-        let n = exec(
-            &conn,
-            "DELETE FROM journal WHERE seq < ?1",
-            params![seq as i64],
-        )?;
-        exec(
-            &conn,
-            "DELETE FROM undo WHERE seq < ?1",
-            params![seq as i64],
-        )?;
-        Ok(n as u64)
+        // In chunks, releasing the writer between them, so writes keep flowing.
+        const CHUNK: u64 = 5_000;
+        let mut removed = 0u64;
+        loop {
+            let oldest = self.oldest_seq()?;
+            if oldest >= seq {
+                return Ok(removed);
+            }
+            let upto = seq.min(oldest + CHUNK) as i64;
+            let conn = lock(&self.writer);
+            let n = exec(&conn, "DELETE FROM journal WHERE seq < ?1", params![upto])? as u64;
+            exec(&conn, "DELETE FROM undo WHERE seq < ?1", params![upto])?;
+            if n == 0 {
+                return Ok(removed);
+            }
+            removed += n;
+        }
     }
 
     /// Keeps `entries` aside with a reason.

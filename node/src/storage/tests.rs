@@ -348,6 +348,12 @@ fn compaction_limits_catch_up_and_rewind() {
     ));
     assert_eq!(s.truncate_after(40).unwrap().len(), 10);
     assert_eq!(s.position().seq, 40);
+    // An empty journal compacts to nothing and keeps its position.
+    assert_eq!(s.compact_before(10_000).unwrap(), 0);
+    assert_eq!(s.oldest_seq().unwrap(), 41);
+    assert_eq!(s.write(put("/after", "x"), 1).unwrap().seq, 41);
+    assert_eq!(s.compact_before(41).unwrap(), 0);
+    assert_eq!(s.compact_before(42).unwrap(), 1);
 }
 
 #[test]

@@ -47,11 +47,16 @@ pub struct Context {
     pub switchovers: Mutex<HashMap<String, (String, Instant)>>,
     /// Consecutive failures per cluster, for the back-off.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// When each cluster's status was last written.
+    pub status_writes: Mutex<HashMap<String, Instant>>,
     /// The last primary seen per cluster (to name both ends of a failover).
     pub last_primary: Mutex<HashMap<String, String>>,
     /// Label repairs seen but not yet done: cluster key → (repairs, first seen).
     pub pending_repairs: Mutex<HashMap<String, (Vec<plan::LabelRepair>, Instant)>>,
 }
+
+/// Minimum interval between status writes that only move journal positions.
+pub const POSITIONS_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long a role label must disagree with the Lease before the operator rewrites it.
 pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
@@ -67,6 +72,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             pending_repairs: Mutex::new(HashMap::new()),
             last_primary: Mutex::new(HashMap::new()),
+            status_writes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -723,6 +729,9 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if let Ok(mut m) = ctx.last_primary.lock() {
         m.remove(&key(&sc));
     }
+    if let Ok(mut m) = ctx.status_writes.lock() {
+        m.remove(&key(&sc));
+    }
     ctx.event(
         &sc,
         EventType::Normal,
@@ -827,10 +836,28 @@ async fn update_status(
         update_revision: obs.update_revision.clone(),
     };
     if sc.status.as_ref() != Some(&status) {
+        // Journal positions move with every write: a status that differs only in them
+        // is written at most every POSITIONS_REFRESH (each write wakes the controller).
+        let only_positions = sc
+            .status
+            .as_ref()
+            .is_some_and(|old| plan::same_but_positions(old, &status));
+        let recent = ctx
+            .status_writes
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&key(sc)).copied())
+            .is_some_and(|at| at.elapsed() < POSITIONS_REFRESH);
+        if only_positions && recent {
+            return Ok(());
+        }
         if prev.phase != Some(plan.phase) {
             info!(cluster = %key(sc), phase = plan.phase.as_str(), message = %plan.message, "phase");
         }
         patch_status(&ctx.client, sc, &status).await?;
+        if let Ok(mut w) = ctx.status_writes.lock() {
+            w.insert(key(sc), Instant::now());
+        }
     }
     Ok(())
 }

@@ -769,3 +769,18 @@ pub fn quantity_bytes(q: &str) -> Option<u128> {
         None
     }
 }
+
+/// Whether two statuses differ at most in the members' journal positions (term, seq,
+/// lag), which change with every write.
+pub fn same_but_positions(a: &StudioClusterStatus, b: &StudioClusterStatus) -> bool {
+    let strip = |s: &StudioClusterStatus| {
+        let mut s = s.clone();
+        for m in &mut s.members {
+            m.term = None;
+            m.seq = None;
+            m.lag = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}

@@ -565,3 +565,30 @@ fn the_last_restart_of_an_upgrade_is_still_upgrading_not_degraded() {
     obs.prev_phase = Some(Phase::Ready);
     assert_eq!(plan::plan(&cluster(3), &obs).phase, Phase::Degraded);
 }
+
+#[test]
+fn statuses_that_only_move_positions_are_recognised() {
+    let obs = healthy(3, 0);
+    let a = studio_crds::StudioClusterStatus {
+        members: plan::member_statuses(&obs),
+        ..Default::default()
+    };
+    let mut obs2 = obs.clone();
+    obs2.members[1].node = Some(status(NodeRole::Replica, 150));
+    let b = studio_crds::StudioClusterStatus {
+        members: plan::member_statuses(&obs2),
+        ..Default::default()
+    };
+    assert_ne!(a, b);
+    assert!(plan::same_but_positions(&a, &b));
+    let mut obs3 = obs.clone();
+    obs3.members[1].ready = false;
+    let c = studio_crds::StudioClusterStatus {
+        members: plan::member_statuses(&obs3),
+        ..Default::default()
+    };
+    assert!(
+        !plan::same_but_positions(&a, &c),
+        "readiness is not a position"
+    );
+}

@@ -52,15 +52,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn objects(c: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+/// How a test cluster is laid out.
+struct Layout {
+    data: i32,
+    arbiter: bool,
+    sync: bool,
+    /// Verbs the node's Role grants on leases (all it needs by default).
+    lease_verbs: &'static [&'static str],
+}
+
+const FULL: Layout = Layout {
+    data: 3,
+    arbiter: true,
+    sync: true,
+    lease_verbs: &["get", "list", "watch", "create", "update"],
+};
+
+fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
     let sa = format!("{c}-node");
+    let mode = if l.sync { "sync" } else { "async" };
     let container = |arbiter: bool| {
         let mut env = vec![
             json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
             json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
             json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
             json!({"name": "STUDIO_CLUSTER", "value": c}),
-            json!({"name": "STUDIO_REPLICATION_MODE", "value": "sync"}),
+            json!({"name": "STUDIO_REPLICATION_MODE", "value": mode}),
             json!({"name": "STUDIO_SYNC_REPLICAS", "value": "1"}),
             json!({"name": "STUDIO_SYNC_TIMEOUT", "value": "3s"}),
             json!({"name": "STUDIO_CLUSTER_TOKEN", "value": TOKEN}),
@@ -119,14 +136,14 @@ fn objects(c: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         }
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
     };
-    Ok(vec![
+    let mut v = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
         // The same rules as examples/node-rbac.yaml.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": sa},
             "rules": [
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": l.lease_verbs},
                 {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
                 {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get"]}
             ]
@@ -139,14 +156,17 @@ fn objects(c: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         svc(format!("{c}-nodes"), None, true),
         svc(format!("{c}-primary"), Some("primary"), false),
         svc(format!("{c}-replicas"), Some("replica"), false),
-        sts(c, "data", 3, false),
-        sts(&format!("{c}-arbiter"), "arbiter", 1, true),
-    ])
+        sts(c, "data", l.data, false),
+    ];
+    if l.arbiter {
+        v.push(sts(&format!("{c}-arbiter"), "arbiter", 1, true));
+    }
+    Ok(v)
 }
 
-async fn deploy(env: &TestEnv, c: &str) -> anyhow::Result<()> {
+async fn deploy(env: &TestEnv, c: &str, l: &Layout) -> anyhow::Result<()> {
     let pp = PostParams::default();
-    for o in objects(c)? {
+    for o in objects(c, l)? {
         let kind = o["kind"].as_str().unwrap_or_default().to_string();
         match kind.as_str() {
             "ServiceAccount" => {
@@ -385,7 +405,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let env = TestEnv::new("coordination").await?;
     let c = "studio";
     let pods: Api<Pod> = env.api();
-    deploy(&env, c).await?;
+    deploy(&env, c, &FULL).await?;
 
     // 1. Bootstrap: one record, created by exactly one data node; one primary.
     let (first, _) = wait_healthy(&env, c, START).await?;
@@ -522,6 +542,45 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
             t0.elapsed().as_secs_f64()
         );
         switch_gaps.push(gap);
+    }
+
+    // 2b. Deleting the primary's pod: on SIGTERM it hands over to the most advanced
+    //     replica before exiting.
+    let mut delete_gaps = Vec::new();
+    for i in 0..runs.min(5) {
+        let (old, old_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
+        let before = Instant::now();
+        wait_for(
+            "writes on the current primary",
+            Duration::from_secs(20),
+            || async {
+                match w.last_success() {
+                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
+                    s => bail!("last success {s:?}"),
+                }
+            },
+        )
+        .await?;
+        let t0 = Instant::now();
+        pods.delete(&old, &DeleteParams::default()).await?;
+        let (t1, new_ip) = wait_for(
+            "a write acknowledged by the new primary",
+            FAILOVER,
+            || async { w.first_after(t0, Some(old_ip)).context("not yet") },
+        )
+        .await?;
+        let last_old = lock(&w.successes)
+            .iter()
+            .filter(|(t, ip)| *ip == old_ip && *t < t1)
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(t0);
+        let gap = t1.duration_since(last_old).as_secs_f64();
+        eprintln!(
+            "COORD delete-primary {i}: deleted {old}; writes resumed on {new_ip} {:.3}s after the delete, write gap {gap:.3}s",
+            t1.duration_since(t0).as_secs_f64()
+        );
+        delete_gaps.push(gap);
     }
 
     // 3. kill -9 of the primary, `runs` times, under continuous sync writes.
@@ -672,12 +731,90 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         "COORD-BENCH switchover write gap n={} p50={sp50:.3}s p99={sp99:.3}s max={smax:.3}s",
         switch_gaps.len()
     );
+    let (dp50, dp99, dmax) = percentiles(&mut delete_gaps);
+    eprintln!(
+        "COORD-BENCH delete of the primary's pod (SIGTERM hand-over) write gap n={} p50={dp50:.3}s p99={dp99:.3}s max={dmax:.3}s",
+        delete_gaps.len()
+    );
     ensure!(v.is_empty(), "label violations: {v:?}");
     ensure!(
         missing.is_empty(),
         "{} acknowledged writes missing on the final primary, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(10)]
+    );
+    env.pass().await
+}
+
+/// Waits until a container log of `pod` contains `needle`.
+async fn wait_log(env: &TestEnv, pod: &str, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{pod}'s log to say {needle:?}"),
+        timeout,
+        || async {
+            let logs = env.pod_logs(pod, 100_000);
+            if logs.contains(needle) {
+                Ok(())
+            } else {
+                bail!("{} log lines", logs.lines().count())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn missing_permission_and_foreign_data_fail_with_clear_messages() -> anyhow::Result<()> {
+    let env = TestEnv::new("coordination-refusals").await?;
+    let pods: Api<Pod> = env.api();
+    // A Role without `update` on leases: the node bootstraps and creates the Lease,
+    // then cannot renew it; the log names the verb and the resource.
+    let norbac = Layout {
+        data: 1,
+        arbiter: false,
+        sync: false,
+        lease_verbs: &["get", "list", "watch", "create"],
+    };
+    deploy(&env, "norbac", &norbac).await?;
+    // A healthy single node whose bootstrap record then names another cluster id.
+    let solo = Layout {
+        data: 1,
+        arbiter: false,
+        sync: false,
+        lease_verbs: FULL.lease_verbs,
+    };
+    deploy(&env, "solo", &solo).await?;
+    wait_log(
+        &env,
+        "norbac-0",
+        "missing permission: the node's ServiceAccount may not update leases.coordination.k8s.io",
+        START,
+    )
+    .await?;
+    wait_for("solo-0 labelled primary", START, || async {
+        let p = pods.get("solo-0").await?;
+        if role_of(&p).as_deref() == Some("primary") && is_ready(&p) {
+            Ok(())
+        } else {
+            bail!("{} role={:?}", describe(&p), role_of(&p))
+        }
+    })
+    .await?;
+    let cms: Api<ConfigMap> = env.api();
+    let mut cm = cms.get("solo-bootstrap").await?;
+    cm.data.get_or_insert_with(Default::default).insert(
+        "clusterId".into(),
+        "00000000-0000-4000-8000-000000000000".into(),
+    );
+    cms.replace("solo-bootstrap", &PostParams::default(), &cm)
+        .await?;
+    signal_pod(&pods.get("solo-0").await?, Signal::SIGKILL)?;
+    wait_log(&env, "solo-0", "refusing to join", START).await?;
+    let p = pods.get("solo-0").await?;
+    ensure!(
+        !is_ready(&p),
+        "solo-0 with foreign data is Ready: {}",
+        describe(&p)
     );
     env.pass().await
 }

@@ -614,6 +614,37 @@ async fn authentication_and_roles() {
         StatusCode::CREATED
     );
     assert_eq!(put(Some(admin())).await.unwrap().status(), StatusCode::OK);
+    // Roles as one string, or a single `role` claim, are understood too.
+    let sign = |alg: jsonwebtoken::Algorithm, claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let hs256 = jsonwebtoken::Algorithm::HS256;
+    let as_text = sign(hs256, json!({"sub": "t", "roles": "reader editor"}));
+    assert_eq!(put(Some(as_text)).await.unwrap().status(), StatusCode::OK);
+    let single = sign(hs256, json!({"sub": "t", "role": "reader"}));
+    assert_eq!(
+        put(Some(single)).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    // Another algorithm is refused even with the right key.
+    let hs512 = sign(
+        jsonwebtoken::Algorithm::HS512,
+        json!({"sub": "t", "roles": ["admin"]}),
+    );
+    assert_eq!(
+        put(Some(hs512)).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let no_sub = sign(hs256, json!({"roles": ["admin"]}));
+    assert_eq!(
+        put(Some(no_sub)).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     let r = http.get(&url).bearer_auth(&reader).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 

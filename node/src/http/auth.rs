@@ -48,8 +48,33 @@ impl std::fmt::Debug for Auth {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// `["reader", "editor"]`, or one string of space/comma separated roles.
     #[serde(default)]
-    roles: Vec<String>,
+    roles: Roles,
+    /// A single role (accepted as well).
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum Roles {
+    #[default]
+    None,
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Claims {
+    fn role_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = match &self.roles {
+            Roles::None => Vec::new(),
+            Roles::List(l) => l.iter().map(String::as_str).collect(),
+            Roles::Text(t) => t.split([' ', ',']).filter(|r| !r.is_empty()).collect(),
+        };
+        out.extend(self.role.as_deref());
+        out
+    }
 }
 
 impl Auth {
@@ -86,9 +111,9 @@ impl Auth {
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", describe(&e))))?;
         let level = data
             .claims
-            .roles
-            .iter()
-            .filter_map(|r| match r.as_str() {
+            .role_names()
+            .into_iter()
+            .filter_map(|r| match r {
                 "reader" => Some(Level::Reader),
                 "editor" => Some(Level::Editor),
                 "admin" => Some(Level::Admin),

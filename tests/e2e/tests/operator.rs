@@ -928,3 +928,248 @@ async fn image_change_rolls_replicas_then_switches_over_then_the_old_primary() -
     );
     env.pass().await
 }
+
+/// A role label that disagrees with the Lease (a replica labelled primary, which puts it
+/// behind the `-primary` Service) is repaired: by the node itself when it runs, and by
+/// the operator, with an Event, when the node cannot (here: its process is stopped).
+#[tokio::test]
+async fn a_role_label_disagreeing_with_the_lease_is_repaired() -> anyhow::Result<()> {
+    let env = OpEnv::new("op-labels").await?;
+    let cluster = "lbl";
+    apply(
+        &env,
+        "lbl.json",
+        &cluster_manifest(
+            cluster,
+            json!({"nodes": 2, "arbiter": {"enabled": false}, "replication": {"mode": "async", "syncReplicas": 1}}),
+        ),
+    )?;
+    wait_ready(&env, cluster, 2, START).await?;
+    let (primary, _) = wait_for("roles to agree", Duration::from_secs(30), || {
+        roles_agree(&env, cluster, 2)
+    })
+    .await?;
+    let replica = if primary == format!("{cluster}-0") {
+        format!("{cluster}-1")
+    } else {
+        format!("{cluster}-0")
+    };
+    let mislabel = || {
+        env.kubectl([
+            "label",
+            "pod",
+            &replica,
+            &format!("{ROLE}=primary"),
+            "--overwrite",
+        ])
+    };
+
+    // A running node corrects its own label.
+    let t0 = Instant::now();
+    mislabel()?;
+    wait_for(
+        "the running node to correct its label",
+        Duration::from_secs(30),
+        || roles_agree(&env, cluster, 2),
+    )
+    .await?;
+    let by_node = t0.elapsed();
+
+    // A hung node cannot: the operator repairs the label against the Lease.
+    let pod = env.api::<Pod>().get(&replica).await?;
+    let stopped = Stopped::new(pod_pids(&pod)?)?;
+    let t1 = Instant::now();
+    mislabel()?;
+    wait_for(
+        "the operator to repair the label of the stopped node",
+        Duration::from_secs(30),
+        || async {
+            let p = env.api::<Pod>().get(&replica).await?;
+            ensure!(
+                role_of(&p) == "replica",
+                "{replica} labelled {:?}",
+                role_of(&p)
+            );
+            let ev = cluster_events(&env, cluster).await?;
+            ensure!(
+                ev.iter()
+                    .any(|(r, m)| r == "RoleLabelsRepaired" && m.contains(&replica)),
+                "no RoleLabelsRepaired Event naming {replica}: {ev:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let by_operator = t1.elapsed();
+    drop(stopped);
+    let (after, _) = wait_for(
+        "roles to agree once the node runs again",
+        Duration::from_secs(60),
+        || roles_agree(&env, cluster, 2),
+    )
+    .await?;
+    ensure!(
+        after == primary,
+        "the primary moved from {primary} to {after}"
+    );
+    eprintln!(
+        "[operator] TIMING wrong role label on {replica}: corrected by the running node {}; by the operator for a stopped node {}",
+        secs(by_node),
+        secs(by_operator)
+    );
+    env.pass().await
+}
+
+/// Processes held with SIGSTOP; continued on drop.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn new(pids: Vec<i32>) -> anyhow::Result<Stopped> {
+        ensure!(!pids.is_empty(), "no processes to stop");
+        for pid in &pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .with_context(|| format!("SIGSTOP {pid}"))?;
+        }
+        Ok(Stopped(pids))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}
+
+/// The shipped supervised-upgrades example: on an image change the replicas are
+/// restarted and the operator waits (WaitingForUser) with the primary untouched;
+/// `kubectl studio promote` finishes the upgrade (switchover, then the old primary).
+/// Pod overrides (labels) reach the pods; `kubectl studio status` shows the result.
+#[tokio::test]
+async fn supervised_upgrade_waits_for_kubectl_studio_promote() -> anyhow::Result<()> {
+    let env = OpEnv::new("op-supervised").await?;
+    let cluster = "studio-supervised";
+    let manifest = mapped_example(&env.cluster.repo, "examples/supervised-upgrades.yaml")?;
+    apply(&env, "supervised.yaml", &manifest)?;
+    wait_ready(&env, cluster, 3, START).await?;
+    let (old_primary, _) = wait_for("roles to agree", Duration::from_secs(30), || {
+        roles_agree(&env, cluster, 3)
+    })
+    .await?;
+    ensure!(
+        old_primary != format!("{cluster}-2"),
+        "{cluster}-2 has election priority 0 but became primary"
+    );
+    let pods = cluster_pods(&env, cluster).await?;
+    ensure!(
+        pods.iter().all(|p| p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("team"))
+            .is_some_and(|v| v == "web")),
+        "spec.pod.labels (team: web) missing on some pods"
+    );
+    let before = pod_table(&env, cluster).await?;
+
+    patch_spec(&env, cluster, json!({"image": NODE_IMAGE_V2}))?;
+    wait_for(
+        "the replicas upgraded and the operator waiting for the user",
+        Duration::from_secs(240),
+        || async {
+            let st = status(&env, cluster).await?;
+            ensure!(st.phase == "WaitingForUser", "{}", st.summary());
+            let pods = cluster_pods(&env, cluster).await?;
+            for p in &pods {
+                let n = name(p);
+                if n == old_primary {
+                    ensure!(
+                        image_of(p) == NODE_IMAGE && role_of(p) == "primary",
+                        "the primary {n} was touched: image {} role {}",
+                        image_of(p),
+                        role_of(p)
+                    );
+                    ensure!(
+                        before.get(&n).map(|b| &b.0) == p.metadata.uid.as_ref(),
+                        "the primary {n} was restarted"
+                    );
+                } else {
+                    ensure!(
+                        image_of(p) == NODE_IMAGE_V2 && is_ready(p),
+                        "{n} not upgraded yet"
+                    );
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
+    let target = if old_primary == format!("{cluster}-0") {
+        format!("{cluster}-1")
+    } else {
+        format!("{cluster}-0")
+    };
+    let plugin = env.cluster.target_dir.join("kubectl-studio");
+    let out = std::process::Command::new(&plugin)
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["-n", &env.ns, "promote", cluster, &target])
+        .output()
+        .with_context(|| format!("running {}", plugin.display()))?;
+    ensure!(
+        out.status.success(),
+        "kubectl studio promote failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    wait_for(
+        "the upgrade to finish on the promoted primary",
+        Duration::from_secs(180),
+        || async {
+            let (p, _) = roles_agree(&env, cluster, 3).await?;
+            ensure!(p == target, "primary is {p}, not {target}");
+            let pods = cluster_pods(&env, cluster).await?;
+            ensure!(
+                pods.iter()
+                    .all(|p| image_of(p) == NODE_IMAGE_V2 && is_ready(p)),
+                "not all pods upgraded and ready"
+            );
+            let old = pods.iter().find(|p| name(p) == old_primary);
+            ensure!(
+                old.is_some_and(
+                    |p| before.get(&old_primary).map(|b| &b.0) != p.metadata.uid.as_ref()
+                ),
+                "the old primary {old_primary} was not restarted"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    eprintln!(
+        "[operator] TIMING kubectl studio promote {target} → upgrade finished {}",
+        secs(t0.elapsed())
+    );
+    let out = std::process::Command::new(&plugin)
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["-n", &env.ns, "status", cluster])
+        .output()
+        .with_context(|| format!("running {}", plugin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    ensure!(
+        out.status.success()
+            && text.contains(&format!("Primary:      {target}"))
+            && text.contains(&format!("switchover {old_primary} → {target}"))
+            && text.lines().filter(|l| l.starts_with(cluster)).count() == 3,
+        "kubectl studio status: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.pass().await
+}

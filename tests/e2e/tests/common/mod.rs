@@ -327,8 +327,13 @@ pub fn apply(env: &TestEnv, file: &str, manifest: &str) -> anyhow::Result<String
 
 /// The shipped 3 + arbiter example with its image mapped to the local binary.
 pub fn example_manifest(repo: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(repo.join(EXAMPLE))
-        .with_context(|| format!("reading {EXAMPLE}"))?;
+    mapped_example(repo, EXAMPLE)
+}
+
+/// A shipped example (`examples/...`) with its image mapped to the local binary.
+pub fn mapped_example(repo: &Path, example: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(repo.join(example))
+        .with_context(|| format!("reading {example}"))?;
     let mut found = false;
     let out: Vec<String> = text
         .lines()
@@ -341,7 +346,7 @@ pub fn example_manifest(repo: &Path) -> anyhow::Result<String> {
             }
         })
         .collect();
-    ensure!(found, "{EXAMPLE} has no spec.image line");
+    ensure!(found, "{example} has no spec.image line");
     Ok(out.join("\n") + "\n")
 }
 

@@ -171,6 +171,7 @@ struct Coord {
     /// Since when the lease has looked free (relaxes rank deference).
     free_since: Mutex<Option<Instant>>,
     members_cache: Mutex<Option<(usize, Instant)>>,
+    pods_high_water: Mutex<usize>,
     notes: Mutex<BTreeMap<&'static str, String>>,
     http: reqwest::Client,
     token: Option<String>,
@@ -232,6 +233,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         cluster_id: Mutex::new(None),
         free_since: Mutex::new(None),
         members_cache: Mutex::new(None),
+        pods_high_water: Mutex::new(0),
         notes: Mutex::new(BTreeMap::new()),
         http,
         token,
@@ -724,8 +726,15 @@ impl Coord {
                 }
             }
         }
+        // Without the StatefulSets (e.g. no `get` on them): the most pods of the cluster
+        // this process has seen at once (a deleted pod still counts).
         let pods = self.pods.state().len();
-        let m = if ok && total > 0 { total } else { pods.max(1) };
+        let seen = {
+            let mut hw = lock(&self.pods_high_water);
+            *hw = (*hw).max(pods);
+            *hw
+        };
+        let m = if ok && total > 0 { total } else { seen.max(1) };
         *lock(&self.members_cache) = Some((m, Instant::now()));
         m
     }

@@ -36,6 +36,9 @@ enum Command {
         cluster: String,
         /// Pod to promote (a ready data node, e.g. `demo-2`).
         pod: String,
+        /// Wait until the pod is the primary (or the operator refuses), at most this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
 }
 
@@ -58,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", cli::render_status(&sc));
             }
         }
-        Command::Promote { cluster, pod } => {
+        Command::Promote { cluster, pod, wait } => {
             let sc = api.get(&cluster).await?;
             if let Err(why) = cli::check_promote(&sc, &pod) {
                 anyhow::bail!("cannot promote {pod}: {why}");
@@ -74,6 +77,35 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "switchover of {ns}/{cluster} to {pod} requested; follow with `kubectl studio status {cluster} -n {ns}` or `kubectl get events -n {ns}`"
             );
+            if let Some(secs) = wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                loop {
+                    let sc = api.get(&cluster).await?;
+                    if sc
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.current_primary.as_deref())
+                        == Some(pod.as_str())
+                    {
+                        println!("{pod} is the primary");
+                        break;
+                    }
+                    let outcome = sc
+                        .annotations()
+                        .get(annotations::LAST_SWITCHOVER)
+                        .cloned()
+                        .unwrap_or_default();
+                    if outcome.starts_with(&format!("{pod}: refused")) {
+                        anyhow::bail!("the operator refused: {outcome}");
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!(
+                            "{pod} is not the primary after {secs} s (last outcome: {outcome:?})"
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
         }
     }
     Ok(())

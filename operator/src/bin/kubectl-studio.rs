@@ -66,8 +66,10 @@ async fn main() -> anyhow::Result<()> {
             if let Err(why) = cli::check_promote(&sc, &pod) {
                 anyhow::bail!("cannot promote {pod}: {why}");
             }
-            let patch =
-                serde_json::json!({"metadata": {"annotations": {annotations::SWITCHOVER_TO: pod}}});
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                annotations::SWITCHOVER_TO: pod,
+                annotations::LAST_SWITCHOVER: null,
+            }}});
             api.patch(
                 &sc.name_any(),
                 &PatchParams::default(),

@@ -38,6 +38,10 @@ struct Args {
     /// Measure the storage layer alone (Store::write from --writers threads, no HTTP).
     #[arg(long)]
     direct: bool,
+    /// Also start a replica following the started primary, and run the primary in
+    /// sync mode with a write quorum of 1 (`--replication-mode sync --sync-replicas 1`).
+    #[arg(long)]
+    sync_replica: bool,
     /// Extra flags for the started node (e.g. "--replication-mode sync").
     #[arg(long, allow_hyphen_values = true)]
     node_args: Vec<String>,
@@ -132,6 +136,31 @@ async fn write_phase(
     (all, start.elapsed(), errors.load(Ordering::Relaxed))
 }
 
+fn start_node(
+    exe: &std::path::Path,
+    dir: &tempfile::TempDir,
+    port: u16,
+    mode: &[&str],
+    extra: &[String],
+) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new(exe)
+        .args(mode)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            &format!("bench-{port}"),
+        ])
+        .args(["--log-format", "text", "--log-filter", "warn"])
+        .args(extra)
+        .env_remove("STUDIO_JWT_SECRET")
+        .env_remove("STUDIO_CLUSTER_TOKEN")
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))
+}
+
 /// Durable writes straight into a Store from `writers` threads.
 fn direct(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -180,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let mut _started = None;
+    let mut _started = Vec::new();
     let url = match &args.url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
@@ -189,24 +218,23 @@ async fn main() -> anyhow::Result<()> {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
-            let child = std::process::Command::new(&exe)
-                .args(["--standalone", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--log-format",
-                    "text",
-                    "--log-filter",
-                    "warn",
-                ])
-                .args(&args.node_args)
-                .env_remove("STUDIO_JWT_SECRET")
-                .env_remove("STUDIO_CLUSTER_TOKEN")
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
-            _started = Some(Started { child, _dir: dir });
+            let mut node_args = args.node_args.clone();
+            if args.sync_replica {
+                node_args.extend(
+                    ["--replication-mode", "sync", "--sync-replicas", "1"].map(String::from),
+                );
+            }
+            let child = start_node(&exe, &dir, port, &["--standalone"], &node_args)?;
+            _started.push(Started { child, _dir: dir });
             let url = format!("http://127.0.0.1:{port}");
+            if args.sync_replica {
+                let rdir = tempfile::tempdir()?;
+                let rport = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let child = start_node(&exe, &rdir, rport, &["--follow", &url], &[])?;
+                _started.push(Started { child, _dir: rdir });
+            }
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(r) = http.get(format!("{url}/readyz")).send().await
@@ -219,6 +247,24 @@ async fn main() -> anyhow::Result<()> {
                     "studio-node did not become ready"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if args.sync_replica {
+                loop {
+                    let status: serde_json::Value = http
+                        .get(format!("{url}/api/v1/cluster/status"))
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    let connected = status["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p["connected"] == true));
+                    if connected {
+                        break;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "the replica did not connect");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
             url
         }

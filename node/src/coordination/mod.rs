@@ -809,10 +809,23 @@ impl Coord {
                     "campaign",
                     format!("the Lease is free ({reason}); {from} is more advanced but cannot be primary: pulling its entries first"),
                 );
-                if let Some(u) = url
-                    && self.state.role.get().primary.as_deref() != Some(u.as_str())
-                {
-                    roles::follow(&self.state, &u, None).await?;
+                let target = peers
+                    .iter()
+                    .find(|h| h.name == from)
+                    .map(|h| h.pos)
+                    .unwrap_or_default();
+                if let Some(u) = url {
+                    match self.catch_up(&u, target).await {
+                        Ok(n) => {
+                            tracing::info!(from = %from, entries = n, "caught up with the most advanced member")
+                        }
+                        Err(e) => self.warn(
+                            "catch-up",
+                            format!("pulling entries from {from} failed: {e:#}"),
+                        ),
+                    }
+                    // Decide again at once with the new position.
+                    self.wake.notify_one();
                 }
                 Ok(())
             }
@@ -833,6 +846,85 @@ impl Coord {
                 Ok(())
             }
         }
+    }
+
+    /// Pulls the entries this node lacks from a member that cannot be primary (the
+    /// arbiter, a priority-0 node) through its replication stream (`from_any`), until
+    /// this node's position reaches `target`. The member answers `diverged` if this
+    /// node's position is not in its history (then nothing is applied).
+    async fn catch_up(&self, url: &str, target: Pos) -> anyhow::Result<usize> {
+        let start = self.state.store.position();
+        let params = node_api::StreamParams {
+            node_id: self.me().to_string(),
+            after_seq: start.seq,
+            after_term: start.term,
+            role: Some(NodeRole::Replica),
+            address: Some(self.state.advertise_url.to_string()),
+            from_any: true,
+        };
+        let mut req = self
+            .http
+            .get(format!("{url}{}", node_api::REPLICATION_STREAM))
+            .query(&params)
+            .timeout(Duration::from_secs(5));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.context("opening the stream")?;
+        if !resp.status().is_success() {
+            anyhow::bail!("stream answered {}", resp.status());
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut applied = 0usize;
+        let reached = |p: crate::storage::Position| {
+            Pos {
+                term: p.term,
+                seq: p.seq,
+            } >= target
+        };
+        while !reached(self.state.store.position()) {
+            let chunk = tokio::time::timeout(Duration::from_secs(3), body.next())
+                .await
+                .context("the stream went silent")?
+                .context("the stream ended")?
+                .context("reading the stream")?;
+            buf.extend_from_slice(&chunk);
+            let mut batch = Vec::new();
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<node_api::StreamFrame>(line)? {
+                    node_api::StreamFrame::Entry { entry } => {
+                        let e: crate::storage::JournalEntry = serde_json::from_value(entry)?;
+                        if let Some(sha) = e.required_blob()
+                            && !self.state.store.has_blob(sha)
+                        {
+                            anyhow::bail!(
+                                "entry {} needs binary {sha}: left to replication",
+                                e.seq
+                            );
+                        }
+                        batch.push(e);
+                    }
+                    node_api::StreamFrame::Heartbeat { .. } => {}
+                    other => anyhow::bail!("the member answered {other:?}"),
+                }
+            }
+            if !batch.is_empty() {
+                let _gate = self.state.role.repl.apply_gate.lock().await;
+                let n = batch.len();
+                self.state
+                    .store
+                    .call(move |s| s.apply_entries(&batch))
+                    .await?;
+                applied += n;
+            }
+        }
+        Ok(applied)
     }
 
     async fn poll_positions(&self, term: u64) -> Vec<Heard> {

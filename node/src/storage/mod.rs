@@ -56,6 +56,8 @@ pub enum StoreError {
     Compacted { oldest: u64 },
     #[error("payload too large: limit {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("binary {0} is not on disk yet (fetch it before applying the entry)")]
+    MissingBlob(String),
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("sqlite: {0}")]
@@ -395,6 +397,14 @@ impl Store {
     pub fn apply_entries(&self, entries: &[JournalEntry]) -> Result<Vec<Applied>> {
         if entries.is_empty() {
             return Ok(Vec::new());
+        }
+        // A binary must be durable on disk before the entry that registers it.
+        if let Some(missing) = entries
+            .iter()
+            .filter_map(JournalEntry::required_blob)
+            .find(|sha| !self.has_blob(sha))
+        {
+            return Err(StoreError::MissingBlob(missing.to_string()));
         }
         let mut conn = lock(&self.writer);
         let mut pos = read_position(&conn)?;

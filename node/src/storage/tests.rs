@@ -84,6 +84,13 @@ impl Gen {
     }
 }
 
+/// Puts a file for every binary the entries register (the generator's fake shas).
+fn fake_blobs(store: &Store, entries: &[JournalEntry]) {
+    for sha in entries.iter().filter_map(JournalEntry::required_blob) {
+        std::fs::write(store.blob_path(sha).unwrap(), b"x").unwrap();
+    }
+}
+
 /// Writes `n` successful random ops (invalid ones are refused and skipped).
 fn fill(store: &Store, gen_: &mut Gen, n: usize, term: u64) -> Vec<JournalEntry> {
     let mut out = Vec::new();
@@ -264,6 +271,7 @@ fn replay_is_deterministic_and_checks_order() {
     let mut g = Gen(7);
     let mut entries = fill(&a, &mut g, 300, 1);
     entries.extend(fill(&a, &mut g, 100, 3));
+    fake_blobs(&b, &entries);
     assert!(matches!(
         b.apply_entry(&entries[1]),
         Err(StoreError::OutOfOrder {
@@ -292,6 +300,16 @@ fn replay_is_deterministic_and_checks_order() {
             }
         ]
     );
+    // A replica refuses to register a binary whose file it does not hold.
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = Store::open(c_dir.path()).unwrap();
+    let first_blob = entries
+        .iter()
+        .position(|e| e.required_blob().is_some())
+        .unwrap();
+    let err = c.apply_entries(&entries[..=first_blob]).unwrap_err();
+    assert!(matches!(err, StoreError::MissingBlob(_)), "{err}");
+    assert_eq!(c.position().seq, 0, "nothing of the batch applied");
     let mut stale = entries[0].clone();
     stale.seq = 401;
     assert!(matches!(
@@ -385,7 +403,9 @@ fn snapshot_while_writing_restores_consistently() {
     assert_eq!(c.meta_get("local.node").unwrap().as_deref(), Some("c"));
     assert_eq!(c.quarantine_list().unwrap().len(), 1);
     // Catch up from the journal after the snapshot: same content as the source.
-    for e in a.entries_after(pos.seq, 10_000).unwrap() {
+    let rest = a.entries_after(pos.seq, 10_000).unwrap();
+    fake_blobs(&c, &rest);
+    for e in rest {
         c.apply_entry(&e).unwrap();
     }
     assert_eq!(c.digest().unwrap(), a.digest().unwrap());

@@ -148,3 +148,42 @@ mod tests {
         assert_eq!(rebase("/a/b/c", "/a/b", "/x"), "/x/c");
     }
 }
+
+/// The fuzz target's properties on a deterministic stream of random inputs, so the
+/// ordinary test suite exercises them too (`node/fuzz` explores further).
+#[cfg(test)]
+mod fuzz_smoke {
+    use super::*;
+
+    #[test]
+    fn random_paths_never_panic_and_accepted_ones_are_canonical() {
+        let alphabet: Vec<char> = "/./..ab\\\0\n\té€ /".chars().collect();
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..50_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (x >> 56) as usize % 40;
+            let mut s = String::new();
+            for i in 0..len {
+                let r = (x.rotate_left(i as u32 * 7) >> 33) as usize;
+                s.push(alphabet[r % alphabet.len()]);
+            }
+            let _ = parse_path_or_root(&s);
+            if let Ok(p) = parse_path(&s) {
+                assert!(
+                    p.starts_with('/') && !p.contains("//") && !p.ends_with('/'),
+                    "{p:?}"
+                );
+                assert!(
+                    p.split('/').skip(1).all(|seg| seg != "." && seg != ".."),
+                    "{p:?}"
+                );
+                assert!(!p.chars().any(|c| c.is_control() || c == '\\'), "{p:?}");
+                let parent = parent_of(&p);
+                assert!(is_descendant(&p, parent));
+                assert!(parent == "/" || parse_path(parent).is_ok());
+            }
+        }
+    }
+}

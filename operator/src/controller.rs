@@ -77,11 +77,24 @@ impl Context {
     }
 
     async fn event(&self, sc: &StudioCluster, type_: EventType, reason: &str, note: String) {
+        // kube's Recorder folds events with the same (type, reason, action, object) into
+        // one series that keeps the first note, so "restarting studio-2" then
+        // "restarting studio-1" would show only the first. The note goes into the action
+        // (at most 128 characters) so that only identical messages are counted as a
+        // series, as client-go's aggregation does.
+        let mut action = format!("{reason}: {note}");
+        if action.len() > 128 {
+            let mut end = 128;
+            while !action.is_char_boundary(end) {
+                end -= 1;
+            }
+            action.truncate(end);
+        }
         let ev = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: reason.into(),
+            action,
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &sc.object_ref(&())).await {

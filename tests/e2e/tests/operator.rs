@@ -774,6 +774,22 @@ async fn scaling_up_and_down_under_load_loses_no_acknowledged_write() -> anyhow:
             .any(|e| matches!(e, PodEvent::Deleting { pod, .. } if *pod == target)),
         "{target} was never removed: {events:?}"
     );
+    // Events tell the story: scaling both ways, the switchover off the removed pod.
+    wait_for(
+        "Scaling and Switchover Events",
+        Duration::from_secs(30),
+        || async {
+            let ev = cluster_events(&env, cluster).await?;
+            let has =
+                |reason: &str, text: &str| ev.iter().any(|(r, m)| r == reason && m.contains(text));
+            ensure!(
+                has("Scaling", "3 → 5") && has("Scaling", "5 → 2") && has("Switchover", &target),
+                "events: {ev:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     env.pass().await
 }
 
@@ -926,6 +942,28 @@ async fn image_change_rolls_replicas_then_switches_over_then_the_old_primary() -
         gap.as_secs(),
         secs(flip_at.saturating_duration_since(t0))
     );
+    // Events: one Upgrade per restarted pod, the switchover and its outcome.
+    wait_for(
+        "Upgrade and switchover Events",
+        Duration::from_secs(30),
+        || async {
+            let ev = cluster_events(&env, cluster).await?;
+            let upgrades = ev.iter().filter(|(r, _)| r == "Upgrade").count();
+            ensure!(
+                upgrades >= before.len()
+                    && ev
+                        .iter()
+                        .any(|(r, m)| r == "Switchover" && m.contains(&new_primary))
+                    && ev
+                        .iter()
+                        .any(|(r, m)| r == "SwitchedOver" && m.contains(&new_primary)),
+                "{upgrades} Upgrade events for {} pods; events: {ev:?}",
+                before.len()
+            );
+            Ok(())
+        },
+    )
+    .await?;
     env.pass().await
 }
 

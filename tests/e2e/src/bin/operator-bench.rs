@@ -955,7 +955,7 @@ fn report_scale(n: usize, r: &ScaleResult, baseline: Option<&RssSample>) -> Stri
             .join(", ")
     };
     out.push_str(&format!(
-        "| operator standby | {} | (any operator pod peak {:.1} MiB) | {} |\n",
+        "| other operator pods (standby, or pods of a rollout) | {} | (any operator pod: {:.1} MiB) | {} |\n",
         baseline.map(standby).unwrap_or_default(),
         mib(any_op_peak),
         r.rss.last().map(standby).unwrap_or_default()

@@ -640,6 +640,17 @@ impl Coord {
         let stale_self = me_holds
             && obs.as_ref().and_then(|o| o.record.resource_version.clone())
                 == *lock(&self.stale_self);
+        if self.handing_over.load(Ordering::SeqCst) {
+            // The switchover in progress steps down and follows by itself; keep the
+            // Lease meanwhile.
+            if self.acting_term().is_some()
+                && me_holds
+                && !self.renewed_within(self.s.timing.retry_period.mul_f64(0.9))
+            {
+                self.renew(None).await;
+            }
+            return Ok(());
+        }
         if self.acting_term().is_some() {
             if !me_holds {
                 tracing::warn!(holder = ?holder, "the Lease names another holder: stepping down");
@@ -1220,13 +1231,9 @@ impl Coord {
             return;
         }
         self.set_primary(None);
-        let follow = self
-            .lease_now()
-            .and_then(|o| o.record.holder)
-            .filter(|h| h != self.me())
-            .and_then(|h| self.pod(&h))
-            .and_then(|p| self.url_of(&p));
-        if let Err(e) = roles::demote(&self.state, follow).await {
+        // Follow the new holder only once it serves (see `follow`), or the first
+        // stream attempt fails and backs off.
+        if let Err(e) = roles::demote(&self.state, None).await {
             tracing::warn!(error = %e, "demote failed");
         }
         if let Err(e) =

@@ -6,9 +6,9 @@
 //!     target/release/studio-replbench sync --writers 32 --seconds 10
 //!     target/release/studio-replbench clone --binaries 20 --binary-mib 8 --items 20000
 //!
-//! - `lag`: primary + 1 async replica; writes 1 KiB items at a fixed rate; for every
-//!   10th write, the time from the primary's answer until the item is readable on
-//!   the replica (polled with `X-Studio-Direct` every ~0.5-1 ms, so ~1 ms resolution).
+//! - `lag`: primary + 1 async replica; writes 1 KiB items at a fixed rate while two
+//!   samplers read both nodes' journal seq every ~1 ms; the lag of an entry is the
+//!   time between the primary's and the replica's first sample at or past its seq.
 //! - `sync`: primary in sync mode K=1 + 1 replica (and the same in async mode for
 //!   comparison): acknowledged writes/s and latency with concurrent writers.
 //! - `clone`: fills a primary with binaries and items, starts an empty replica and
@@ -186,6 +186,36 @@ fn item(n: usize) -> Value {
     json!({"type": "doc", "properties": {"n": n, "text": "x".repeat(1000)}})
 }
 
+/// Samples a node's journal seq every millisecond until `stop`: (time, seq) pairs.
+async fn seq_timeline(
+    http: reqwest::Client,
+    url: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<(Instant, u64)> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let r = http
+            .get(format!("{url}/api/v1/cluster/status"))
+            .send()
+            .await;
+        let t = Instant::now();
+        if let Ok(r) = r
+            && let Ok(v) = r.json::<Value>().await
+            && let Some(seq) = v["seq"].as_u64()
+        {
+            out.push((t, seq));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    out
+}
+
+/// When a timeline first reached `seq`.
+fn reached(timeline: &[(Instant, u64)], seq: u64) -> Option<Instant> {
+    let i = timeline.partition_point(|(_, s)| *s < seq);
+    timeline.get(i).map(|(t, _)| *t)
+}
+
 async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let dir = workdir()?;
     let p = start(dir.path(), "p", &["--standalone"]).await?;
@@ -194,6 +224,9 @@ async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     connected(&http, &p.url, 1).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pt = tokio::spawn(seq_timeline(http.clone(), p.url.clone(), stop.clone()));
+    let rt = tokio::spawn(seq_timeline(http.clone(), r.url.clone(), stop.clone()));
     let total = (rate * seconds) as usize;
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -201,55 +234,53 @@ async fn lag(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
-        let (http, purl, rurl) = (http.clone(), p.url.clone(), r.url.clone());
+        let (http, purl) = (http.clone(), p.url.clone());
         tasks.push(tokio::spawn(async move {
-            let path = format!("/api/v1/content/lag/n{i}");
-            let resp = http
-                .put(format!("{purl}{path}"))
+            let t = Instant::now();
+            let ok = http
+                .put(format!("{purl}/api/v1/content/lag/n{i}"))
                 .json(&item(i))
                 .send()
                 .await
-                .ok()?;
-            if !resp.status().is_success() {
-                return None;
-            }
-            let t0 = Instant::now();
-            if i % 10 != 0 {
-                return Some(None);
-            }
-            loop {
-                let ok = http
-                    .get(format!("{rurl}{path}"))
-                    .header("x-studio-direct", "true")
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
-                if ok {
-                    return Some(Some(t0.elapsed().as_secs_f64() * 1000.0));
-                }
-                if t0.elapsed() > Duration::from_secs(30) {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            }
+                .is_ok_and(|r| r.status().is_success());
+            ok.then(|| t.elapsed().as_secs_f64() * 1000.0)
         }));
     }
-    let mut lags = Vec::new();
     let mut ok = 0;
+    let mut wlat = Vec::new();
     for t in tasks {
         if let Ok(Some(l)) = t.await {
             ok += 1;
-            if let Some(l) = l {
-                lags.push(l);
-            }
+            wlat.push(l);
         }
     }
+    wlat.sort_by(|a, b| a.total_cmp(b));
     let secs = started.elapsed().as_secs_f64();
+    // Let the replica finish, then stop sampling.
+    let (_, last) = digest(&http, &p.url).await.context("digest")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while digest(&http, &r.url).await.map(|d| d.1) != Some(last) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (pt, rt) = (pt.await?, rt.await?);
+    let first = pt.first().map(|(_, s)| *s).unwrap_or(0) + 1;
+    let mut lags: Vec<f64> = (first..=last)
+        .filter_map(|seq| {
+            let a = reached(&pt, seq)?;
+            let b = reached(&rt, seq)?;
+            Some(b.saturating_duration_since(a).as_secs_f64() * 1000.0)
+        })
+        .collect();
     lags.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "lag: {ok}/{total} writes in {secs:.1}s ({:.0}/s offered {rate}/s); replica lag over {} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "lag: {ok}/{total} writes in {secs:.1}s ({:.0}/s, offered {rate}/s; write latency p50 {:.2} ms, p99 {:.2} ms); \
+         replica lag over {} entries (commit seen on the primary -> applied seen on the replica, ~1 ms sampling): \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ok as f64 / secs,
+        pct(&wlat, 0.5),
+        pct(&wlat, 0.99),
         lags.len(),
         pct(&lags, 0.5),
         pct(&lags, 0.99),

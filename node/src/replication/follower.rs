@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use studio_crds::node_api::{
     self, AckRequest, HEADER_CLUSTER_ID, HEADER_SNAPSHOT_SEQ, HEADER_SNAPSHOT_TERM, HEADER_TERM,
@@ -215,32 +215,81 @@ async fn session(
     }
     shared.connected.store(true, Ordering::SeqCst);
     tracing::info!(primary = %url, seq = pos.seq, term = pos.term, "replication stream connected");
-    let mut body = resp.bytes_stream();
+    // The reader task keeps receiving while a batch is applied, so the next batch
+    // takes everything that arrived meanwhile (one transaction, one fsync).
+    let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(4096);
+    let mut body = Box::pin(chunks_with_timeout(resp));
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(c) = body.next().await {
+            let failed = c.is_err();
+            if chunk_tx.send(c).await.is_err() || failed {
+                return;
+            }
+        }
+    }));
+    // The ack task reports the latest durable position as soon as it changes,
+    // without holding up the next batch.
+    let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(pos);
+    let acker = {
+        let (state, url) = (state.clone(), url.to_string());
+        AbortOnDrop(tokio::spawn(async move {
+            while ack_rx.changed().await.is_ok() {
+                let p = *ack_rx.borrow_and_update();
+                send_ack(&state, &url, p).await;
+            }
+        }))
+    };
+    let result = receive(state, url, remote_term, role_rx, &mut chunks, &ack_tx).await;
+    drop(reader);
+    drop(acker);
+    result
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn receive(
+    state: &AppState,
+    url: &str,
+    remote_term: u64,
+    role_rx: &mut tokio::sync::watch::Receiver<RoleInfo>,
+    chunks: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    ack: &tokio::sync::watch::Sender<Position>,
+) -> Result<Outcome, SessionError> {
+    let shared = &state.role.repl;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let chunk = tokio::select! {
-            c = tokio::time::timeout(STREAM_SILENCE, body.next()) => c,
+            c = chunks.recv() => c,
             _ = role_changed(role_rx, url) => return Ok(Outcome::RoleChanged),
         };
-        let chunk = match chunk {
-            Err(_) => return Err(SessionError::Silent(STREAM_SILENCE)),
-            Ok(None) => return Err(SessionError::Ended),
-            Ok(Some(c)) => c?,
+        let Some(chunk) = chunk else {
+            return Err(SessionError::Ended);
         };
-        buf.extend_from_slice(&chunk);
-        // Take whatever else has already arrived, so one transaction (one fsync and
-        // one acknowledgement) covers it all.
+        buf.extend_from_slice(&chunk.map_err(SessionError::Refused)?);
+        // Take whatever else has already arrived.
         let mut ended = false;
+        let mut failed = None;
         let mut idle = false;
         while buf.len() < MAX_BUFFER {
-            match body.next().now_or_never() {
-                Some(Some(c)) => buf.extend_from_slice(&c?),
-                Some(None) => {
-                    ended = true;
+            match chunks.try_recv() {
+                Ok(Ok(c)) => buf.extend_from_slice(&c),
+                Ok(Err(e)) => {
+                    failed = Some(e);
                     break;
                 }
-                None => {
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                     idle = true;
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    ended = true;
                     break;
                 }
             }
@@ -257,7 +306,8 @@ async fn session(
                 Frame::Entry { entry } => {
                     batch.push(entry);
                     if batch.len() >= MAX_BATCH {
-                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
+                            .await?;
                     }
                 }
                 Frame::Heartbeat { primary, .. } => {
@@ -268,7 +318,8 @@ async fn session(
                         )));
                     }
                     if !batch.is_empty() {
-                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
+                            .await?;
                     }
                     let ppos = Position {
                         seq: primary.seq,
@@ -281,12 +332,12 @@ async fn session(
                     }
                     // Re-acknowledge on heartbeats so the primary knows this node is
                     // alive, even when nothing changed.
-                    let _gate = shared.apply_gate.lock().await;
-                    send_ack(state, url, state.store.position()).await;
+                    ack.send_replace(own);
                 }
                 Frame::Diverged { common, terms } => {
                     if !batch.is_empty() {
-                        apply_batch(state, url, remote_term, std::mem::take(&mut batch)).await?;
+                        apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
+                            .await?;
                     }
                     repair_divergence(state, url, common, &terms).await?;
                     return Ok(Outcome::Resync);
@@ -300,13 +351,14 @@ async fn session(
         }
         buf.drain(..consumed);
         if !batch.is_empty() {
-            let n = batch.len();
-            let last = apply_batch(state, url, remote_term, batch).await?;
-            tracing::trace!(n, seq = last.seq, "applied");
+            apply_batch(state, url, remote_term, batch, ack).await?;
             if idle {
                 // Applied everything the primary had sent: caught up.
                 shared.caught_up.store(true, Ordering::SeqCst);
             }
+        }
+        if let Some(e) = failed {
+            return Err(SessionError::Refused(e));
         }
         if ended {
             return Err(SessionError::Ended);
@@ -321,6 +373,7 @@ async fn apply_batch(
     url: &str,
     remote_term: u64,
     batch: Vec<JournalEntry>,
+    ack: &tokio::sync::watch::Sender<Position>,
 ) -> Result<Position, SessionError> {
     let shared = &state.role.repl;
     let _gate = shared.apply_gate.lock().await;
@@ -364,8 +417,15 @@ async fn apply_batch(
     {
         shared.caught_up.store(true, Ordering::SeqCst);
     }
-    tracing::trace!(n, ms = start.elapsed().as_millis() as u64, "batch applied");
-    send_ack(state, url, applied).await;
+    tracing::trace!(
+        n,
+        ms = start.elapsed().as_millis() as u64,
+        lag_ms = chrono::Utc::now().timestamp_millis() - last_time,
+        "batch applied"
+    );
+    // Acknowledged (asynchronously) while still holding the gate: a promise made
+    // after this point reports a position that includes this batch.
+    ack.send_replace(applied);
     Ok(applied)
 }
 

@@ -275,6 +275,12 @@ async fn produce(
                 }
                 if let Some(last) = entries.last() {
                     cursor = last.seq;
+                    tracing::trace!(
+                        n = entries.len(),
+                        seq = last.seq,
+                        lag_ms = chrono::Utc::now().timestamp_millis() - last.time,
+                        "stream chunk"
+                    );
                 }
                 if tx.send(Bytes::from(buf)).await.is_err() {
                     return;

@@ -405,3 +405,27 @@ async fn a_node_refuses_a_primary_of_an_older_term() {
     assert_eq!(st, StatusCode::OK, "{body}");
     wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_with_streaming_replicas_stops_promptly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Node::standalone(&dir.path().join("p"), &[]);
+    let _r = replica(&dir.path().join("r"), &p, "r", &[]);
+    let http = Client::new();
+    wait_for("the replica connected", Duration::from_secs(30), || async {
+        (connected_peers(&http, &p.url).await? == 1).then_some(())
+    })
+    .await;
+    let mut child = p.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_for("the primary to exit", Duration::from_secs(10), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "exit status {status}");
+}

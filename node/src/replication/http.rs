@@ -251,12 +251,13 @@ async fn produce(
 ) {
     let mut pos_rx = state.store.subscribe();
     let mut role_rx = state.role.subscribe();
+    let mut shutdown = state.role.repl.shutdown.subscribe();
     let mut last_hb = Instant::now();
     if tx.send(heartbeat(&state.store)).await.is_err() {
         return;
     }
     loop {
-        if !serving(&role_rx.borrow_and_update(), from_any) {
+        if !serving(&role_rx.borrow_and_update(), from_any) || *shutdown.borrow_and_update() {
             return;
         }
         pos_rx.borrow_and_update();
@@ -312,6 +313,7 @@ async fn produce(
             _ = pos_rx.changed() => {}
             _ = role_rx.changed() => {}
             _ = tx.closed() => return,
+            _ = shutdown.changed() => return,
             _ = tokio::time::sleep_until(next_hb) => {
                 last_hb = Instant::now();
                 if tx.send(heartbeat(&state.store)).await.is_err() {

@@ -84,6 +84,8 @@ pub struct Shared {
     last_entry_time: AtomicU64,
     /// The cluster token for outgoing internal calls (read once).
     token: std::sync::OnceLock<Option<String>>,
+    /// Set when the process is shutting down (ends outgoing streams).
+    pub(crate) shutdown: watch::Sender<bool>,
 }
 
 impl Default for Shared {
@@ -98,6 +100,7 @@ impl Default for Shared {
             connected: AtomicBool::new(false),
             last_entry_time: AtomicU64::new(0),
             token: std::sync::OnceLock::new(),
+            shutdown: watch::channel(false).0,
         }
     }
 }
@@ -285,6 +288,32 @@ pub async fn after_commit(state: &AppState, entry: &JournalEntry) -> Result<(), 
 pub fn start(state: &AppState) {
     tokio::spawn(follower::run(state.clone()));
     tokio::spawn(lag_metrics_loop(state.clone()));
+    tokio::spawn(end_streams_on_shutdown(state.clone()));
+}
+
+/// Long-lived replication streams would hold the HTTP server's graceful shutdown
+/// forever: end them when SIGTERM/SIGINT arrives (replicas reconnect elsewhere).
+async fn end_streams_on_shutdown(state: AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    state.role.repl.shutdown.send_replace(true);
 }
 
 /// Peers known to replication, for `/api/v1/cluster/status`. On a primary: every

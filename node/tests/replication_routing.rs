@@ -205,12 +205,21 @@ async fn coordinator_modes_headers_and_arbiter() {
     assert_json_error(&r.text().await.unwrap(), "arbiter");
 
     // Status: the primary lists its peers with positions and lag; metrics too.
-    let s = status(&http, &primary.url).await.unwrap();
+    // (Acknowledgements travel separately from the data: wait for them.)
+    let s = wait_for(
+        "every peer to acknowledge the last entry",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&http, &primary.url).await?;
+            let peers = s["peers"].as_array()?;
+            (peers.len() == 4 && peers.iter().all(|p| p["seq"] == s["seq"])).then_some(s)
+        },
+    )
+    .await;
     let peers = s["peers"].as_array().unwrap();
-    assert_eq!(peers.len(), 4, "{s}");
     for p in peers {
-        assert_eq!(p["seq"], s["seq"], "{p}");
         assert_eq!(p["lagEntries"], 0, "{p}");
+        assert_eq!(p["lagSeconds"], 0.0, "{p}");
         assert_eq!(p["connected"], true);
     }
     assert!(

@@ -816,3 +816,115 @@ async fn missing_permission_and_foreign_data_fail_with_clear_messages() -> anyho
     );
     env.pass().await
 }
+
+/// Cuts (or restores) a pod's route to the API server (10.213.0.2): the node sees the
+/// API unreachable, like an API server outage, without disturbing anyone else's tests.
+fn api_route(pod: &Pod, cut: bool) -> anyhow::Result<()> {
+    let ns = studio_harness::pod_netns(pod).context("pod without uid")?;
+    let verb = if cut { "add" } else { "del" };
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "route",
+            verb,
+            "blackhole",
+            "10.213.0.2/32",
+        ])
+        .output()
+        .context("running ip")?;
+    ensure!(
+        out.status.success(),
+        "ip route {verb} blackhole in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() -> anyhow::Result<()>
+{
+    let env = TestEnv::new("coordination-outage").await?;
+    let c = "outage";
+    let pods: Api<Pod> = env.api();
+    deploy(&env, c, &FULL).await?;
+    let (primary, pip) = wait_healthy(&env, c, START).await?;
+    let client = http_client()?;
+    let all = cluster_pods(&pods, c).await?;
+    let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
+    // Every node loses the API for 30 s.
+    for p in &all {
+        api_route(p, true)?;
+    }
+    let t0 = Instant::now();
+    let fenced = wait_for(
+        "the primary to turn read-only",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&client, pip).await?;
+            if s["readOnly"] == true {
+                Ok(t0.elapsed())
+            } else {
+                bail!("status {s}")
+            }
+        },
+    )
+    .await;
+    let mut writable_seen = Vec::new();
+    if fenced.is_ok() {
+        // During the rest of the outage no node may take writes.
+        while t0.elapsed() < Duration::from_secs(30) {
+            for ip in &ips {
+                if let Ok(s) = status(&client, *ip).await
+                    && s["role"] == "primary"
+                    && s["readOnly"] == false
+                {
+                    writable_seen.push(format!("{ip} at {:.1}s", t0.elapsed().as_secs_f64()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for p in &all {
+        api_route(p, false)?;
+    }
+    let fenced = fenced?;
+    eprintln!(
+        "COORD api-outage: {primary} read-only {:.3}s after losing the API (lease 4 s)",
+        fenced.as_secs_f64()
+    );
+    ensure!(
+        fenced < Duration::from_secs(4),
+        "the primary turned read-only only after {fenced:?}, when its lease could have expired"
+    );
+    ensure!(
+        writable_seen.is_empty(),
+        "writable primaries during the outage: {writable_seen:?}"
+    );
+    // The API is back: one primary again, and it takes writes.
+    let (after, aip) = wait_healthy(&env, c, Duration::from_secs(60)).await?;
+    wait_for(
+        "a write after the outage",
+        Duration::from_secs(30),
+        || async {
+            let r = client
+                .put(format!(
+                    "http://{aip}:{PORT}/api/v1/content/e2e/after-outage"
+                ))
+                .header("x-studio-direct", "1")
+                .json(&json!({"type": "page"}))
+                .send()
+                .await?;
+            ensure!(r.status().is_success(), "{}", r.status());
+            Ok(())
+        },
+    )
+    .await?;
+    eprintln!(
+        "COORD api-outage: back with primary {after} {:.1}s after the API returned",
+        t0.elapsed().as_secs_f64() - 30.0
+    );
+    env.pass().await
+}

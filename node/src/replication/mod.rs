@@ -28,6 +28,16 @@
 //! acknowledged a position at or past the entry, up to `--sync-timeout`. Before the
 //! write is even committed, [`before_commit`] refuses it when fewer than K peers are
 //! connected, so with the quorum down a write fails without leaving anything behind.
+//! A write whose quorum disappears *between* that check and the acknowledgements
+//! gets a 503 `sync_timeout` (not acknowledged) but stays in the primary's journal,
+//! as with PostgreSQL's synchronous replication: it may still reach the replicas
+//! later, or end in the quarantine of this node after a failover. Rolling it back
+//! instead would reuse its (seq, term) for another entry, which divergence
+//! detection relies on never happening.
+//!
+//! ## Shutdown
+//! On SIGTERM/SIGINT the streams this node serves end (so the HTTP server's graceful
+//! shutdown completes); replicas reconnect with backoff.
 
 pub mod coordinator;
 mod follower;

@@ -1364,7 +1364,11 @@ impl Coord {
             .url_of(&pod)
             .ok_or_else(|| format!("{name} has no pod IP yet"))?;
         let started = Instant::now();
-        self.handing_over.store(true, Ordering::SeqCst);
+        // One hand-over at a time: a second request racing the first would find the
+        // Lease moved under it and could leave the cluster without a writable primary.
+        if self.handing_over.swap(true, Ordering::SeqCst) {
+            return Err("a switchover is already in progress".into());
+        }
         let r = self.hand_over(&name, &url, term, timeout).await;
         match r {
             Ok(()) => {

@@ -311,3 +311,49 @@ async fn replica_behind_the_retention_window_clones() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_write_times_out_clearly_when_the_replica_stalls() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = [
+        "--replication-mode",
+        "sync",
+        "--sync-replicas",
+        "1",
+        "--sync-timeout",
+        "1s",
+    ];
+    let p = Node::standalone(&dir.path().join("p"), &sync);
+    let r = replica(&dir.path().join("r"), &p, "r", &[]);
+    let http = Client::new();
+    wait_for("the replica connected", Duration::from_secs(30), || async {
+        (connected_peers(&http, &p.url).await? == 1).then_some(())
+    })
+    .await;
+    assert!(put(&http, &p.url, "/s/ok", 1).await.status().is_success());
+    // A hung replica (SIGSTOP): still connected, never acknowledges.
+    let pid = Pid::from_raw(r.child.as_ref().unwrap().id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let resp = put(&http, &p.url, "/s/late", 1).await;
+    let waited = started.elapsed();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let code = assert_json_error(&resp.text().await.unwrap(), "stalled quorum");
+    assert_eq!(code, "sync_timeout");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    // The replica resumes and the cluster converges (the timed-out write was not
+    // acknowledged, but it is in the primary's journal and replicates).
+    wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(30)).await;
+    assert!(
+        put(&http, &p.url, "/s/after", 1)
+            .await
+            .status()
+            .is_success()
+    );
+}

@@ -257,6 +257,8 @@ pub async fn after_commit(state: &AppState, entry: &JournalEntry) -> Result<(), 
     };
     let shared = &state.role.repl;
     let mut rx = shared.ack_tx.subscribe();
+    // A demotion (failover, switchover) ends the wait at once: no ack will come.
+    let mut role_rx = state.role.subscribe();
     let deadline = tokio::time::Instant::now() + state.config.sync_timeout;
     loop {
         rx.borrow_and_update();
@@ -273,7 +275,11 @@ pub async fn after_commit(state: &AppState, entry: &JournalEntry) -> Result<(), 
                 ),
             ));
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
+        let waited = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rx.changed()) => r,
+            Ok(()) = role_rx.changed() => continue,
+        };
+        match waited {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => {
                 let n = shared.holders(entry.seq, entry.term);

@@ -165,6 +165,7 @@ struct Coord {
     last_renew: Mutex<Option<Instant>>,
     handing_over: AtomicBool,
     shutting_down: AtomicBool,
+    shutdown_done: tokio::sync::watch::Sender<bool>,
     /// Serialises Lease writes (renewal, acquisition, hand-over).
     lease_op: tokio::sync::Mutex<()>,
     cluster_id: Mutex<Option<String>>,
@@ -229,6 +230,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         last_renew: Mutex::new(None),
         handing_over: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
+        shutdown_done: tokio::sync::watch::channel(false).0,
         lease_op: tokio::sync::Mutex::new(()),
         cluster_id: Mutex::new(None),
         free_since: Mutex::new(None),
@@ -260,29 +262,45 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
 pub async fn shutdown(_state: &AppState) {
     let Some(c) = COORD.get() else { return };
     c.shutting_down.store(true, Ordering::SeqCst);
-    if c.acting_term().is_none() {
-        return;
-    }
-    let started = Instant::now();
-    match c.best_replica().await {
-        Some(target) => {
-            tracing::info!(%target, "shutting down as primary: switching over");
-            match c.switchover(&target, Duration::from_secs(3)).await {
-                Ok(r) => {
-                    tracing::info!(%target, ms = started.elapsed().as_millis() as u64, message = %r.message, "switchover on shutdown done")
-                }
-                Err(e) => {
-                    tracing::warn!(%target, error = %e, "switchover on shutdown failed; the Lease will expire")
+    c.hand_over_on_shutdown().await;
+    c.shutdown_done.send_replace(true);
+}
+
+/// Resolves once [`shutdown`] finished its hand-over (at most a few seconds), so that
+/// replication streams, which the target needs to catch up, end only after it.
+pub async fn hand_over_done() {
+    let Some(c) = COORD.get() else { return };
+    let mut rx = c.shutdown_done.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(6), rx.wait_for(|d| *d)).await;
+}
+
+impl Coord {
+    async fn hand_over_on_shutdown(&self) {
+        let c = self;
+        if c.acting_term().is_none() {
+            return;
+        }
+        let started = Instant::now();
+        match c.best_replica().await {
+            Some(target) => {
+                tracing::info!(%target, "shutting down as primary: switching over");
+                match c.switchover(&target, Duration::from_secs(3)).await {
+                    Ok(r) => {
+                        tracing::info!(%target, ms = started.elapsed().as_millis() as u64, message = %r.message, "switchover on shutdown done")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%target, error = %e, "switchover on shutdown failed; the Lease will expire")
+                    }
                 }
             }
+            None => {
+                tracing::warn!("shutting down as primary with no eligible replica to hand over to");
+            }
         }
-        None => {
-            tracing::warn!("shutting down as primary with no eligible replica to hand over to");
-        }
+        // Whatever happened, this process takes no more writes.
+        c.set_primary(None);
+        let _ = roles::demote(&c.state, None).await;
     }
-    // Whatever happened, this process takes no more writes.
-    c.set_primary(None);
-    let _ = roles::demote(&c.state, None).await;
 }
 
 /// Planned hand-over to `target` (pod name or base URL): see [`Coord::switchover`].

@@ -329,6 +329,9 @@ async fn end_streams_on_shutdown(state: AppState) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+    // In Kubernetes mode a primary first hands over to a replica, which catches up
+    // through these very streams.
+    crate::coordination::hand_over_done().await;
     state.role.repl.shutdown.send_replace(true);
 }
 

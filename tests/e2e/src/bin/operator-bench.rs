@@ -613,10 +613,45 @@ fn ready_now(obj: &DynamicObject) -> bool {
     ready && st["observedGeneration"].as_i64() == Some(generation)
 }
 
+/// What the watch on the StudioClusters saw: Ready (for the current generation) per
+/// cluster over time.
+#[derive(Debug, Clone, Default)]
+struct ReadyState {
+    /// First time each cluster was Ready.
+    first: BTreeMap<String, Duration>,
+    /// Clusters Ready now.
+    now: BTreeSet<String>,
+    /// Ready → not Ready transitions.
+    lost: usize,
+    /// Most clusters Ready at the same moment, and when first reached.
+    peak_now: (usize, Duration),
+    /// First moment every cluster was Ready at the same time.
+    all_at_once: Option<Duration>,
+}
+
+impl ReadyState {
+    fn observe(&mut self, obj: &DynamicObject, at: Duration, total: usize) {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        if ready_now(obj) {
+            self.first.entry(name.clone()).or_insert(at);
+            self.now.insert(name);
+        } else if self.now.remove(&name) {
+            self.lost += 1;
+        }
+        if self.now.len() > self.peak_now.0 {
+            self.peak_now = (self.now.len(), at);
+        }
+        if self.now.len() >= total && self.all_at_once.is_none() {
+            self.all_at_once = Some(at);
+        }
+    }
+}
+
 struct ScaleResult {
     submitted: Duration,
     ready: BTreeMap<String, Duration>,
     all_ready: Option<Duration>,
+    state: ReadyState,
     rss: Vec<RssSample>,
     pods_running: usize,
     error: Option<String>,
@@ -633,18 +668,16 @@ async fn phase_scale(client: &Client, ns: &str, args: &Args) -> anyhow::Result<S
         Duration::from_millis(args.rss_interval_ms.max(100)),
     );
     // Watch the clusters' status from before the first apply.
-    let ready: Arc<Mutex<BTreeMap<String, Duration>>> = Arc::default();
+    let ready: Arc<Mutex<ReadyState>> = Arc::default();
     let r = ready.clone();
     let wapi = api.clone();
+    let total = names.len();
     let watch = tokio::spawn(async move {
         let mut stream = watcher(wapi, watcher::Config::default()).boxed();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    if ready_now(&o) {
-                        let name = o.metadata.name.clone().unwrap_or_default();
-                        lock(&r).entry(name).or_insert_with(|| t0.elapsed());
-                    }
+                    lock(&r).observe(&o, t0.elapsed(), total);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -670,7 +703,10 @@ async fn phase_scale(client: &Client, ns: &str, args: &Args) -> anyhow::Result<S
         let deadline = Duration::from_secs(args.ready_timeout_secs);
         let mut last_report = Instant::now();
         let all_ready = loop {
-            let n = lock(&ready).len();
+            let (n, now) = {
+                let st = lock(&ready);
+                (st.first.len(), st.now.len())
+            };
             if n >= names.len() {
                 break Some(t0.elapsed());
             }
@@ -685,7 +721,7 @@ async fn phase_scale(client: &Client, ns: &str, args: &Args) -> anyhow::Result<S
                     .map(|(_, k)| format!("{:.1} MiB", mib(k)))
                     .unwrap_or_else(|| "?".into());
                 eprintln!(
-                    "[bench] t={:.0}s: {n}/{} Ready; operator leader RSS {op}",
+                    "[bench] t={:.0}s: {n}/{} have been Ready, {now} Ready now; operator leader RSS {op}",
                     t0.elapsed().as_secs_f64(),
                     names.len()
                 );
@@ -703,7 +739,7 @@ async fn phase_scale(client: &Client, ns: &str, args: &Args) -> anyhow::Result<S
                 format!(
                     "not all Ready within {}s ({} of {})",
                     args.ready_timeout_secs,
-                    lock(&ready).len(),
+                    lock(&ready).first.len(),
                     names.len()
                 )
             }),
@@ -730,12 +766,13 @@ async fn phase_scale(client: &Client, ns: &str, args: &Args) -> anyhow::Result<S
                 .count()
         })
         .unwrap_or(0);
-    let ready = lock(&ready).clone();
+    let state = lock(&ready).clone();
     let rss = lock(&rss).clone();
     Ok(ScaleResult {
         submitted,
-        ready,
+        ready: state.first.clone(),
         all_ready,
+        state,
         rss,
         pods_running,
         error,
@@ -874,7 +911,7 @@ fn report_scale(n: usize, r: &ScaleResult, baseline: Option<&RssSample>) -> Stri
     ));
     match r.all_ready {
         Some(d) => out.push_str(&format!(
-            "- **Time to all {n} Ready: {:.1} s** (from the first apply request; all {n} applied after {:.2} s)\n",
+            "- **Time until every one of the {n} has been Ready: {:.1} s** (from the first apply request; all {n} applied after {:.2} s)\n",
             d.as_secs_f64(),
             r.submitted.as_secs_f64()
         )),
@@ -901,6 +938,17 @@ fn report_scale(n: usize, r: &ScaleResult, baseline: Option<&RssSample>) -> Stri
             .collect();
         out.push_str(&format!("- Progress: {}\n", marks.join(", ")));
     }
+    let st = &r.state;
+    out.push_str(&format!(
+        "- All {n} Ready at the same moment: {}; most at once: {} (first at {:.1} s); Ready at the end (after the settle period): {} of {n}; Ready → not Ready transitions: {}\n",
+        st.all_at_once
+            .map(|d| format!("at {:.1} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "never during the run".into()),
+        st.peak_now.0,
+        st.peak_now.1.as_secs_f64(),
+        st.now.len(),
+        st.lost
+    ));
     out.push_str(&format!(
         "- Node pods Running at the end: {}\n",
         r.pods_running

@@ -10,8 +10,8 @@ use clap::{Parser, ValueEnum};
 ///
 /// Run a single primary with `--standalone`, a replica with `--follow URL`. Content
 /// requests need a bearer JWT (HS256) signed with the JWT secret; internal and admin
-/// endpoints (/internal/v1/...) need the cluster token. When a secret is not
-/// configured the matching authentication is disabled (a warning is logged).
+/// endpoints (/internal/v1/...) need the cluster token. Both secrets are required
+/// unless --insecure-no-auth is given.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "studio-node", version, about, long_about)]
 pub struct Config {
@@ -60,6 +60,11 @@ pub struct Config {
         hide_env_values = true
     )]
     pub cluster_token: Option<String>,
+
+    /// Run without authentication when the JWT secret or the cluster token is missing
+    /// (local experiments only). Without this flag a missing secret is a start-up error.
+    #[arg(long, env = "STUDIO_INSECURE_NO_AUTH", default_value_t = false)]
+    pub insecure_no_auth: bool,
 
     /// Role to start in (default: primary with --standalone, replica with --follow).
     #[arg(long, env = "STUDIO_ROLE", value_enum)]

@@ -33,6 +33,18 @@ pub fn build_state(config: Config) -> anyhow::Result<AppState> {
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let jwt = config.jwt_secret()?;
     let token = config.cluster_token()?;
+    if (jwt.is_none() || token.is_none()) && !config.insecure_no_auth {
+        anyhow::bail!(
+            "no {} configured: pass --jwt-secret-file and --cluster-token-file (or \
+             STUDIO_JWT_SECRET / STUDIO_CLUSTER_TOKEN), or --insecure-no-auth to run without \
+             authentication",
+            if jwt.is_none() {
+                "JWT secret"
+            } else {
+                "cluster token"
+            }
+        );
+    }
     if jwt.is_none() {
         tracing::warn!("no JWT secret configured: content API authentication is DISABLED");
     }

@@ -155,6 +155,7 @@ fn start_node(
         ])
         .args(["--log-format", "text", "--log-filter", "warn"])
         .args(extra)
+        .arg("--insecure-no-auth")
         .env_remove("STUDIO_JWT_SECRET")
         .env_remove("STUDIO_CLUSTER_TOKEN")
         .spawn()

@@ -117,6 +117,7 @@ async fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
             &std::env::var("STUDIO_BENCH_NODE_LOG").unwrap_or_else(|_| "info".into()),
         ])
         .args(args)
+        .arg("--insecure-no-auth")
         .env_remove("STUDIO_JWT_SECRET")
         .env_remove("STUDIO_CLUSTER_TOKEN")
         .stdin(Stdio::null())

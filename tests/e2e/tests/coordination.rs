@@ -81,6 +81,8 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
             json!({"name": "STUDIO_SYNC_REPLICAS", "value": "1"}),
             json!({"name": "STUDIO_SYNC_TIMEOUT", "value": "3s"}),
             json!({"name": "STUDIO_CLUSTER_TOKEN", "value": TOKEN}),
+            // The suite writes without user JWTs; the operator always sets both secrets.
+            json!({"name": "STUDIO_INSECURE_NO_AUTH", "value": "true"}),
             json!({"name": "STUDIO_LOG_FORMAT", "value": "text"}),
             json!({"name": "STUDIO_LOG", "value": "info"}),
         ];

@@ -450,19 +450,7 @@ async fn publish(
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PublishQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(Level::Editor)?;
-    let path = content_path(path)?;
-    let q = query(q)?;
-    let op = Op::Publish {
-        path,
-        recursive: q.recursive,
-        author: caller.sub,
-    };
-    let (entry, applied) = state.commit(op).await?;
-    Ok(
-        Json(json!({"published": applied.count, "seq": entry.seq, "item": applied.item}))
-            .into_response(),
-    )
+    change_live(state, caller, path, q, true).await
 }
 
 async fn unpublish(
@@ -471,16 +459,41 @@ async fn unpublish(
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PublishQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    change_live(state, caller, path, q, false).await
+}
+
+/// Publish (authoring → live) or unpublish (remove from live) an item or subtree.
+async fn change_live(
+    state: AppState,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<PublishQuery>, QueryRejection>,
+    publish: bool,
+) -> Result<Response, ApiError> {
     caller.require(Level::Editor)?;
     let path = content_path(path)?;
-    let q = query(q)?;
-    let op = Op::Unpublish {
-        path,
-        recursive: q.recursive,
-        author: caller.sub,
+    let recursive = query(q)?.recursive;
+    let author = caller.sub;
+    let op = if publish {
+        Op::Publish {
+            path,
+            recursive,
+            author,
+        }
+    } else {
+        Op::Unpublish {
+            path,
+            recursive,
+            author,
+        }
     };
     let (entry, applied) = state.commit(op).await?;
-    Ok(Json(json!({"unpublished": applied.count, "seq": entry.seq})).into_response())
+    let body = if publish {
+        json!({"published": applied.count, "seq": entry.seq, "item": applied.item})
+    } else {
+        json!({"unpublished": applied.count, "seq": entry.seq})
+    };
+    Ok(Json(body).into_response())
 }
 
 // ---- search -----------------------------------------------------------------------------

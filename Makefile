@@ -44,6 +44,7 @@ lint: crd-check
 
 # The committed CRD YAML must match what the API types generate.
 crd-check:
+	@mkdir -p target
 	@$(CARGO) run -q -p studio-operator --bin crdgen > target/crd-generated.yaml
 	@diff -u deploy/crds/studiocluster.yaml target/crd-generated.yaml \
 	  || { echo "deploy/crds/studiocluster.yaml drifted: run 'cargo run -p studio-operator --bin crdgen > deploy/crds/studiocluster.yaml'" >&2; exit 1; }

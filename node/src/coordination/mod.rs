@@ -880,7 +880,8 @@ impl Coord {
     /// Pulls the entries this node lacks from a member that cannot be primary (the
     /// arbiter, a priority-0 node) through its replication stream (`from_any`), until
     /// this node's position reaches `target`. The member answers `diverged` if this
-    /// node's position is not in its history (then nothing is applied).
+    /// node's position is not in its history (then nothing is applied). Binaries the
+    /// entries need come from the same member.
     async fn catch_up(&self, url: &str, target: Pos) -> anyhow::Result<usize> {
         let start = self.state.store.position();
         let params = node_api::StreamParams {
@@ -929,13 +930,16 @@ impl Coord {
                 match serde_json::from_slice::<node_api::StreamFrame>(line)? {
                     node_api::StreamFrame::Entry { entry } => {
                         let e: crate::storage::JournalEntry = serde_json::from_value(entry)?;
+                        // The member (the arbiter too) stored the binary before the
+                        // entry: fetch it from there, like replication does.
                         if let Some(sha) = e.required_blob()
                             && !self.state.store.has_blob(sha)
                         {
-                            anyhow::bail!(
-                                "entry {} needs binary {sha}: left to replication",
-                                e.seq
-                            );
+                            crate::replication::fetch_blob(&self.state, url, sha)
+                                .await
+                                .with_context(|| {
+                                    format!("fetching binary {sha} of entry {}", e.seq)
+                                })?;
                         }
                         batch.push(e);
                     }

@@ -451,8 +451,13 @@ async fn send_ack(state: &AppState, url: &str, pos: Position) {
     }
 }
 
-/// Fetches a binary from `url` and stores it durably (hash verified).
-async fn fetch_blob(state: &AppState, url: &str, sha: &str) -> Result<u64, SessionError> {
+/// Fetches a binary from `url` and stores it durably (hash verified). Also used by an
+/// election candidate catching up from the arbiter.
+pub(crate) async fn fetch_blob(
+    state: &AppState,
+    url: &str,
+    sha: &str,
+) -> Result<u64, SessionError> {
     let req = state
         .http
         .get(format!("{url}{}/{sha}", node_api::BLOB_PREFIX));

@@ -43,6 +43,8 @@ pub mod coordinator;
 mod follower;
 pub mod http;
 
+pub(crate) use follower::fetch_blob;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};

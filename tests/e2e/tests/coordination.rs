@@ -413,6 +413,67 @@ async fn status(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<serde_
         .await?)
 }
 
+/// Writes an item straight to the node at `ip`; returns the HTTP status.
+async fn put_item(
+    client: &reqwest::Client,
+    ip: Ipv4Addr,
+    path: &str,
+    properties: serde_json::Value,
+) -> anyhow::Result<reqwest::StatusCode> {
+    Ok(client
+        .put(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
+        .header("x-studio-direct", "1")
+        .json(&json!({"type": "page", "properties": properties}))
+        .send()
+        .await?
+        .status())
+}
+
+/// Asks the primary at `ip` to hand its role to the replica `target`.
+async fn switchover(client: &reqwest::Client, ip: Ipv4Addr, target: &str) -> anyhow::Result<()> {
+    let resp = client
+        .post(format!(
+            "http://{ip}:{PORT}/internal/v1/election/switchover"
+        ))
+        .bearer_auth(TOKEN)
+        .json(&json!({"target": target, "timeout_ms": 5000}))
+        .send()
+        .await?;
+    let code = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    ensure!(code.is_success(), "switchover to {target}: {code} {body}");
+    Ok(())
+}
+
+/// Waits until one of `ips` reports itself a writable primary; returns its address.
+async fn writable_primary_among(
+    client: &reqwest::Client,
+    ips: &[Ipv4Addr],
+    timeout: Duration,
+) -> anyhow::Result<Ipv4Addr> {
+    wait_for("a writable primary", timeout, || async {
+        for ip in ips {
+            if let Ok(s) = status(client, *ip).await
+                && s["role"] == "primary"
+                && s["readOnly"] == false
+            {
+                return Ok(*ip);
+            }
+        }
+        bail!("none of {ips:?} is a writable primary yet")
+    })
+    .await
+}
+
+/// Where the node's journal ends, as (term of its last entry, seq).
+async fn position(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<(u64, u64)> {
+    let s = status(client, ip).await?;
+    Ok((
+        s["lastTerm"].as_u64().context("status without lastTerm")?,
+        s["seq"].as_u64().context("status without seq")?,
+    ))
+}
+
 #[tokio::test]
 async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let env = TestEnv::new("coordination").await?;
@@ -512,20 +573,9 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         )
         .await?;
         let t0 = Instant::now();
-        let resp = client
-            .post(format!(
-                "http://{old_ip}:{PORT}/internal/v1/election/switchover"
-            ))
-            .bearer_auth(TOKEN)
-            .json(&json!({"target": target, "timeout_ms": 5000}))
-            .send()
-            .await?;
-        let code = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        ensure!(
-            code.is_success(),
-            "switchover {old} → {target}: {code} {body}"
-        );
+        switchover(&client, old_ip, &target)
+            .await
+            .with_context(|| format!("switchover from {old}"))?;
         let (t1, new_ip) = wait_for(
             "a write acknowledged by the new primary",
             FAILOVER,
@@ -665,11 +715,46 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     .await?;
     wait_healthy(&env, c, Duration::from_secs(120)).await?;
 
-    // 5. Delete every pod at once: back with the most advanced node as primary.
+    // 5. Delete every pod at once: back with the most advanced node as primary. The
+    //    lowest ordinal would win a tie, so it is made to lag first (cut off from the
+    //    primary while sync writes go on, acknowledged by the others): only the
+    //    position rule keeps it from being chosen.
+    let laggard = format!("{c}-0");
+    let (mut prim, mut prim_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
+    if prim == laggard {
+        switchover(&client, prim_ip, &format!("{c}-1")).await?;
+        (prim, prim_ip) = wait_for(
+            "the switchover away from the lowest ordinal",
+            FAILOVER,
+            || async {
+                let (p, ip) = wait_healthy(&env, c, Duration::from_secs(1)).await?;
+                ensure!(p != laggard, "{p} is still primary");
+                Ok((p, ip))
+            },
+        )
+        .await?;
+    }
+    let lag_pod = pods.get(&laggard).await?;
+    let lag_ip = pod_ip(&lag_pod).context("laggard without IP")?;
+    blackhole(&lag_pod, prim_ip, true)?;
+    let behind = wait_for(
+        "the lowest ordinal to fall 20 entries behind",
+        Duration::from_secs(60),
+        || async {
+            let (lp, pp) = (
+                position(&client, lag_ip).await?,
+                position(&client, prim_ip).await?,
+            );
+            ensure!(pp.1 >= lp.1 + 20, "{laggard} at {lp:?}, {prim} at {pp:?}");
+            Ok((lp, pp))
+        },
+    )
+    .await;
     let t0 = Instant::now();
     for p in cluster_pods(&pods, c).await? {
         pods.delete(&name(&p), &DeleteParams::default()).await?;
     }
+    let (lag_pos, prim_pos) = behind?;
     let (_, _) = wait_for(
         "writes after deleting every pod",
         Duration::from_secs(180),
@@ -678,8 +763,12 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     .await?;
     let (last, last_ip) = wait_healthy(&env, c, Duration::from_secs(180)).await?;
     eprintln!(
-        "COORD delete-all: back with primary {last} after {:.1}s",
+        "COORD delete-all: back with primary {last} after {:.1}s ({laggard} was at {lag_pos:?}, {prim} at {prim_pos:?})",
         t0.elapsed().as_secs_f64()
+    );
+    ensure!(
+        last != laggard,
+        "{laggard} became primary after the restart although it was behind ({lag_pos:?} < {prim_pos:?})"
     );
 
     // Stop the load; every acknowledged write is on the final primary.
@@ -819,31 +908,27 @@ async fn missing_permission_and_foreign_data_fail_with_clear_messages() -> anyho
     env.pass().await
 }
 
-/// Cuts (or restores) a pod's route to the API server (10.213.0.2): the node sees the
-/// API unreachable, like an API server outage, without disturbing anyone else's tests.
-fn api_route(pod: &Pod, cut: bool) -> anyhow::Result<()> {
+/// Cuts (or restores) a pod's route to `to` with a blackhole route in the pod's network
+/// namespace: the pod sees `to` unreachable without disturbing anyone else's tests.
+fn blackhole(pod: &Pod, to: Ipv4Addr, cut: bool) -> anyhow::Result<()> {
     let ns = studio_harness::pod_netns(pod).context("pod without uid")?;
     let verb = if cut { "add" } else { "del" };
     let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "ip",
-            "route",
-            verb,
-            "blackhole",
-            "10.213.0.2/32",
-        ])
+        .args(["netns", "exec", &ns, "ip", "route", verb, "blackhole"])
+        .arg(format!("{to}/32"))
         .output()
         .context("running ip")?;
     ensure!(
         out.status.success(),
-        "ip route {verb} blackhole in {ns}: {}",
+        "ip route {verb} blackhole {to} in {ns}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
 }
+
+/// The API server's address (the control plane's network namespace): cutting a pod's
+/// route to it looks like an API server outage to that pod.
+const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 
 #[tokio::test]
 async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() -> anyhow::Result<()>
@@ -858,7 +943,7 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
     let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
     // Every node loses the API for 30 s.
     for p in &all {
-        api_route(p, true)?;
+        blackhole(p, API_SERVER, true)?;
     }
     let t0 = Instant::now();
     let fenced = wait_for(
@@ -890,7 +975,7 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
         }
     }
     for p in &all {
-        api_route(p, false)?;
+        blackhole(p, API_SERVER, false)?;
     }
     let fenced = fenced?;
     eprintln!(
@@ -928,5 +1013,267 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
         "COORD api-outage: back with primary {after} {:.1}s after the API returned",
         t0.elapsed().as_secs_f64() - 30.0
     );
+    env.pass().await
+}
+
+const ASYNC: Layout = Layout {
+    sync: false,
+    ..FULL
+};
+
+/// The quarantine list of the node at `ip`, as JSON text.
+async fn quarantine(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<String> {
+    let resp = client
+        .get(format!("http://{ip}:{PORT}/internal/v1/admin/quarantine"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "quarantine: {}", resp.status());
+    Ok(resp.text().await?)
+}
+
+#[tokio::test]
+async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyhow::Result<()> {
+    let env = TestEnv::new("coordination-quarantine").await?;
+    let c = "frozen";
+    let pods: Api<Pod> = env.api();
+    deploy(&env, c, &ASYNC).await?;
+    let (old, old_ip) = wait_healthy(&env, c, START).await?;
+    let client = http_client()?;
+    for i in 0..5 {
+        let code = put_item(&client, old_ip, &format!("e2e/shared-{i}"), json!({"i": i})).await?;
+        ensure!(code.is_success(), "write to the primary: {code}");
+    }
+    let all = cluster_pods(&pods, c).await?;
+    let old_pod = all
+        .iter()
+        .find(|p| name(p) == old)
+        .cloned()
+        .context("the primary's pod")?;
+    let others: Vec<Ipv4Addr> = all
+        .iter()
+        .filter(|p| name(p) != old)
+        .filter_map(pod_ip)
+        .collect();
+    let shared = position(&client, old_ip).await?;
+    wait_for(
+        "every member to hold the first writes",
+        Duration::from_secs(30),
+        || async {
+            for ip in &others {
+                let p = position(&client, *ip).await?;
+                ensure!(p >= shared, "{ip} at {p:?}, primary at {shared:?}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
+    // Cut the primary off from every other member (not from the API nor from us):
+    // async writes are acknowledged but reach no one.
+    for ip in &others {
+        blackhole(&old_pod, *ip, true)?;
+    }
+    let lost: Vec<String> = (0..5).map(|i| format!("e2e/unreplicated-{i}")).collect();
+    let phase = async {
+        for p in &lost {
+            let code = put_item(&client, old_ip, p, json!({})).await?;
+            ensure!(code.is_success(), "async write {p}: {code}");
+        }
+        for ip in &others {
+            let p = position(&client, *ip).await?;
+            ensure!(p == shared, "{ip} received entries through the cut: {p:?}");
+        }
+        // Freeze it past its lease: another member takes over and writes the same
+        // sequence numbers in a new term.
+        signal_pod(&old_pod, Signal::SIGSTOP)?;
+        let t0 = Instant::now();
+        let new_ip = writable_primary_among(&client, &others, FAILOVER).await?;
+        eprintln!(
+            "COORD quarantine: {new_ip} primary {:.3}s after freezing {old}",
+            t0.elapsed().as_secs_f64()
+        );
+        for i in 0..8 {
+            let path = format!("e2e/after-failover-{i}");
+            wait_for("a write on the new primary", FAILOVER, || async {
+                let code = put_item(&client, new_ip, &path, json!({"i": i})).await?;
+                ensure!(code.is_success(), "{code}");
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(new_ip)
+    }
+    .await;
+    for ip in &others {
+        blackhole(&old_pod, *ip, false)?;
+    }
+    signal_pod(&old_pod, Signal::SIGCONT)?;
+    let new_ip = phase?;
+
+    // Awake, it takes no write, rejoins as a replica and keeps its unreplicated writes
+    // in quarantine instead of dropping them.
+    let code = put_item(&client, old_ip, "e2e/after-sigcont", json!({})).await?;
+    ensure!(
+        !code.is_success(),
+        "the woken ex-primary {old} accepted a write: {code}"
+    );
+    wait_for(
+        "the ex-primary to rejoin with its unreplicated writes quarantined",
+        FAILOVER,
+        || async {
+            let s = status(&client, old_ip).await?;
+            ensure!(
+                s["role"] == "replica" && s["readOnly"] == true,
+                "status {s}"
+            );
+            let q = quarantine(&client, old_ip).await?;
+            let missing: Vec<&String> = lost.iter().filter(|p| !q.contains(p.as_str())).collect();
+            ensure!(missing.is_empty(), "not quarantined: {missing:?}; list {q}");
+            Ok(())
+        },
+    )
+    .await?;
+    wait_healthy(&env, c, Duration::from_secs(120)).await?;
+    let get = |ip: Ipv4Addr, path: String| {
+        let client = client.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                client
+                    .get(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
+                    .header("x-studio-direct", "1")
+                    .send()
+                    .await?
+                    .status(),
+            )
+        }
+    };
+    for p in &lost {
+        let code = get(new_ip, p.clone()).await?;
+        ensure!(code == 404, "{p} on the new primary: {code}");
+    }
+    wait_for(
+        "the ex-primary to hold the new primary's writes",
+        FAILOVER,
+        || async {
+            for i in 0..8 {
+                let code = get(old_ip, format!("e2e/after-failover-{i}")).await?;
+                ensure!(code == 200, "after-failover-{i}: {code}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    env.pass().await
+}
+
+#[tokio::test]
+async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow::Result<()> {
+    let env = TestEnv::new("coordination-arbiter").await?;
+    let c = "arbcatch";
+    let pods: Api<Pod> = env.api();
+    deploy(&env, c, &FULL).await?;
+    let (old, old_ip) = wait_healthy(&env, c, START).await?;
+    let client = http_client()?;
+    let all = cluster_pods(&pods, c).await?;
+    let old_pod = all
+        .iter()
+        .find(|p| name(p) == old)
+        .cloned()
+        .context("the primary's pod")?;
+    let replicas: Vec<Pod> = all
+        .iter()
+        .filter(|p| role_of(p).as_deref() == Some("replica"))
+        .cloned()
+        .collect();
+    let replica_ips: Vec<Ipv4Addr> = replicas.iter().filter_map(pod_ip).collect();
+    let arbiter_ip = all
+        .iter()
+        .find(|p| role_of(p).as_deref() == Some("arbiter"))
+        .and_then(pod_ip)
+        .context("the arbiter's address")?;
+    // A binary of a few hundred KiB, not compressible, so it cannot ride inside an entry.
+    let bytes: Vec<u8> = (0u32..300 * 1024)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+
+    // Freeze both replicas: only the arbiter can acknowledge sync writes now.
+    for r in &replicas {
+        signal_pod(r, Signal::SIGSTOP)?;
+    }
+    let phase = async {
+        let resp = client
+            .post(format!("http://{old_ip}:{PORT}/api/v1/binaries"))
+            .header("x-studio-direct", "1")
+            .body(bytes.clone())
+            .send()
+            .await?;
+        ensure!(resp.status().is_success(), "upload: {}", resp.status());
+        let up: serde_json::Value = resp.json().await?;
+        let sha = up["sha256"].as_str().context("upload answer")?.to_string();
+        let code = put_item(
+            &client,
+            old_ip,
+            "e2e/with-binary",
+            json!({"file": {"$binary": sha}}),
+        )
+        .await?;
+        ensure!(
+            code.is_success(),
+            "sync write acknowledged by the arbiter: {code}"
+        );
+        let held = position(&client, old_ip).await?;
+        let arb = position(&client, arbiter_ip).await?;
+        ensure!(arb == held, "arbiter at {arb:?}, primary at {held:?}");
+        // Lose the primary; wake the replicas, which lack the write and the binary.
+        signal_pod(&old_pod, Signal::SIGSTOP)?;
+        for r in &replicas {
+            signal_pod(r, Signal::SIGCONT)?;
+        }
+        let t0 = Instant::now();
+        let new_ip = writable_primary_among(&client, &replica_ips, FAILOVER).await?;
+        eprintln!(
+            "COORD arbiter catch-up: {new_ip} primary {:.3}s after losing {old}",
+            t0.elapsed().as_secs_f64()
+        );
+        let item: serde_json::Value = client
+            .get(format!(
+                "http://{new_ip}:{PORT}/api/v1/content/e2e/with-binary"
+            ))
+            .header("x-studio-direct", "1")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ensure!(
+            item.to_string().contains(&sha),
+            "the item lost its binary reference: {item}"
+        );
+        let got = client
+            .get(format!("http://{new_ip}:{PORT}/api/v1/binaries/{sha}"))
+            .header("x-studio-direct", "1")
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        ensure!(
+            got.as_ref() == bytes.as_slice(),
+            "the new primary serves {} bytes for the binary, not the {} uploaded",
+            got.len(),
+            bytes.len()
+        );
+        Ok(())
+    }
+    .await;
+    for r in &replicas {
+        signal_pod(r, Signal::SIGCONT)?;
+    }
+    signal_pod(&old_pod, Signal::SIGCONT)?;
+    phase?;
+    // The ex-primary rejoins as a replica.
+    let (now, _) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
+    ensure!(now != old, "{old} is primary again");
     env.pass().await
 }

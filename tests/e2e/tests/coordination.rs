@@ -601,6 +601,43 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         switch_gaps.push(gap);
     }
 
+    // 2a. Two switchovers at once, to different replicas: exactly one wins, the other
+    //     is refused, and the cluster ends with the winner as its only primary.
+    {
+        let (old, old_ip) = wait_healthy(&env, c, FAILOVER).await?;
+        let targets: Vec<String> = cluster_pods(&pods, c)
+            .await?
+            .iter()
+            .filter(|p| role_of(p).as_deref() == Some("replica"))
+            .map(name)
+            .collect();
+        ensure!(targets.len() == 2, "replicas {targets:?}");
+        let (a, b) = tokio::join!(
+            switchover(&client, old_ip, &targets[0]),
+            switchover(&client, old_ip, &targets[1])
+        );
+        let won: Vec<&String> = [(&a, &targets[0]), (&b, &targets[1])]
+            .into_iter()
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, t)| t)
+            .collect();
+        ensure!(
+            won.len() == 1,
+            "concurrent switchovers from {old}: {a:?} / {b:?}"
+        );
+        let (now, _) = wait_healthy(&env, c, FAILOVER).await?;
+        ensure!(
+            &now == won[0],
+            "{} won the switchover but {now} is primary",
+            won[0]
+        );
+        eprintln!(
+            "COORD concurrent switchovers: {} won, the other was refused: {:?}",
+            won[0],
+            if a.is_err() { &a } else { &b }
+        );
+    }
+
     // 2b. Deleting the primary's pod: on SIGTERM it hands over to the most advanced
     //     replica before exiting.
     let mut delete_gaps = Vec::new();

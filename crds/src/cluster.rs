@@ -468,6 +468,11 @@ pub struct MemberStatus {
     /// Entries behind the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Journal entries this member moved to its quarantine (it held them, the primary
+    /// did not: e.g. async writes of a primary lost before they replicated). They are
+    /// listed at `/internal/v1/admin/quarantine` on the member, never dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<i64>,
     /// The pod runs the StatefulSet's update revision.
     #[serde(default)]
     pub up_to_date: bool,

@@ -65,7 +65,7 @@ pub fn render_status(sc: &StudioCluster) -> String {
         failover.unwrap_or_else(|| "none".into())
     );
     let _ = writeln!(out);
-    let rows: Vec<[String; 7]> = st
+    let rows: Vec<[String; 8]> = st
         .members
         .iter()
         .map(|m| {
@@ -76,6 +76,7 @@ pub fn render_status(sc: &StudioCluster) -> String {
                 dash(m.term.map(|t| t.to_string())),
                 dash(m.seq.map(|t| t.to_string())),
                 dash(m.lag.map(|t| t.to_string())),
+                dash(m.quarantined.map(|t| t.to_string())),
                 if m.up_to_date { "yes" } else { "no" }.into(),
             ]
         })
@@ -87,6 +88,7 @@ pub fn render_status(sc: &StudioCluster) -> String {
         "TERM",
         "SEQ",
         "LAG",
+        "QUARANTINED",
         "UP-TO-DATE",
     ]
     .map(String::from);
@@ -156,7 +158,7 @@ status:
   lastFailover: {time: "2026-01-02T03:04:05Z", from: demo-1, to: demo-0, kind: failover}
   members:
     - {name: demo-0, role: primary, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
-    - {name: demo-1, role: replica, ready: true, term: 4, seq: 117, lag: 3, upToDate: true}
+    - {name: demo-1, role: replica, ready: true, term: 4, seq: 117, lag: 3, quarantined: 2, upToDate: true}
     - {name: demo-2, role: replica, ready: false, upToDate: false}
     - {name: demo-arbiter-0, role: arbiter, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
 "#,
@@ -180,7 +182,7 @@ status:
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cols,
-            vec!["demo-1", "replica", "yes", "4", "117", "3", "yes"]
+            vec!["demo-1", "replica", "yes", "4", "117", "3", "2", "yes"]
         );
         let row2 = out
             .lines()
@@ -188,7 +190,7 @@ status:
             .unwrap_or_default();
         assert_eq!(
             row2.split_whitespace().collect::<Vec<_>>(),
-            vec!["demo-2", "replica", "no", "-", "-", "-", "no"]
+            vec!["demo-2", "replica", "no", "-", "-", "-", "-", "no"]
         );
     }
 

@@ -822,6 +822,18 @@ async fn update_status(
         }
     }
     let members = plan::member_statuses(obs);
+    for (pod, before, now) in plan::quarantine_growth(&prev.members, &members) {
+        ctx.event(
+            sc,
+            EventType::Warning,
+            "Quarantined",
+            format!(
+                "{pod} quarantined {} journal entries the primary does not hold ({now} in all): review them at /internal/v1/admin/quarantine on {pod}",
+                now - before
+            ),
+        )
+        .await;
+    }
     ctx.metrics.observe_cluster(
         &sc.namespace().unwrap_or_default(),
         &sc.name_any(),

@@ -632,9 +632,29 @@ pub fn member_statuses(obs: &Observed) -> Vec<studio_crds::MemberStatus> {
                 term: m.node.as_ref().map(|n| n.term as i64),
                 seq: m.node.as_ref().map(|n| n.seq as i64),
                 lag: obs.lag(m).map(|l| l as i64),
+                quarantined: m.node.as_ref().map(|n| n.quarantined as i64),
                 up_to_date: obs.up_to_date(m),
                 pod_ip: m.ip.clone(),
             }
+        })
+        .collect()
+}
+
+/// Members whose quarantine grew since the last status: (pod, before, now). Each is
+/// worth a Warning Event, since someone has to look at the entries.
+pub fn quarantine_growth(
+    prev: &[studio_crds::MemberStatus],
+    now: &[studio_crds::MemberStatus],
+) -> Vec<(String, i64, i64)> {
+    now.iter()
+        .filter_map(|m| {
+            let n = m.quarantined?;
+            let before = prev
+                .iter()
+                .find(|p| p.name == m.name)
+                .and_then(|p| p.quarantined)
+                .unwrap_or(0);
+            (n > before).then(|| (m.name.clone(), before, n))
         })
         .collect()
 }

@@ -592,3 +592,25 @@ fn statuses_that_only_move_positions_are_recognised() {
         "readiness is not a position"
     );
 }
+
+#[test]
+fn a_growing_quarantine_is_reported_once_per_growth() {
+    let mut obs = healthy(3, 0);
+    let before = plan::member_statuses(&obs);
+    assert_eq!(before[1].quarantined, Some(0));
+    assert!(plan::quarantine_growth(&before, &before).is_empty());
+    if let Some(n) = obs.members[1].node.as_mut() {
+        n.quarantined = 5;
+    }
+    let after = plan::member_statuses(&obs);
+    assert_eq!(
+        plan::quarantine_growth(&before, &after),
+        vec![("acme-1".to_string(), 0, 5)]
+    );
+    // Unchanged since the last status: nothing new to report.
+    assert!(plan::quarantine_growth(&after, &after).is_empty());
+    // A status written before the field existed counts as zero.
+    let mut old = before.clone();
+    old[1].quarantined = None;
+    assert_eq!(plan::quarantine_growth(&old, &after).len(), 1);
+}

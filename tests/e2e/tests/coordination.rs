@@ -1,10 +1,14 @@
 //! Acceptance of cluster coordination (issue 4) on the real local cluster: studio-node
 //! pods (3 data nodes + 1 arbiter, sync mode K=1) written by the test itself
 //! (StatefulSets, Services, ServiceAccount/Role/RoleBinding), then: one bootstrap and one
-//! primary with exact -primary/-replicas EndpointSlices; switchovers under load;
-//! kill -9 of the primary 20 times under continuous sync writes; SIGSTOP/SIGCONT of the
-//! primary; deletion of every pod at once. A watcher checks that no two pods are ever
-//! labelled primary, and every acknowledged write is read back from the final primary.
+//! primary with exact -primary/-replicas EndpointSlices; switchovers under load, two at
+//! once; kill -9 of the primary 20 times under continuous sync writes; SIGSTOP/SIGCONT
+//! of the primary; deletion of every pod at once with a lagging lowest ordinal (the most
+//! advanced node must win). A watcher checks that no two pods are ever labelled primary,
+//! and every acknowledged write is read back from the final primary. Separate clusters:
+//! missing RBAC and foreign data; an API outage; an async primary cut off and frozen
+//! (its unreplicated writes end in its quarantine); a write only the arbiter holds, with
+//! a binary, surviving the loss of the primary.
 //!
 //! Timings (failover: kill → first acknowledged write through the new primary's
 //! endpoint; switchover: last write acknowledged by the old primary → first by the new)

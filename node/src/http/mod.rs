@@ -129,13 +129,7 @@ pub async fn status_of(state: &AppState) -> Result<ClusterStatus, ApiError> {
     let info = state.role.get();
     let (cluster_id, oldest, quarantined) = state
         .store
-        .call(|s| {
-            Ok((
-                s.cluster_id()?,
-                s.oldest_seq()?,
-                s.quarantine_list()?.len() as u64,
-            ))
-        })
+        .call(|s| Ok((s.cluster_id()?, s.oldest_seq()?, s.quarantine_count()?)))
         .await?;
     let pos = state.store.position();
     Ok(ClusterStatus {

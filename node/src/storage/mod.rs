@@ -659,6 +659,16 @@ impl Store {
     }
 
     /// Everything in quarantine, oldest first.
+    /// How many entries are in quarantine (without loading them: status is polled).
+    pub fn quarantine_count(&self) -> Result<u64> {
+        self.with_reader(|c| {
+            let n: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM quarantine")?
+                .query_row([], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+    }
+
     pub fn quarantine_list(&self) -> Result<Vec<QuarantineRecord>> {
         self.with_reader(Self::quarantine_in)
     }

@@ -206,6 +206,40 @@ async fn deploy(env: &TestEnv, c: &str, l: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A test's own cluster, deployed and healthy.
+struct Healthy {
+    env: TestEnv,
+    client: reqwest::Client,
+    /// Its first primary: name, address, pod.
+    primary: String,
+    primary_ip: Ipv4Addr,
+    primary_pod: Pod,
+    /// Every pod, by name.
+    all: Vec<Pod>,
+}
+
+/// Deploys cluster `c` with layout `l` in a namespace of its own for `test` and waits
+/// until it is healthy.
+async fn deploy_healthy(test: &str, c: &str, l: &Layout) -> anyhow::Result<Healthy> {
+    let env = TestEnv::new(test).await?;
+    deploy(&env, c, l).await?;
+    let (primary, primary_ip) = wait_healthy(&env, c, START).await?;
+    let all = cluster_pods(&env.api(), c).await?;
+    let primary_pod = all
+        .iter()
+        .find(|p| name(p) == primary)
+        .cloned()
+        .context("the primary's pod")?;
+    Ok(Healthy {
+        env,
+        client: http_client()?,
+        primary,
+        primary_ip,
+        primary_pod,
+        all,
+    })
+}
+
 fn role_of(p: &Pod) -> Option<String> {
     p.metadata.labels.as_ref()?.get(ROLE_LABEL).cloned()
 }
@@ -975,13 +1009,15 @@ const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 #[tokio::test]
 async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() -> anyhow::Result<()>
 {
-    let env = TestEnv::new("coordination-outage").await?;
     let c = "outage";
-    let pods: Api<Pod> = env.api();
-    deploy(&env, c, &FULL).await?;
-    let (primary, pip) = wait_healthy(&env, c, START).await?;
-    let client = http_client()?;
-    let all = cluster_pods(&pods, c).await?;
+    let Healthy {
+        env,
+        client,
+        primary,
+        primary_ip: pip,
+        all,
+        ..
+    } = deploy_healthy("coordination-outage", c, &FULL).await?;
     let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
     // Every node loses the API for 30 s.
     for p in &all {
@@ -1084,22 +1120,19 @@ async fn quarantine(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<St
 
 #[tokio::test]
 async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyhow::Result<()> {
-    let env = TestEnv::new("coordination-quarantine").await?;
     let c = "frozen";
-    let pods: Api<Pod> = env.api();
-    deploy(&env, c, &ASYNC).await?;
-    let (old, old_ip) = wait_healthy(&env, c, START).await?;
-    let client = http_client()?;
+    let Healthy {
+        env,
+        client,
+        primary: old,
+        primary_ip: old_ip,
+        primary_pod: old_pod,
+        all,
+    } = deploy_healthy("coordination-quarantine", c, &ASYNC).await?;
     for i in 0..5 {
         let code = put_item(&client, old_ip, &format!("e2e/shared-{i}"), json!({"i": i})).await?;
         ensure!(code.is_success(), "write to the primary: {code}");
     }
-    let all = cluster_pods(&pods, c).await?;
-    let old_pod = all
-        .iter()
-        .find(|p| name(p) == old)
-        .cloned()
-        .context("the primary's pod")?;
     let others: Vec<Ipv4Addr> = all
         .iter()
         .filter(|p| name(p) != old)
@@ -1219,18 +1252,15 @@ async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyh
 
 #[tokio::test]
 async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow::Result<()> {
-    let env = TestEnv::new("coordination-arbiter").await?;
     let c = "arbcatch";
-    let pods: Api<Pod> = env.api();
-    deploy(&env, c, &FULL).await?;
-    let (old, old_ip) = wait_healthy(&env, c, START).await?;
-    let client = http_client()?;
-    let all = cluster_pods(&pods, c).await?;
-    let old_pod = all
-        .iter()
-        .find(|p| name(p) == old)
-        .cloned()
-        .context("the primary's pod")?;
+    let Healthy {
+        env,
+        client,
+        primary: old,
+        primary_ip: old_ip,
+        primary_pod: old_pod,
+        all,
+    } = deploy_healthy("coordination-arbiter", c, &FULL).await?;
     let replicas: Vec<Pod> = all
         .iter()
         .filter(|p| role_of(p).as_deref() == Some("replica"))

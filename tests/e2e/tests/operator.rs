@@ -726,6 +726,17 @@ async fn scaling_up_and_down_under_load_loses_no_acknowledged_write() -> anyhow:
     })
     .await?;
     let down = t1.elapsed();
+    // pvcRetention defaults to Retain: the removed nodes' data stays for a scale-up.
+    for i in 2..5 {
+        let claim = format!("data-{cluster}-{i}");
+        ensure!(
+            env.api::<PersistentVolumeClaim>()
+                .get_opt(&claim)
+                .await?
+                .is_some(),
+            "claim {claim} was deleted on scale-down although pvcRetention is Retain"
+        );
+    }
     let before = load.acked_count();
     wait_for(
         "more writes acknowledged after the scale-down",

@@ -6,7 +6,8 @@
 //! of the primary; deletion of every pod at once with a lagging lowest ordinal (the most
 //! advanced node must win). A watcher checks that no two pods are ever labelled primary,
 //! and every acknowledged write is read back from the final primary. Separate clusters:
-//! missing RBAC and foreign data; an API outage; an async primary cut off and frozen
+//! missing RBAC and foreign data; kube-apiserver stopped for 30 s (alone on the cluster
+//! meanwhile); the primary alone cut off from the API; an async primary cut off and frozen
 //! (its unreplicated writes end in its quarantine); a write only the arbiter holds, with
 //! a binary, surviving the loss of the primary.
 //!
@@ -218,10 +219,9 @@ struct Healthy {
     all: Vec<Pod>,
 }
 
-/// Deploys cluster `c` with layout `l` in a namespace of its own for `test` and waits
-/// until it is healthy.
-async fn deploy_healthy(test: &str, c: &str, l: &Layout) -> anyhow::Result<Healthy> {
-    let env = TestEnv::new(test).await?;
+/// Deploys cluster `c` with layout `l` in the test's namespace and waits until it is
+/// healthy.
+async fn deploy_healthy(env: TestEnv, c: &str, l: &Layout) -> anyhow::Result<Healthy> {
     deploy(&env, c, l).await?;
     let (primary, primary_ip) = wait_healthy(&env, c, START).await?;
     let all = cluster_pods(&env.api(), c).await?;
@@ -1006,9 +1006,30 @@ fn blackhole(pod: &Pod, to: Ipv4Addr, cut: bool) -> anyhow::Result<()> {
 /// route to it looks like an API server outage to that pod.
 const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 
+/// SIGSTOPs a process until dropped (SIGCONT), so a failing test never leaves it
+/// frozen.
+struct Frozen(Pid);
+
+impl Frozen {
+    fn new(pid: i32) -> anyhow::Result<Self> {
+        let pid = Pid::from_raw(pid);
+        kill(pid, Signal::SIGSTOP).with_context(|| format!("kill -STOP {pid}"))?;
+        Ok(Frozen(pid))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
 #[tokio::test]
-async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() -> anyhow::Result<()>
-{
+async fn stopping_the_api_server_turns_the_primary_read_only_before_its_lease_could_expire()
+-> anyhow::Result<()> {
+    // Every other test waits while the API server is stopped (and this one waits for
+    // them to finish first).
+    let env = TestEnv::new_exclusive("coordination-outage").await?;
     let c = "outage";
     let Healthy {
         env,
@@ -1017,12 +1038,12 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
         primary_ip: pip,
         all,
         ..
-    } = deploy_healthy("coordination-outage", c, &FULL).await?;
+    } = deploy_healthy(env, c, &FULL).await?;
     let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
-    // Every node loses the API for 30 s.
-    for p in &all {
-        blackhole(p, API_SERVER, true)?;
-    }
+    // Stop kube-apiserver for 30 s: it is frozen, so every request to it hangs, for
+    // the nodes, the controllers and the kubelet alike.
+    let apiserver = env.cluster.component_pid("kube-apiserver")?;
+    let frozen = Frozen::new(apiserver)?;
     let t0 = Instant::now();
     let fenced = wait_for(
         "the primary to turn read-only",
@@ -1052,13 +1073,11 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    for p in &all {
-        blackhole(p, API_SERVER, false)?;
-    }
+    drop(frozen);
     let restored = Instant::now();
     let fenced = fenced?;
     eprintln!(
-        "COORD api-outage: {primary} read-only {:.3}s after losing the API (lease 4 s)",
+        "COORD api-outage: {primary} read-only {:.3}s after kube-apiserver stopped (lease 4 s)",
         fenced.as_secs_f64()
     );
     ensure!(
@@ -1075,22 +1094,15 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
         "a write after the outage",
         Duration::from_secs(30),
         || async {
-            let r = client
-                .put(format!(
-                    "http://{aip}:{PORT}/api/v1/content/e2e/after-outage"
-                ))
-                .header("x-studio-direct", "1")
-                .json(&json!({"type": "page"}))
-                .send()
-                .await?;
-            ensure!(r.status().is_success(), "{}", r.status());
+            let code = put_item(&client, aip, "e2e/after-outage", json!({})).await?;
+            ensure!(code.is_success(), "{code}");
             Ok(())
         },
     )
     .await?;
     let back = restored.elapsed();
     eprintln!(
-        "COORD api-outage: back with primary {after} {:.1}s after the API returned",
+        "COORD api-outage: back with primary {after} {:.1}s after kube-apiserver resumed",
         back.as_secs_f64()
     );
     // Watches retry within 3 s (node/src/coordination watch_backoff); kube-runtime's
@@ -1098,6 +1110,73 @@ async fn api_outage_turns_the_primary_read_only_before_its_lease_could_expire() 
     ensure!(
         back < Duration::from_secs(20),
         "the cluster took {back:?} to take writes again after the API returned"
+    );
+    env.pass().await
+}
+
+#[tokio::test]
+async fn a_primary_cut_off_from_the_api_is_fenced_before_another_takes_over() -> anyhow::Result<()>
+{
+    let c = "partition";
+    let Healthy {
+        env,
+        client,
+        primary: old,
+        primary_ip: old_ip,
+        primary_pod: old_pod,
+        all,
+    } = deploy_healthy(TestEnv::new("coordination-partition").await?, c, &FULL).await?;
+    let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
+    // Only the primary loses the API; the others still see it and its Lease expire.
+    blackhole(&old_pod, API_SERVER, true)?;
+    let t0 = Instant::now();
+    let mut fenced_at = None;
+    let mut new_primary: Option<(Ipv4Addr, Duration)> = None;
+    let mut overlaps = Vec::new();
+    while t0.elapsed() < Duration::from_secs(30) && new_primary.is_none() {
+        let mut writable = Vec::new();
+        for ip in &ips {
+            if let Ok(s) = status(&client, *ip).await {
+                if *ip == old_ip && s["readOnly"] == true && fenced_at.is_none() {
+                    fenced_at = Some(t0.elapsed());
+                }
+                if s["role"] == "primary" && s["readOnly"] == false {
+                    writable.push(*ip);
+                }
+            }
+        }
+        if writable.len() > 1 {
+            overlaps.push(format!(
+                "{writable:?} at {:.2}s",
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        new_primary = writable
+            .into_iter()
+            .find(|ip| *ip != old_ip)
+            .map(|ip| (ip, t0.elapsed()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blackhole(&old_pod, API_SERVER, false)?;
+    let fenced = fenced_at.context("the cut-off primary never turned read-only")?;
+    let (new_ip, took_over) = new_primary.context("no other node took over within 30 s")?;
+    eprintln!(
+        "COORD partition: {old} read-only after {:.3}s; {new_ip} writable after {:.3}s",
+        fenced.as_secs_f64(),
+        took_over.as_secs_f64()
+    );
+    ensure!(overlaps.is_empty(), "two writable primaries: {overlaps:?}");
+    ensure!(
+        fenced < took_over,
+        "{old} was still writable ({fenced:?}) when {new_ip} took over ({took_over:?})"
+    );
+    // Back on the API, the old primary stays fenced and rejoins as a replica.
+    let (now, _) = wait_healthy(&env, c, Duration::from_secs(60)).await?;
+    ensure!(now != old, "{old} is primary again");
+    let code = put_item(&client, old_ip, "e2e/after-partition", json!({})).await?;
+    ensure!(
+        !code.is_success(),
+        "the ex-primary {old} accepted a write: {code}"
     );
     env.pass().await
 }
@@ -1128,7 +1207,7 @@ async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyh
         primary_ip: old_ip,
         primary_pod: old_pod,
         all,
-    } = deploy_healthy("coordination-quarantine", c, &ASYNC).await?;
+    } = deploy_healthy(TestEnv::new("coordination-quarantine").await?, c, &ASYNC).await?;
     for i in 0..5 {
         let code = put_item(&client, old_ip, &format!("e2e/shared-{i}"), json!({"i": i})).await?;
         ensure!(code.is_success(), "write to the primary: {code}");
@@ -1260,7 +1339,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
         primary_ip: old_ip,
         primary_pod: old_pod,
         all,
-    } = deploy_healthy("coordination-arbiter", c, &FULL).await?;
+    } = deploy_healthy(TestEnv::new("coordination-arbiter").await?, c, &FULL).await?;
     let replicas: Vec<Pod> = all
         .iter()
         .filter(|p| role_of(p).as_deref() == Some("replica"))

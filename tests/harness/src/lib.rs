@@ -62,6 +62,17 @@ impl Cluster {
         self.cp_bin.join(name)
     }
 
+    /// The pid of a running control-plane component started by `cluster-up`
+    /// (`etcd`, `kube-apiserver`, ...), from its pid file.
+    pub fn component_pid(&self, name: &str) -> anyhow::Result<i32> {
+        let f = self.dir.join("run").join(format!("{name}.pid"));
+        let pid =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        pid.trim()
+            .parse()
+            .with_context(|| format!("{} holds {pid:?}", f.display()))
+    }
+
     /// A kube client for the admin kubeconfig, bound to the calling runtime.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let kc = Kubeconfig::read_from(&self.kubeconfig)
@@ -364,13 +375,47 @@ pub struct TestEnv {
     pub ns: String,
     pub cluster: &'static Cluster,
     passed: bool,
+    /// Held for the test's life: shared by ordinary tests, exclusive for a test that
+    /// disturbs the whole cluster (see [`TestEnv::new_exclusive`]).
+    _cluster_lock: std::fs::File,
+}
+
+/// Takes `<cluster dir>/e2e.lock` shared or exclusive (a blocking flock, off the
+/// runtime's threads).
+async fn cluster_lock(cluster: &Cluster, exclusive: bool) -> anyhow::Result<std::fs::File> {
+    let path = cluster.dir.join("e2e.lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if exclusive { f.lock() } else { f.lock_shared() }
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(f)
+    })
+    .await
+    .context("the lock task failed")?
 }
 
 impl TestEnv {
     /// Ensures the cluster is up, creates a fresh namespace named after `test` and waits
     /// for its `default` ServiceAccount (pods are refused without it).
     pub async fn new(test: &str) -> anyhow::Result<Self> {
+        Self::create(test, false).await
+    }
+
+    /// Like [`TestEnv::new`], for a test that disturbs the whole cluster (e.g. freezes
+    /// the API server): waits until no other test of any process runs, and keeps them
+    /// waiting until this one ends.
+    pub async fn new_exclusive(test: &str) -> anyhow::Result<Self> {
+        Self::create(test, true).await
+    }
+
+    async fn create(test: &str, exclusive: bool) -> anyhow::Result<Self> {
         let cluster = cluster()?;
+        let lock = cluster_lock(cluster, exclusive).await?;
         let client = cluster.client().await?;
         let ns = unique_name(test);
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -395,6 +440,7 @@ impl TestEnv {
             ns,
             cluster,
             passed: false,
+            _cluster_lock: lock,
         };
         let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
         wait_for(

@@ -363,7 +363,7 @@ async fn write_loop(w: Arc<Writer>) {
         let url = format!("http://{ip}:{PORT}/api/v1/content/e2e/k{n}");
         let r = client
             .put(&url)
-            .header("x-studio-direct", "1")
+            .header("x-studio-direct", "true")
             .json(&json!({"type": "page", "properties": {"n": n}}))
             .send()
             .await;
@@ -460,7 +460,7 @@ async fn put_item(
 ) -> anyhow::Result<reqwest::StatusCode> {
     Ok(client
         .put(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
-        .header("x-studio-direct", "1")
+        .header("x-studio-direct", "true")
         .json(&json!({"type": "page", "properties": properties}))
         .send()
         .await?
@@ -767,7 +767,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         .put(format!(
             "http://{old_ip}:{PORT}/api/v1/content/e2e/after-sigcont"
         ))
-        .header("x-studio-direct", "1")
+        .header("x-studio-direct", "true")
         .json(&json!({"type": "page"}))
         .send()
         .await?;
@@ -866,7 +866,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
             async move {
                 let r = client
                     .get(format!("http://{last_ip}:{PORT}/api/v1/content/e2e/k{n}"))
-                    .header("x-studio-direct", "1")
+                    .header("x-studio-direct", "true")
                     .send()
                     .await;
                 (*n, r.map(|r| r.status().as_u16()).unwrap_or(0))
@@ -1303,7 +1303,7 @@ async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyh
             Ok::<_, anyhow::Error>(
                 client
                     .get(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
-                    .header("x-studio-direct", "1")
+                    .header("x-studio-direct", "true")
                     .send()
                     .await?
                     .status(),
@@ -1363,7 +1363,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
     let phase = async {
         let resp = client
             .post(format!("http://{old_ip}:{PORT}/api/v1/binaries"))
-            .header("x-studio-direct", "1")
+            .header("x-studio-direct", "true")
             .body(bytes.clone())
             .send()
             .await?;
@@ -1399,7 +1399,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
             .get(format!(
                 "http://{new_ip}:{PORT}/api/v1/content/e2e/with-binary"
             ))
-            .header("x-studio-direct", "1")
+            .header("x-studio-direct", "true")
             .send()
             .await?
             .error_for_status()?
@@ -1411,7 +1411,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
         );
         let got = client
             .get(format!("http://{new_ip}:{PORT}/api/v1/binaries/{sha}"))
-            .header("x-studio-direct", "1")
+            .header("x-studio-direct", "true")
             .send()
             .await?
             .error_for_status()?

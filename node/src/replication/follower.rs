@@ -575,7 +575,7 @@ async fn repair_divergence(
         .await;
     match rewound {
         Ok(_) => {
-            let count = state.store.call(|s| s.quarantine_list()).await?.len();
+            let count = state.store.call(|s| s.quarantine_count()).await?;
             state.metrics.quarantined.set(count as i64);
             tracing::warn!(primary = %url, from_seq = own.seq, common_seq, quarantined = n, "diverged from the primary: entries moved to quarantine, rewound");
             Ok(())

@@ -658,7 +658,6 @@ impl Store {
         Ok(())
     }
 
-    /// Everything in quarantine, oldest first.
     /// How many entries are in quarantine (without loading them: status is polled).
     pub fn quarantine_count(&self) -> Result<u64> {
         self.with_reader(|c| {
@@ -669,6 +668,7 @@ impl Store {
         })
     }
 
+    /// Everything in quarantine, oldest first.
     pub fn quarantine_list(&self) -> Result<Vec<QuarantineRecord>> {
         self.with_reader(Self::quarantine_in)
     }

@@ -402,6 +402,7 @@ fn snapshot_while_writing_restores_consistently() {
     assert_eq!(c.position(), pos);
     assert_eq!(c.meta_get("local.node").unwrap().as_deref(), Some("c"));
     assert_eq!(c.quarantine_list().unwrap().len(), 1);
+    assert_eq!(c.quarantine_count().unwrap(), 1);
     // Catch up from the journal after the snapshot: same content as the source.
     let rest = a.entries_after(pos.seq, 10_000).unwrap();
     fake_blobs(&c, &rest);

@@ -36,6 +36,13 @@ use crate::metrics::Metrics;
 use crate::node_client::{NodeClient, SWITCHOVER_TIMEOUT};
 use crate::plan::{self, Observed, Plan, Reason, Step};
 
+/// A cluster's primary as our last status update saw it, with its last change.
+#[derive(Clone, Debug)]
+pub struct SeenPrimary {
+    pub primary: String,
+    pub last_failover: Option<FailoverRecord>,
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
@@ -49,8 +56,11 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// When each cluster's status was last written.
     pub status_writes: Mutex<HashMap<String, Instant>>,
-    /// The last primary seen per cluster (to name both ends of a failover).
-    pub last_primary: Mutex<HashMap<String, String>>,
+    /// What the last status update of each cluster saw: its primary and last change of
+    /// primary. Fresher than the StudioCluster in the controller's cache, whose status
+    /// can lag behind our own last write: without this, a switchover already recorded
+    /// was seen again and recorded a second time as a failover.
+    pub last_primary: Mutex<HashMap<String, SeenPrimary>>,
     /// Label repairs seen but not yet done: cluster key → (repairs, first seen).
     pub pending_repairs: Mutex<HashMap<String, (Vec<plan::LabelRepair>, Instant)>>,
 }
@@ -770,23 +780,26 @@ async fn update_status(
 ) -> Result<()> {
     let prev = sc.status.clone().unwrap_or_default();
     let primary = obs.primary().map(|m| m.name.clone());
-    let mut last_failover = prev.last_failover.clone();
+    let seen = ctx
+        .last_primary
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key(sc)).cloned());
+    let mut last_failover = plan::newest_failover(
+        prev.last_failover.clone(),
+        seen.as_ref().and_then(|s| s.last_failover.clone()),
+    );
     // The primary before this change: the one in status, or (when a reconcile in between
     // saw no primary at all, e.g. while the old one's pod was terminating) the last one
-    // this operator saw.
-    let old_primary = prev.current_primary.clone().or_else(|| {
-        ctx.last_primary
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key(sc)).cloned())
-    });
-    if let Some(new) = &primary
-        && let Ok(mut m) = ctx.last_primary.lock()
-    {
-        m.insert(key(sc), new.clone());
-    }
+    // this operator saw. A primary our last update already saw is no change.
+    let old_primary = prev
+        .current_primary
+        .clone()
+        .or_else(|| seen.as_ref().map(|s| s.primary.clone()));
+    let already_seen = primary.is_some() && seen.as_ref().map(|s| &s.primary) == primary.as_ref();
     if let (Some(old), Some(new)) = (&old_primary, &primary)
         && old != new
+        && !already_seen
     {
         let planned = ctx
             .switchovers
@@ -820,6 +833,17 @@ async fn update_status(
             )
             .await;
         }
+    }
+    if let Some(new) = &primary
+        && let Ok(mut m) = ctx.last_primary.lock()
+    {
+        m.insert(
+            key(sc),
+            SeenPrimary {
+                primary: new.clone(),
+                last_failover: last_failover.clone(),
+            },
+        );
     }
     let members = plan::member_statuses(obs);
     for (pod, before, now) in plan::quarantine_growth(&prev.members, &members) {

@@ -640,6 +640,17 @@ pub fn member_statuses(obs: &Observed) -> Vec<studio_crds::MemberStatus> {
         .collect()
 }
 
+/// The later of two records of a change of primary (by time).
+pub fn newest_failover(
+    a: Option<studio_crds::FailoverRecord>,
+    b: Option<studio_crds::FailoverRecord>,
+) -> Option<studio_crds::FailoverRecord> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.time > a.time { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Members whose quarantine grew since the last status: (pod, before, now). Each is
 /// worth a Warning Event, since someone has to look at the entries.
 pub fn quarantine_growth(

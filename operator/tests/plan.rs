@@ -614,3 +614,28 @@ fn a_growing_quarantine_is_reported_once_per_growth() {
     old[1].quarantined = None;
     assert_eq!(plan::quarantine_growth(&old, &after).len(), 1);
 }
+
+#[test]
+fn the_newest_record_of_a_primary_change_wins() {
+    let rec = |t: &str, to: &str| -> studio_crds::FailoverRecord {
+        serde_json::from_value(serde_json::json!({"time": t, "to": to, "kind": "switchover"}))
+            .expect("record")
+    };
+    let old = rec("2026-01-01T00:00:00Z", "acme-1");
+    let new = rec("2026-01-01T00:00:05Z", "acme-2");
+    // A stale cached status must not overwrite what the last update recorded.
+    assert_eq!(
+        plan::newest_failover(Some(old.clone()), Some(new.clone())),
+        Some(new.clone())
+    );
+    assert_eq!(
+        plan::newest_failover(Some(new.clone()), Some(old.clone())),
+        Some(new.clone())
+    );
+    assert_eq!(
+        plan::newest_failover(None, Some(old.clone())),
+        Some(old.clone())
+    );
+    assert_eq!(plan::newest_failover(Some(old.clone()), None), Some(old));
+    assert_eq!(plan::newest_failover(None, None), None);
+}

@@ -655,7 +655,9 @@ fn kubectl_ops<const N: usize>(env: &TestEnv, args: [&str; N]) -> anyhow::Result
 async fn scaling_up_and_down_under_load_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let env = OpEnv::new("op-scale").await?;
     let cluster = "sc";
-    apply(&env, "sc.json", &cluster_manifest(cluster, json!({})))?;
+    // The users' default (the shared test manifest deletes claims).
+    let retain = json!({"storage": {"pvcRetention": "Retain"}});
+    apply(&env, "sc.json", &cluster_manifest(cluster, retain))?;
     wait_ready(&env, cluster, 3, START).await?;
     wait_for("roles to agree", Duration::from_secs(30), || {
         roles_agree(&env, cluster, 3)
@@ -726,7 +728,7 @@ async fn scaling_up_and_down_under_load_loses_no_acknowledged_write() -> anyhow:
     })
     .await?;
     let down = t1.elapsed();
-    // pvcRetention defaults to Retain: the removed nodes' data stays for a scale-up.
+    // pvcRetention Retain: the removed nodes' data stays for a later scale-up.
     for i in 2..5 {
         let claim = format!("data-{cluster}-{i}");
         ensure!(

@@ -313,6 +313,9 @@ struct Writer {
     successes: Mutex<Vec<(Instant, Instant, Ipv4Addr)>>,
     target: Mutex<Option<Ipv4Addr>>,
     stop: AtomicBool,
+    /// Set by the test to hold the writes; `idle` tells that none is in flight.
+    paused: AtomicBool,
+    idle: AtomicBool,
     errors: Mutex<u64>,
 }
 
@@ -354,6 +357,12 @@ async fn write_loop(w: Arc<Writer>) {
     let Ok(client) = http_client() else { return };
     let mut n = 0u64;
     while !w.stop.load(Ordering::SeqCst) {
+        let paused = w.paused.load(Ordering::SeqCst);
+        w.idle.store(paused, Ordering::SeqCst);
+        if paused {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         let Some(ip) = *lock(&w.target) else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -555,6 +564,8 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         successes: Mutex::new(Vec::new()),
         target: Mutex::new(None),
         stop: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        idle: AtomicBool::new(false),
         errors: Mutex::new(0),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -793,8 +804,8 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
 
     // 5. Delete every pod at once: back with the most advanced node as primary. The
     //    lowest ordinal would win a tie, so it is made to lag first (cut off from the
-    //    primary while sync writes go on, acknowledged by the others): only the
-    //    position rule keeps it from being chosen.
+    //    primary while sync writes go on, acknowledged by the others): the position
+    //    rule keeps it from being chosen until it holds the most advanced position.
     let laggard = format!("{c}-0");
     let (mut prim, mut prim_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
     if prim == laggard {
@@ -822,30 +833,61 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
                 position(&client, prim_ip).await?,
             );
             ensure!(pp.1 >= lp.1 + 20, "{laggard} at {lp:?}, {prim} at {pp:?}");
-            Ok((lp, pp))
+            Ok(())
         },
     )
+    .await;
+    // Hold the writes so that positions stand still: the most advanced position is
+    // then known, and whoever wins must hold it.
+    w.paused.store(true, Ordering::SeqCst);
+    let mut most_advanced = (0, 0);
+    let mut positions = Vec::new();
+    let held = async {
+        behind?;
+        wait_for("the writer to hold", Duration::from_secs(10), || async {
+            ensure!(w.idle.load(Ordering::SeqCst), "a write is in flight");
+            Ok(())
+        })
+        .await?;
+        for p in cluster_pods(&pods, c).await? {
+            if let Some(ip) = pod_ip(&p)
+                && !name(&p).contains("arbiter")
+            {
+                let pos = position(&client, ip).await?;
+                most_advanced = most_advanced.max(pos);
+                positions.push(format!("{} {pos:?}", name(&p)));
+            }
+        }
+        anyhow::Ok(())
+    }
     .await;
     let t0 = Instant::now();
     for p in cluster_pods(&pods, c).await? {
         pods.delete(&name(&p), &DeleteParams::default()).await?;
     }
-    let (lag_pos, prim_pos) = behind?;
-    let (_, _) = wait_for(
+    held?;
+    let (last, last_ip) = wait_healthy(&env, c, Duration::from_secs(180)).await?;
+    let won_at = position(&client, last_ip).await?;
+    w.paused.store(false, Ordering::SeqCst);
+    eprintln!(
+        "COORD delete-all: back with primary {last} at {won_at:?} after {:.1}s (before: {})",
+        t0.elapsed().as_secs_f64(),
+        positions.join(", ")
+    );
+    // The winner may be the laggard only if it caught up first (from a member still
+    // terminating, or from the arbiter); either way it must hold the most advanced
+    // position there was (its promotion then adds one entry of its own).
+    ensure!(
+        won_at.1 >= most_advanced.1,
+        "{last} became primary at {won_at:?}, behind the most advanced position {most_advanced:?} ({})",
+        positions.join(", ")
+    );
+    wait_for(
         "writes after deleting every pod",
-        Duration::from_secs(180),
+        Duration::from_secs(60),
         || async { w.first_after(t0, None).context("not yet") },
     )
     .await?;
-    let (last, last_ip) = wait_healthy(&env, c, Duration::from_secs(180)).await?;
-    eprintln!(
-        "COORD delete-all: back with primary {last} after {:.1}s ({laggard} was at {lag_pos:?}, {prim} at {prim_pos:?})",
-        t0.elapsed().as_secs_f64()
-    );
-    ensure!(
-        last != laggard,
-        "{laggard} became primary after the restart although it was behind ({lag_pos:?} < {prim_pos:?})"
-    );
 
     // Stop the load; every acknowledged write is on the final primary.
     w.stop.store(true, Ordering::SeqCst);

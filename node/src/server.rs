@@ -169,6 +169,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
+    shutdown_requested().await;
+    tracing::info!("shutdown signal received");
+}
+
+/// Returns when SIGTERM or SIGINT arrives (Ctrl-C elsewhere).
+pub(crate) async fn shutdown_requested() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -188,7 +194,6 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutdown signal received");
 }
 
 /// Drops journal entries older than the retention window.

@@ -312,25 +312,7 @@ pub fn start(state: &AppState) {
 /// Long-lived replication streams would hold the HTTP server's graceful shutdown
 /// forever: end them when SIGTERM/SIGINT arrives (replicas reconnect elsewhere).
 async fn end_streams_on_shutdown(state: AppState) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    crate::server::shutdown_requested().await;
     // In Kubernetes mode a primary first hands over to a replica, which catches up
     // through these very streams.
     crate::coordination::hand_over_done().await;

@@ -333,6 +333,40 @@ impl Writer {
             .map(|(_, at, ip)| (*at, *ip))
     }
 
+    /// Waits until a write sent from now on is acknowledged by `ip`.
+    async fn wait_writes_on(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let before = Instant::now();
+        wait_for(
+            "writes on the current primary",
+            Duration::from_secs(20),
+            || async {
+                match self.last_success() {
+                    Some((t, at)) if t > before && at == ip => Ok(()),
+                    s => bail!("last success {s:?}"),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits for the first write sent after `t0` and acknowledged by another node than
+    /// `old`; returns when, by whom, and the write gap in seconds (from `old`'s last
+    /// acknowledgement).
+    async fn resumed_elsewhere(
+        &self,
+        t0: Instant,
+        old: Ipv4Addr,
+    ) -> anyhow::Result<(Instant, Ipv4Addr, f64)> {
+        let (t1, new_ip) = wait_for(
+            "a write acknowledged by the new primary",
+            FAILOVER,
+            || async { self.first_after(t0, Some(old)).context("not yet") },
+        )
+        .await?;
+        let last_old = self.last_on_before(old, t1).unwrap_or(t0);
+        Ok((t1, new_ip, t1.duration_since(last_old).as_secs_f64()))
+    }
+
     /// When `ip` last acknowledged a write before `t`.
     fn last_on_before(&self, ip: Ipv4Addr, t: Instant) -> Option<Instant> {
         lock(&self.successes)
@@ -609,30 +643,12 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
             .map(|p| name(&p))
             .context("no replica")?;
         // Let a few writes land on the old primary first.
-        let before = Instant::now();
-        wait_for(
-            "writes on the current primary",
-            Duration::from_secs(20),
-            || async {
-                match w.last_success() {
-                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
-                    s => bail!("last success {s:?}"),
-                }
-            },
-        )
-        .await?;
+        w.wait_writes_on(old_ip).await?;
         let t0 = Instant::now();
         switchover(&client, old_ip, &target)
             .await
             .with_context(|| format!("switchover from {old}"))?;
-        let (t1, new_ip) = wait_for(
-            "a write acknowledged by the new primary",
-            FAILOVER,
-            || async { w.first_after(t0, Some(old_ip)).context("not yet") },
-        )
-        .await?;
-        let last_old = w.last_on_before(old_ip, t1).unwrap_or(t0);
-        let gap = t1.duration_since(last_old).as_secs_f64();
+        let (_, new_ip, gap) = w.resumed_elsewhere(t0, old_ip).await?;
         let new_pod = cluster_pods(&pods, c)
             .await?
             .into_iter()
@@ -693,28 +709,10 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let mut delete_gaps = Vec::new();
     for i in 0..runs.min(5) {
         let (old, old_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
-        let before = Instant::now();
-        wait_for(
-            "writes on the current primary",
-            Duration::from_secs(20),
-            || async {
-                match w.last_success() {
-                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
-                    s => bail!("last success {s:?}"),
-                }
-            },
-        )
-        .await?;
+        w.wait_writes_on(old_ip).await?;
         let t0 = Instant::now();
         pods.delete(&old, &DeleteParams::default()).await?;
-        let (t1, new_ip) = wait_for(
-            "a write acknowledged by the new primary",
-            FAILOVER,
-            || async { w.first_after(t0, Some(old_ip)).context("not yet") },
-        )
-        .await?;
-        let last_old = w.last_on_before(old_ip, t1).unwrap_or(t0);
-        let gap = t1.duration_since(last_old).as_secs_f64();
+        let (t1, new_ip, gap) = w.resumed_elsewhere(t0, old_ip).await?;
         eprintln!(
             "COORD delete-primary {i}: deleted {old}; writes resumed on {new_ip} {:.3}s after the delete, write gap {gap:.3}s",
             t1.duration_since(t0).as_secs_f64()
@@ -726,18 +724,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let mut failovers = Vec::new();
     for i in 0..runs {
         let (old, old_ip) = wait_healthy(&env, c, Duration::from_secs(120)).await?;
-        let before = Instant::now();
-        wait_for(
-            "writes on the current primary",
-            Duration::from_secs(20),
-            || async {
-                match w.last_success() {
-                    Some((t, ip)) if t > before && ip == old_ip => Ok(()),
-                    s => bail!("last success {s:?}"),
-                }
-            },
-        )
-        .await?;
+        w.wait_writes_on(old_ip).await?;
         let pod = pods.get(&old).await?;
         let t0 = Instant::now();
         signal_pod(&pod, Signal::SIGKILL)?;

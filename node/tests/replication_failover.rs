@@ -25,6 +25,14 @@ async fn put(http: &Client, url: &str, path: &str, n: u64) -> reqwest::Response 
         .unwrap()
 }
 
+/// Writes `{prefix}0` … `{prefix}{n-1}` to `url`, each acknowledged.
+async fn put_many(http: &Client, url: &str, prefix: &str, n: u64) {
+    for i in 0..n {
+        let status = put(http, url, &format!("{prefix}{i}"), i).await.status();
+        assert!(status.is_success(), "{prefix}{i}: {status}");
+    }
+}
+
 /// Status of GET `path` served by `url` itself.
 async fn local_status(http: &Client, url: &str, path: &str) -> StatusCode {
     http.get(format!("{url}/api/v1/content{path}"))
@@ -197,40 +205,19 @@ async fn divergent_ex_primary_quarantines_its_unseen_entries_and_converges() {
     let mut p = Node::standalone(&p_dir, &[]);
     let mut r = replica(&dir.path().join("r"), &p, "r", &[]);
     let http = Client::new();
-    for i in 0..50 {
-        assert!(
-            put(&http, &p.url, &format!("/common/c{i}"), i)
-                .await
-                .status()
-                .is_success()
-        );
-    }
+    put_many(&http, &p.url, "/common/c", 50).await;
     wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(60)).await;
 
     // The replica goes away; the primary acknowledges 20 more writes (async) and dies.
     r.kill9();
-    for i in 0..20 {
-        assert!(
-            put(&http, &p.url, &format!("/lost/l{i}"), i)
-                .await
-                .status()
-                .is_success()
-        );
-    }
+    put_many(&http, &p.url, "/lost/l", 20).await;
     p.kill9();
 
     // The replica comes back, is promoted and takes new writes.
     tokio::task::block_in_place(|| r.restart());
     let (st, body) = admin_post(&http, &r.url, node_api::ADMIN_PROMOTE, json!({"term": 2})).await;
     assert_eq!(st, StatusCode::OK, "promote: {body}");
-    for i in 0..10 {
-        assert!(
-            put(&http, &r.url, &format!("/new/n{i}"), i)
-                .await
-                .status()
-                .is_success()
-        );
-    }
+    put_many(&http, &r.url, "/new/n", 10).await;
 
     // The ex-primary rejoins as a replica of the new primary.
     drop(p);
@@ -271,24 +258,10 @@ async fn replica_behind_the_retention_window_clones() {
     let p = Node::standalone(&dir.path().join("p"), &["--journal-retention", "50"]);
     let mut r = replica(&dir.path().join("r"), &p, "r", &[]);
     let http = Client::new();
-    for i in 0..20 {
-        assert!(
-            put(&http, &p.url, &format!("/early/e{i}"), i)
-                .await
-                .status()
-                .is_success()
-        );
-    }
+    put_many(&http, &p.url, "/early/e", 20).await;
     wait_converged(&http, &p.url, &[&r.url], Duration::from_secs(60)).await;
     r.kill9();
-    for i in 0..200 {
-        assert!(
-            put(&http, &p.url, &format!("/late/l{i}"), i)
-                .await
-                .status()
-                .is_success()
-        );
-    }
+    put_many(&http, &p.url, "/late/l", 200).await;
     let r_seq = 20;
     wait_for(
         "the primary to compact past the replica",

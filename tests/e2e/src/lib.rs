@@ -186,3 +186,31 @@ pub async fn app_pods(pods: &Api<Pod>, app: &str) -> anyhow::Result<Vec<Pod>> {
     list.sort_by_key(name);
     Ok(list)
 }
+
+/// Namespace and Helm release of the operator installed by the e2e suites and the bench.
+pub const OPERATOR_NS: &str = "studio-system";
+pub const RELEASE: &str = "studio-operator";
+
+/// The operator's leader: the holder of its Lease, when that pod is Ready.
+pub async fn operator_leader(client: &kube::Client) -> anyhow::Result<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), OPERATOR_NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let holder = leases
+        .get(RELEASE)
+        .await
+        .context("get the operator Lease")?
+        .spec
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("the operator Lease has no holder"))?;
+    let pod = pods
+        .get_opt(&holder)
+        .await?
+        .ok_or_else(|| anyhow!("the Lease holder {holder} has no pod"))?;
+    anyhow::ensure!(
+        is_ready(&pod) && pod.metadata.deletion_timestamp.is_none(),
+        "the Lease holder {holder} is not a Ready pod"
+    );
+    Ok(holder)
+}

@@ -37,7 +37,6 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::StatefulSet,
-        coordination::v1::Lease,
         core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
@@ -52,11 +51,10 @@ use kube::{
     runtime::watcher,
 };
 use serde_json::{Value, json};
+use studio_e2e::{OPERATOR_NS, RELEASE, operator_leader};
 use studio_harness::{Cluster, pod_netns, unique_name, wait_for};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-const OPERATOR_NS: &str = "studio-system";
-const RELEASE: &str = "studio-operator";
 const NODE_IMAGE: &str = "local/studio-node:dev";
 const FIELD_MANAGER: &str = "operator-bench";
 const BENCH_LABEL: &str = "studio.cms.io/bench";
@@ -175,29 +173,6 @@ fn run_tool(c: &Cluster, tool: &str, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The operator's leader: the holder of its Lease, when that pod is Ready.
-async fn operator_leader(client: &Client) -> anyhow::Result<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let holder = leases
-        .get(RELEASE)
-        .await
-        .context("get the operator Lease")?
-        .spec
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow!("the operator Lease has no holder"))?;
-    let pod = pods
-        .get_opt(&holder)
-        .await?
-        .ok_or_else(|| anyhow!("the Lease holder {holder} has no pod"))?;
-    ensure!(
-        studio_e2e::is_ready(&pod) && pod.metadata.deletion_timestamp.is_none(),
-        "the Lease holder {holder} is not a Ready pod"
-    );
-    Ok(holder)
 }
 
 /// Reuses the deployed release, else installs it like scripts/demo.sh (and the e2e

@@ -42,8 +42,7 @@ use studio_harness::{Cluster, TestEnv, join, kubectl, wait_for};
 use tokio::sync::{OnceCell, RwLock};
 
 /// Namespace and release name of the one operator install.
-pub const OPERATOR_NS: &str = "studio-system";
-pub const RELEASE: &str = "studio-operator";
+pub use studio_e2e::{OPERATOR_NS, RELEASE, operator_leader};
 /// The nodes' image: the process kubelet runs `target/debug/studio-node` for it.
 pub const NODE_IMAGE: &str = "local/studio-node:dev";
 /// A second tag mapped to the same binary (rolling upgrade).
@@ -221,30 +220,6 @@ fn install_locked(c: &Cluster) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The operator's leader: the holder of its Lease, when that pod is Ready.
-pub async fn operator_leader(client: &kube::Client) -> anyhow::Result<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let lease = leases
-        .get(RELEASE)
-        .await
-        .context("get the operator Lease")?;
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow!("the operator Lease has no holder"))?;
-    let pod = pods
-        .get_opt(&holder)
-        .await?
-        .ok_or_else(|| anyhow!("the Lease holder {holder} has no pod"))?;
-    ensure!(
-        is_ready(&pod) && pod.metadata.deletion_timestamp.is_none(),
-        "the Lease holder {holder} is not a Ready pod"
-    );
-    Ok(holder)
 }
 
 async fn wait_for_operator_leader(c: &Cluster) -> anyhow::Result<String> {

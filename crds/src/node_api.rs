@@ -27,6 +27,14 @@ pub const ADMIN_DEMOTE: &str = "/internal/v1/admin/demote";
 pub const ADMIN_FOLLOW: &str = "/internal/v1/admin/follow";
 /// POST [`SwitchoverRequest`] → [`AdminResponse`]: planned hand-over to a target.
 pub const ADMIN_SWITCHOVER: &str = "/internal/v1/admin/switchover";
+/// POST [`SwitchoverRequest`] → [`AdminResponse`]: the same switchover as
+/// [`ADMIN_SWITCHOVER`] (one implementation; in Kubernetes mode both hand over the
+/// election Lease). Kept because operators before 0.2 call this path.
+pub const ELECTION_SWITCHOVER: &str = "/internal/v1/election/switchover";
+/// POST [`PositionRequest`] → [`PositionAnswer`]: an election candidate asks a member
+/// for its durable position; the member promises to apply and acknowledge no entry of
+/// a term below `term` from then on.
+pub const ELECTION_POSITION: &str = "/internal/v1/election/position";
 /// GET → [`QuarantineList`].
 pub const ADMIN_QUARANTINE: &str = "/internal/v1/admin/quarantine";
 /// GET → [`DigestResponse`]: content digest for convergence checks.
@@ -244,4 +252,21 @@ pub enum StreamFrame {
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+}
+
+/// Body of [`ELECTION_POSITION`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionRequest {
+    pub term: u64,
+}
+
+/// Answer of [`ELECTION_POSITION`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionAnswer {
+    pub node_id: String,
+    pub seq: u64,
+    /// Term of the last journal entry.
+    pub term: u64,
+    pub cluster_id: Option<String>,
+    pub role: NodeRole,
 }

@@ -141,6 +141,20 @@ pub struct Config {
     #[arg(long, env = "STUDIO_MEMBERS")]
     pub members: Option<u32>,
 
+    /// Client writes waiting for the group commit before new ones are refused with
+    /// 503 and Retry-After (back-pressure instead of unbounded memory).
+    #[arg(long, env = "STUDIO_WRITE_QUEUE", default_value_t = 4096)]
+    pub write_queue: usize,
+
+    /// Content requests served at once; more are refused with 503 and Retry-After.
+    #[arg(long, env = "STUDIO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Test hook: the named background task fails at start, to check that a dead
+    /// task stops the process (tasks: see the "supervising" log line).
+    #[arg(long, hide = true)]
+    pub fail_task: Option<String>,
+
     /// Log format.
     #[arg(long, env = "STUDIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -1,17 +1,22 @@
 //! studio-node: the content repository server.
 //!
-//! Layers, inner to outer: [`storage`] (SQLite store + journal), [`replication`]
-//! (stream, apply, catch-up, clone), [`coordination`] (Kubernetes API), [`http`] (axum).
+//! Layers, inner to outer (each imports only layers below it):
+//! [`storage`] (SQLite store + journal) → [`cluster`] (role, term, write fence, domain
+//! errors) → [`replication`] (stream server and client, quorum, catch-up, clone,
+//! divergence, role changes, switchover) → [`coordination`] (the only code that talks
+//! to Kubernetes; implements the write fence) → [`node`] (the composition: the write
+//! path) → [`http`] (every route, thin handlers) → [`server`] (start-up, supervision,
+//! shutdown order). [`config`] and [`metrics`] are leaves used by all.
 
-pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod coordination;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod replication;
-pub mod roles;
+pub mod server;
 pub mod storage;
 
-pub use app::AppState;
 pub use config::Config;
-pub mod server;
+pub use node::Node;

@@ -1,20 +1,34 @@
-//! Process start-up: logging, store, role, HTTP server, background tasks, shutdown.
+//! Process start-up and shutdown, in one place: logging, store, replication, (in
+//! Kubernetes mode) coordination, the node, the HTTP server, background tasks under
+//! supervision. Shutdown order: signal → coordination hand-over (a primary hands its
+//! Lease to a replica, which catches up through the still-open streams) → end the
+//! streams this node serves → stop HTTP (bounded grace).
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::AppState;
+use crate::cluster::{Role, RoleInfo, RoleState};
 use crate::config::{Config, LogFormat, RoleArg};
+use crate::http::ApiState;
 use crate::http::auth::Auth;
-use crate::roles::{Role, RoleInfo, RoleState};
+use crate::node::Node;
+use crate::replication::Replication;
 use crate::storage::Store;
 
 /// How long in-flight requests may run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the journal is compacted.
+const COMPACTION_PERIOD: Duration = Duration::from_secs(10);
+
+/// A named long-running task; it must never end while the process runs.
+pub type Task = (&'static str, BoxFuture<'static, Result<(), String>>);
 
 /// Initialises JSON (or text) logs on stderr.
 pub fn init_logging(config: &Config) {
@@ -28,9 +42,9 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-/// Builds the state for `config` (opens the store, sets the initial role).
-pub fn build_state(config: Config) -> anyhow::Result<AppState> {
-    let store = Store::open(&config.data_dir)
+/// Opens the store, checks the secrets and sets the initial role.
+pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> {
+    let store = Store::open_with_queue(&config.data_dir, config.write_queue)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let jwt = config.jwt_secret()?;
     let token = config.cluster_token()?;
@@ -54,10 +68,22 @@ pub fn build_state(config: Config) -> anyhow::Result<AppState> {
             "no cluster token configured: internal/admin API authentication is DISABLED"
         );
     }
+    let info = initial_role(&config, &store)?;
+    let outgoing = token.clone().and_then(|t| String::from_utf8(t).ok());
+    let repl = Replication::new(store, config, RoleState::new(info), outgoing)?;
+    Ok((repl, Auth::new(jwt, token)))
+}
+
+fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {
     let pos = store.position();
     let role = config.initial_role();
-    let advertise = config.advertise_url();
-    let info = match role {
+    let follow = || {
+        config
+            .follow
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string())
+    };
+    Ok(match role {
         // Kubernetes mode: start read-only; coordination elects, promotes or follows.
         _ if config.kubernetes_mode() => RoleInfo {
             role: if role == RoleArg::Arbiter {
@@ -78,43 +104,37 @@ pub fn build_state(config: Config) -> anyhow::Result<AppState> {
             RoleInfo {
                 role: Role::Primary,
                 term: pos.term.max(1),
-                primary: Some(advertise),
+                primary: Some(config.advertise_url()),
                 read_only: false,
             }
         }
         RoleArg::Replica => RoleInfo {
             role: Role::Replica,
             term: pos.term,
-            primary: config
-                .follow
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_string()),
+            primary: follow(),
             read_only: true,
         },
         RoleArg::Arbiter => RoleInfo {
             role: Role::Arbiter,
             term: pos.term,
-            primary: config
-                .follow
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_string()),
+            primary: follow(),
             read_only: true,
         },
-    };
-    let auth = Auth::new(jwt, token);
-    Ok(AppState::new(store, config, RoleState::new(info), auth))
+    })
 }
 
-/// Runs the node until SIGTERM/SIGINT.
+/// Runs the node until SIGTERM/SIGINT, or until a supervised task dies (an error:
+/// the kubelet restarts the container; fencing must never stop silently).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let listen = config.listen;
-    let state = build_state(config)?;
-    let info = state.role.get();
-    let pos = state.store.position();
+    let fail_task = config.fail_task.clone();
+    let (repl, auth) = build_replication(config)?;
+    let info = repl.role.get();
+    let pos = repl.store.position();
     tracing::info!(
-        node_id = %state.node_id, role = ?info.role, term = info.term, seq = pos.seq,
-        listen = %listen, data_dir = %state.config.data_dir.display(), "studio-node starting"
+        node_id = %repl.node_id, role = ?info.role, term = info.term, seq = pos.seq,
+        listen = %listen, data_dir = %repl.config.data_dir.display(), "studio-node starting"
     );
     // TCP_NODELAY: replication streams and acks are small writes that must leave at
     // once; with Nagle's algorithm a stream chunk waits for the previous one's
@@ -127,21 +147,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-    let app = crate::http::router(state.clone());
-    crate::replication::start(&state);
-    let kubernetes = state.config.kubernetes_mode();
-    if kubernetes {
-        crate::coordination::start(&state).await?;
-    }
-    tokio::spawn(compaction_loop(state.clone()));
+    let mut tasks: Vec<Task> = crate::replication::tasks(&repl)
+        .into_iter()
+        .map(|(name, f)| (name, f.map(Ok).boxed()))
+        .collect();
+    tasks.push(("compaction", compaction_loop(repl.clone()).map(Ok).boxed()));
+    let node = if repl.config.kubernetes_mode() {
+        let (coordinator, coord_tasks) = crate::coordination::start(&repl).await?;
+        tasks.extend(coord_tasks);
+        Node::coordinated(repl, coordinator)
+    } else {
+        Node::standalone(repl)
+    };
+    let app = crate::http::router(ApiState {
+        node: node.clone(),
+        auth: std::sync::Arc::new(auth),
+    });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.changed().await;
-            })
-            .into_future(),
-    );
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.changed().await;
+        })
+        .into_future();
+    let mut server = tokio::spawn(serve);
+    let mut supervised = supervise(tasks, fail_task.as_deref());
     tokio::select! {
         _ = shutdown_signal() => {}
         res = &mut server => {
@@ -150,11 +179,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("HTTP server task failed: {e}")),
             };
         }
+        dead = first_to_end(&mut supervised) => {
+            tracing::error!(error = %dead, "a background task stopped: exiting so the node restarts");
+            return Err(anyhow::anyhow!(dead));
+        }
     }
-    if kubernetes {
+    if let Some(c) = node.coordinator() {
         // A primary hands over to a replica while the server still streams to it.
-        crate::coordination::shutdown(&state).await;
+        c.shutdown().await;
     }
+    node.end_streams();
     let _ = stop_tx.send(true);
     // Long-lived requests (replication streams) would hold a graceful shutdown open
     // forever: give in-flight requests a bounded time, then exit.
@@ -168,13 +202,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spawns every task; each reports its name when it ends (returned, failed or
+/// panicked). `fail_task` (test hook) makes the named task panic at start.
+pub fn supervise(tasks: Vec<Task>, fail_task: Option<&str>) -> JoinSet<(&'static str, String)> {
+    let names: Vec<&str> = tasks.iter().map(|(n, _)| *n).collect();
+    tracing::info!(tasks = ?names, "supervising background tasks");
+    let mut set = JoinSet::new();
+    for (name, fut) in tasks {
+        let fut = if fail_task == Some(name) {
+            async move { panic!("test hook --fail-task: {name} fails") }.boxed()
+        } else {
+            fut
+        };
+        set.spawn(async move {
+            let why = match tokio::spawn(fut).await {
+                Ok(Ok(())) => "returned".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) if e.is_panic() => "panicked".to_string(),
+                Err(e) => format!("was cancelled: {e}"),
+            };
+            (name, why)
+        });
+    }
+    set
+}
+
+/// Resolves with a description of the first supervised task that ended.
+pub async fn first_to_end(set: &mut JoinSet<(&'static str, String)>) -> String {
+    match set.join_next().await {
+        Some(Ok((name, why))) => format!("background task {name} stopped: {why}"),
+        Some(Err(e)) => format!("the supervisor of a background task failed: {e}"),
+        None => std::future::pending().await,
+    }
+}
+
 async fn shutdown_signal() {
     shutdown_requested().await;
     tracing::info!("shutdown signal received");
 }
 
 /// Returns when SIGTERM or SIGINT arrives (Ctrl-C elsewhere).
-pub(crate) async fn shutdown_requested() {
+async fn shutdown_requested() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -197,10 +265,10 @@ pub(crate) async fn shutdown_requested() {
 }
 
 /// Drops journal entries older than the retention window.
-async fn compaction_loop(state: AppState) {
+async fn compaction_loop(state: Replication) {
     let retention = state.config.journal_retention.max(1);
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(COMPACTION_PERIOD).await;
         let pos = state.store.position();
         if pos.seq > retention {
             let before = pos.seq - retention + 1;
@@ -210,5 +278,30 @@ async fn compaction_loop(state: AppState) {
                 Err(e) => tracing::warn!(error = %e, "journal compaction failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_reported_by_name() {
+        let tasks: Vec<Task> = vec![
+            ("forever", std::future::pending().boxed()),
+            ("fence-watchdog", async { Ok(()) }.boxed()),
+        ];
+        let mut set = supervise(tasks, Some("fence-watchdog"));
+        let dead = first_to_end(&mut set).await;
+        assert_eq!(dead, "background task fence-watchdog stopped: panicked");
+        let tasks: Vec<Task> = vec![(
+            "election",
+            async { Err("data of another cluster".into()) }.boxed(),
+        )];
+        let dead = first_to_end(&mut supervise(tasks, None)).await;
+        assert_eq!(
+            dead,
+            "background task election stopped: data of another cluster"
+        );
     }
 }

@@ -9,13 +9,6 @@ use crate::build::HTTP_PORT;
 use crate::error::{Error, Result};
 use crate::plan::Member;
 
-/// The node's planned switchover through the election Lease (Kubernetes mode): the
-/// primary stops writes, waits for the target and hands it the Lease. The replication
-/// layer's `node_api::ADMIN_SWITCHOVER` only swaps roles and leaves the Lease with the
-/// old primary, which keeps renewing it: the target is then fenced and the cluster has
-/// no writable primary. Same request and answer types.
-pub const ELECTION_SWITCHOVER: &str = "/internal/v1/election/switchover";
-
 /// How long the node may take to hand over in a switchover.
 pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,7 +83,7 @@ impl NodeClient {
         };
         let mut req = self
             .http
-            .post(format!("{base}{ELECTION_SWITCHOVER}"))
+            .post(format!("{base}{}", node_api::ELECTION_SWITCHOVER))
             .json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);

@@ -22,12 +22,11 @@
 //!   sees it through its Lease watch.
 
 pub mod election;
-pub mod http;
 mod kubeapi;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -39,41 +38,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde::{Deserialize, Serialize};
-use studio_crds::node_api::{self, AdminResponse, ClusterStatus, NodeRole};
+use studio_crds::node_api::{self, AdminResponse, NodeRole, PositionAnswer, PositionRequest};
 use studio_crds::{labels, names, roles as role_values};
 use tokio::sync::Notify;
 
-use crate::app::AppState;
+use crate::cluster::WriteFence;
 use crate::config::{Config, ReplicationMode, RoleArg};
-use crate::roles;
+use crate::replication::Replication;
+use crate::replication::roles;
+use crate::replication::switchover::{self as handover, InProgress, SwitchoverError, Target};
 use election::{Decision, Heard, HolderPod, Observed, Policy, Pos, Timing};
-
-/// POST [`PositionRequest`] → [`PositionAnswer`] (cluster token): a candidate asks a
-/// member for its durable position; the member promises to apply and acknowledge no
-/// entry of a term below `term` from then on.
-pub const POSITION_ROUTE: &str = "/internal/v1/election/position";
-
-/// POST `SwitchoverRequest` → `AdminResponse` (cluster token): the Lease-based planned
-/// switchover. `node_api::ADMIN_SWITCHOVER` delegates here in Kubernetes mode.
-pub const SWITCHOVER_ROUTE: &str = "/internal/v1/election/switchover";
-
-/// Body of [`POSITION_ROUTE`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PositionRequest {
-    pub term: u64,
-}
-
-/// Answer of [`POSITION_ROUTE`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PositionAnswer {
-    pub node_id: String,
-    pub seq: u64,
-    /// Term of the last journal entry.
-    pub term: u64,
-    pub cluster_id: Option<String>,
-    pub role: NodeRole,
-}
 
 /// Keys of the bootstrap ConfigMap.
 pub const BOOTSTRAP_CLUSTER_ID: &str = "clusterId";
@@ -155,8 +129,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Coord {
-    state: AppState,
+/// The coordination of one node (Kubernetes mode): election, fencing, labels,
+/// switchover through the Lease.
+pub struct Coordinator {
+    state: Replication,
     s: Settings,
     pods_api: Api<Pod>,
     leases: Api<Lease>,
@@ -178,9 +154,7 @@ struct Coord {
     primary_term: Mutex<Option<u64>>,
     /// Start time of the last successful acquisition or renewal.
     last_renew: Mutex<Option<Instant>>,
-    handing_over: AtomicBool,
     shutting_down: AtomicBool,
-    shutdown_done: tokio::sync::watch::Sender<bool>,
     /// Serialises Lease writes (renewal, acquisition, hand-over).
     lease_op: tokio::sync::Mutex<()>,
     cluster_id: Mutex<Option<String>>,
@@ -189,37 +163,35 @@ struct Coord {
     members_cache: Mutex<Option<(usize, Instant)>>,
     pods_high_water: Mutex<usize>,
     notes: Mutex<BTreeMap<&'static str, String>>,
+    /// Position polls of an election: short timeouts (the election budget).
     http: reqwest::Client,
-    token: Option<String>,
 }
 
-static COORD: OnceLock<Arc<Coord>> = OnceLock::new();
-
-/// Whether coordination runs in this process (Kubernetes mode).
-pub fn active() -> bool {
-    COORD.get().is_some()
+impl WriteFence for Coordinator {
+    /// Only as primary with a Lease renewed within the renew deadline and no
+    /// hand-over in progress.
+    fn may_write(&self) -> bool {
+        self.fence_ok()
+    }
 }
 
-/// Whether this node may commit a client write now: always outside Kubernetes mode;
-/// in it, only as primary with a Lease renewed within the renew deadline and no
-/// hand-over in progress (fencing).
-pub fn may_write() -> bool {
-    COORD.get().is_none_or(|c| c.fence_ok())
-}
+/// The long-running tasks of coordination, for the server's supervisor. The fence
+/// watchdog among them: if it stopped, a primary could outlive its Lease.
+pub type Task = (
+    &'static str,
+    futures::future::BoxFuture<'static, Result<(), String>>,
+);
 
 /// Starts Kubernetes mode: connects with the pod's ServiceAccount (KUBECONFIG or
-/// in-cluster), then runs bootstrap, the watches, the election loop and the fencing
-/// watchdog in the background.
-pub async fn start(state: &AppState) -> anyhow::Result<()> {
+/// in-cluster) and returns the coordinator with its tasks (watches, election loop,
+/// fencing watchdog), which the caller runs under supervision.
+pub async fn start(state: &Replication) -> anyhow::Result<(Arc<Coordinator>, Vec<Task>)> {
+    use futures::FutureExt;
     let s = Settings::from_config(&state.config)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let ns = s.namespace.clone();
-    let token = state
-        .config
-        .cluster_token()?
-        .map(|t| String::from_utf8_lossy(&t).into_owned());
     let (pods, writer) = reflector::store::<Pod>();
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -227,7 +199,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         .timeout(Duration::from_millis(1500))
         .build()
         .context("building the HTTP client")?;
-    let c = Arc::new(Coord {
+    let c = Arc::new(Coordinator {
         state: state.clone(),
         pods_api: Api::namespaced(client.clone(), &ns),
         leases: Api::namespaced(client.clone(), &ns),
@@ -243,9 +215,7 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         wake: Notify::new(),
         primary_term: Mutex::new(None),
         last_renew: Mutex::new(None),
-        handing_over: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
-        shutdown_done: tokio::sync::watch::channel(false).0,
         lease_op: tokio::sync::Mutex::new(()),
         cluster_id: Mutex::new(None),
         free_since: Mutex::new(None),
@@ -253,43 +223,39 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
         pods_high_water: Mutex::new(0),
         notes: Mutex::new(BTreeMap::new()),
         http,
-        token,
         s,
     });
-    if COORD.set(c.clone()).is_err() {
-        anyhow::bail!("coordination already started in this process");
-    }
     tracing::info!(
         cluster = %c.s.cluster, namespace = %c.s.namespace, pod = %c.s.pod_name,
         lease_duration = ?c.s.timing.lease_duration, renew_deadline = ?c.s.timing.renew_deadline,
         retry_period = ?c.s.timing.retry_period, arbiter = c.s.arbiter, sync_k = ?c.s.sync_k,
         "Kubernetes mode: coordinating through the API"
     );
-    tokio::spawn(c.clone().watch_pods(writer));
-    tokio::spawn(c.clone().watch_lease());
-    tokio::spawn(c.clone().fence_watchdog());
-    tokio::spawn(c.clone().run());
-    Ok(())
+    let tasks: Vec<Task> = vec![
+        ("watch-pods", c.clone().watch_pods(writer).map(Ok).boxed()),
+        ("watch-lease", c.clone().watch_lease().map(Ok).boxed()),
+        ("fence-watchdog", c.clone().fence_watchdog().map(Ok).boxed()),
+        ("election", c.clone().run().boxed()),
+    ];
+    Ok((c, tasks))
 }
 
-/// On SIGTERM: a primary hands the Lease to the most advanced replica (bounded), so
-/// deleting its pod costs well under a second of writes.
-pub async fn shutdown(_state: &AppState) {
-    let Some(c) = COORD.get() else { return };
-    c.shutting_down.store(true, Ordering::SeqCst);
-    c.hand_over_on_shutdown().await;
-    c.shutdown_done.send_replace(true);
+impl Coordinator {
+    /// On SIGTERM: a primary hands the Lease to the most advanced replica (bounded), so
+    /// deleting its pod costs well under a second of writes. Returns when done; the
+    /// server ends the replication streams only after it (the target catches up
+    /// through them).
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.hand_over_on_shutdown().await;
+    }
+
+    fn handing_over(&self) -> bool {
+        self.state.repl.switching.load(Ordering::SeqCst)
+    }
 }
 
-/// Resolves once [`shutdown`] finished its hand-over (at most a few seconds), so that
-/// replication streams, which the target needs to catch up, end only after it.
-pub async fn hand_over_done() {
-    let Some(c) = COORD.get() else { return };
-    let mut rx = c.shutdown_done.subscribe();
-    let _ = tokio::time::timeout(Duration::from_secs(6), rx.wait_for(|d| *d)).await;
-}
-
-impl Coord {
+impl Coordinator {
     async fn hand_over_on_shutdown(&self) {
         let c = self;
         if c.acting_term().is_none() {
@@ -318,17 +284,7 @@ impl Coord {
     }
 }
 
-/// Planned hand-over to `target` (pod name or base URL): see [`Coord::switchover`].
-pub async fn switchover(target: &str, timeout: Duration) -> Result<AdminResponse, String> {
-    let Some(c) = COORD.get() else {
-        return Err(
-            "switchover needs Kubernetes mode (this node runs without coordination)".into(),
-        );
-    };
-    c.switchover(target, timeout).await
-}
-
-impl Coord {
+impl Coordinator {
     fn note(&self, key: &'static str, msg: String) {
         let mut n = lock(&self.notes);
         if n.get(key) != Some(&msg) {
@@ -359,7 +315,7 @@ impl Coord {
 
     fn fence_ok(&self) -> bool {
         self.acting_term().is_some()
-            && !self.handing_over.load(Ordering::SeqCst)
+            && !self.handing_over()
             && self.renewed_within(self.s.timing.renew_deadline)
     }
 
@@ -431,7 +387,7 @@ impl Coord {
         if ip.is_empty() {
             return None;
         }
-        Some(format!("http://{ip}:{}", self.s.port))
+        Some(crate::replication::base_url(ip, self.s.port))
     }
 
     fn is_arbiter_pod(p: &Pod) -> bool {
@@ -540,7 +496,7 @@ impl Coord {
         }
     }
 
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>) -> Result<(), String> {
         // Bootstrap first: nothing else makes sense without the cluster id.
         loop {
             match self.bootstrap().await {
@@ -548,11 +504,8 @@ impl Coord {
                     *lock(&self.cluster_id) = Some(id);
                     break;
                 }
-                Err(BootstrapError::Fatal(msg)) => {
-                    tracing::error!("{msg}");
-                    eprintln!("studio-node: {msg}");
-                    std::process::exit(3);
-                }
+                // The supervisor stops the process with this message.
+                Err(BootstrapError::Fatal(msg)) => return Err(msg),
                 Err(BootstrapError::Retry(msg)) => self.note("bootstrap", msg),
             }
             tokio::select! {
@@ -574,7 +527,8 @@ impl Coord {
     async fn bootstrap(&self) -> Result<String, BootstrapError> {
         let store = &self.state.store;
         let mine = store
-            .cluster_id()
+            .call(|s| s.cluster_id())
+            .await
             .map_err(|e| BootstrapError::Retry(e.to_string()))?;
         let name = names::bootstrap_configmap(&self.s.cluster);
         let ns = &self.s.namespace;
@@ -601,8 +555,10 @@ impl Coord {
                 None => {
                     if data.get(BOOTSTRAP_CREATED_BY).map(String::as_str) == Some(self.me()) {
                         // We created the record but died before recording the id.
+                        let i = id.clone();
                         store
-                            .set_cluster_id(&id)
+                            .call(move |s| s.set_cluster_id(&i))
+                            .await
                             .map_err(|e| BootstrapError::Retry(e.to_string()))?;
                         tracing::info!(cluster_id = %id, "bootstrap: adopting the cluster id this pod created");
                     } else {
@@ -641,8 +597,10 @@ impl Coord {
         match self.configmaps.create(&PostParams::default(), &cm).await {
             Ok(_) => {
                 if fresh {
+                    let i = id.clone();
                     store
-                        .set_cluster_id(&id)
+                        .call(move |s| s.set_cluster_id(&i))
+                        .await
                         .map_err(|e| BootstrapError::Retry(e.to_string()))?;
                     tracing::info!(cluster_id = %id, record = %name, "bootstrap: this node created the bootstrap record and initialised the repository");
                 } else {
@@ -673,7 +631,7 @@ impl Coord {
         let stale_self = me_holds
             && obs.as_ref().and_then(|o| o.record.resource_version.clone())
                 == *lock(&self.stale_self);
-        if self.handing_over.load(Ordering::SeqCst) {
+        if self.handing_over() {
             // The switchover in progress steps down and follows by itself; keep the
             // Lease meanwhile.
             if self.acting_term().is_some()
@@ -792,7 +750,7 @@ impl Coord {
         free_since: Instant,
     ) -> anyhow::Result<()> {
         let bootstrap_id = lock(&self.cluster_id).clone();
-        let mine = self.state.store.cluster_id()?;
+        let mine = self.state.store.call(|s| s.cluster_id()).await?;
         let of_cluster = mine.is_some() && mine == bootstrap_id;
         if let Some(why) = self.s.policy.refuses(self.me(), self.s.arbiter) {
             self.note(
@@ -859,7 +817,11 @@ impl Coord {
                     .map(|h| h.pos)
                     .unwrap_or_default();
                 if let Some(u) = url {
-                    match self.catch_up(&u, target).await {
+                    let target = crate::storage::Position {
+                        seq: target.seq,
+                        term: target.term,
+                    };
+                    match crate::replication::follower::catch_up(&self.state, &u, target).await {
                         Ok(n) => {
                             tracing::info!(from = %from, entries = n, "caught up with the most advanced member")
                         }
@@ -892,89 +854,6 @@ impl Coord {
         }
     }
 
-    /// Pulls the entries this node lacks from a member that cannot be primary (the
-    /// arbiter, a priority-0 node) through its replication stream (`from_any`), until
-    /// this node's position reaches `target`. The member answers `diverged` if this
-    /// node's position is not in its history (then nothing is applied). Binaries the
-    /// entries need come from the same member.
-    async fn catch_up(&self, url: &str, target: Pos) -> anyhow::Result<usize> {
-        let start = self.state.store.position();
-        let params = node_api::StreamParams {
-            node_id: self.me().to_string(),
-            after_seq: start.seq,
-            after_term: start.term,
-            role: Some(NodeRole::Replica),
-            address: Some(self.state.advertise_url.to_string()),
-            from_any: true,
-        };
-        let mut req = self
-            .http
-            .get(format!("{url}{}", node_api::REPLICATION_STREAM))
-            .query(&params)
-            .timeout(Duration::from_secs(5));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.context("opening the stream")?;
-        if !resp.status().is_success() {
-            anyhow::bail!("stream answered {}", resp.status());
-        }
-        let mut body = resp.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut applied = 0usize;
-        let reached = |p: crate::storage::Position| {
-            Pos {
-                term: p.term,
-                seq: p.seq,
-            } >= target
-        };
-        while !reached(self.state.store.position()) {
-            let chunk = tokio::time::timeout(Duration::from_secs(3), body.next())
-                .await
-                .context("the stream went silent")?
-                .context("the stream ended")?
-                .context("reading the stream")?;
-            buf.extend_from_slice(&chunk);
-            let mut batch = Vec::new();
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                let line = &line[..line.len() - 1];
-                if line.is_empty() {
-                    continue;
-                }
-                match serde_json::from_slice::<node_api::StreamFrame>(line)? {
-                    node_api::StreamFrame::Entry { entry } => {
-                        let e: crate::storage::JournalEntry = serde_json::from_value(entry)?;
-                        // The member (the arbiter too) stored the binary before the
-                        // entry: fetch it from there, like replication does.
-                        if let Some(sha) = e.required_blob()
-                            && !self.state.store.has_blob(sha)
-                        {
-                            crate::replication::fetch_blob(&self.state, url, sha)
-                                .await
-                                .with_context(|| {
-                                    format!("fetching binary {sha} of entry {}", e.seq)
-                                })?;
-                        }
-                        batch.push(e);
-                    }
-                    node_api::StreamFrame::Heartbeat { .. } => {}
-                    other => anyhow::bail!("the member answered {other:?}"),
-                }
-            }
-            if !batch.is_empty() {
-                let _gate = self.state.role.repl.apply_gate.lock().await;
-                let n = batch.len();
-                self.state
-                    .store
-                    .call(move |s| s.apply_entries(&batch))
-                    .await?;
-                applied += n;
-            }
-        }
-        Ok(applied)
-    }
-
     async fn poll_positions(&self, term: u64) -> Vec<Heard> {
         let bootstrap_id = lock(&self.cluster_id).clone();
         let targets: Vec<(String, String, bool)> = self
@@ -990,16 +869,13 @@ impl Coord {
             })
             .collect();
         let calls = targets.into_iter().map(|(name, url, arbiter)| {
-            let http = self.http.clone();
-            let token = self.token.clone();
+            let req = self.state.internal(
+                self.http
+                    .post(format!("{url}{}", node_api::ELECTION_POSITION))
+                    .json(&PositionRequest { term }),
+            );
             let bootstrap_id = bootstrap_id.clone();
             async move {
-                let mut req = http
-                    .post(format!("{url}{POSITION_ROUTE}"))
-                    .json(&PositionRequest { term });
-                if let Some(t) = token {
-                    req = req.bearer_auth(t);
-                }
                 let resp = req.send().await.ok()?;
                 if !resp.status().is_success() {
                     tracing::debug!(peer = %name, status = %resp.status(), "position request refused");
@@ -1232,7 +1108,7 @@ impl Coord {
         }
         let info = self.state.role.get();
         let seen = info.term.max(self.state.store.position().term);
-        let promised = self.state.role.repl.promised_term();
+        let promised = self.state.repl.promised_term();
         if term <= seen || term < promised {
             // This node saw or promised a higher term meanwhile: move the Lease's term
             // above it first (term == leaseTransitions always).
@@ -1329,19 +1205,6 @@ impl Coord {
         }
     }
 
-    async fn status_of(&self, url: &str) -> Option<ClusterStatus> {
-        let resp = self
-            .http
-            .get(format!("{url}{}", node_api::CLUSTER_STATUS))
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
-    }
-
     /// The most advanced eligible data node other than this one (for SIGTERM).
     async fn best_replica(&self) -> Option<String> {
         let cands: Vec<(String, String)> = self
@@ -1353,7 +1216,7 @@ impl Coord {
             .filter(|(n, _)| n != self.me() && self.s.policy.refuses(n, false).is_none())
             .collect();
         let statuses = futures::future::join_all(cands.into_iter().map(|(n, u)| async move {
-            let s = self.status_of(&u).await?;
+            let s = handover::status_of(&self.state, &u).await?;
             Some((n, s))
         }))
         .await;
@@ -1374,12 +1237,17 @@ impl Coord {
             .map(|(n, _)| n)
     }
 
-    /// Planned hand-over: stop writes, wait until `target` holds everything, give it
-    /// the Lease (leaseTransitions + 1), step down and follow it.
-    async fn switchover(&self, target: &str, timeout: Duration) -> Result<AdminResponse, String> {
-        let Some(term) = self.acting_term() else {
-            return Err("this node is not the primary".into());
-        };
+    /// Planned hand-over to `target` (pod name or base URL) through the Lease: the
+    /// shared switchover (`replication::switchover::run`) with [`LeaseTransfer`].
+    pub async fn switchover(
+        &self,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<AdminResponse, SwitchoverError> {
+        let bad = SwitchoverError::BadTarget;
+        if self.acting_term().is_none() {
+            return Err(SwitchoverError::NotPrimary);
+        }
         let target_t = target.trim().trim_end_matches('/');
         let pod = self
             .pods
@@ -1389,112 +1257,45 @@ impl Coord {
                 p.metadata.name.as_deref() == Some(target_t)
                     || self.url_of(p).as_deref() == Some(target_t)
             })
-            .ok_or_else(|| format!("no pod {target_t:?} in cluster {}", self.s.cluster))?;
+            .ok_or_else(|| bad(format!("no pod {target_t:?} in cluster {}", self.s.cluster)))?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         if name == self.me() {
-            return Err(format!("{name} is already the primary"));
+            return Err(bad(format!("{name} is already the primary")));
         }
         if let Some(why) = self.s.policy.refuses(&name, Self::is_arbiter_pod(&pod)) {
-            return Err(format!("{name} cannot become primary: {why}"));
+            return Err(bad(format!("{name} cannot become primary: {why}")));
         }
         let url = self
             .url_of(&pod)
-            .ok_or_else(|| format!("{name} has no pod IP yet"))?;
-        let started = Instant::now();
-        // One hand-over at a time: a second request racing the first would find the
-        // Lease moved under it and could leave the cluster without a writable primary.
-        if self.handing_over.swap(true, Ordering::SeqCst) {
-            return Err("a switchover is already in progress".into());
+            .ok_or_else(|| bad(format!("{name} has no pod IP yet")))?;
+        // Also closes the fence and keeps the election loop from stepping down.
+        let _busy = InProgress::begin(&self.state.repl.switching)?;
+        let target = Target { name, url };
+        let done = handover::run(&self.state, &target, timeout, &LeaseTransfer(self)).await?;
+        self.set_primary(None);
+        if let Err(e) =
+            kubeapi::label_pod(&self.pods_api, self.me(), role_values::REPLICA, None).await
+        {
+            self.warn(
+                "label",
+                kubeapi::explain(&e, "patch", "pods", &self.s.namespace),
+            );
         }
-        let r = self.hand_over(&name, &url, term, timeout).await;
-        match r {
-            Ok(()) => {
-                self.set_primary(None);
-                self.handing_over.store(false, Ordering::SeqCst);
-                if let Err(e) = roles::demote(&self.state, None).await {
-                    tracing::warn!(error = %e, "demote after switchover failed");
-                }
-                // Follow the target once it serves as primary (it reacts to the Lease
-                // through its watch), so the stream connects at the first attempt.
-                let until = Instant::now() + self.s.timing.renew_deadline;
-                while Instant::now() < until {
-                    if self
-                        .status_of(&url)
-                        .await
-                        .is_some_and(|s| s.role == NodeRole::Primary && !s.read_only)
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if let Err(e) = roles::follow(&self.state, &url, None).await {
-                    tracing::warn!(error = %e, "following the new primary failed");
-                }
-                if let Err(e) =
-                    kubeapi::label_pod(&self.pods_api, self.me(), role_values::REPLICA, None).await
-                {
-                    self.warn(
-                        "label",
-                        kubeapi::explain(&e, "patch", "pods", &self.s.namespace),
-                    );
-                }
-                let pos = self.state.store.position();
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(target = %name, ms, "switchover: handed the Lease over");
-                Ok(AdminResponse {
-                    ok: true,
-                    role: NodeRole::Replica,
-                    term: term + 1,
-                    seq: pos.seq,
-                    message: format!("handed the primary role to {name} in {ms} ms"),
-                })
-            }
-            Err(e) => {
-                self.handing_over.store(false, Ordering::SeqCst);
-                tracing::warn!(target = %name, error = %e, "switchover failed; still primary");
-                Err(e)
-            }
-        }
+        Ok(done)
     }
 
-    async fn hand_over(
-        &self,
-        name: &str,
-        url: &str,
-        term: u64,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        // Writes are refused from now on (fence); wait until the position is stable and
-        // the target holds it.
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            tick.tick().await;
-            let p = self.state.store.position();
-            let want = Pos {
-                term: p.term,
-                seq: p.seq,
-            };
-            if let Some(s) = self.status_of(url).await {
-                let have = Pos {
-                    term: s.last_term,
-                    seq: s.seq,
-                };
-                if have >= want && self.state.store.position() == p {
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{name} did not catch up with seq {} within {timeout:?}",
-                    p.seq
-                ));
-            }
-        }
+    /// Gives the Lease to `name` at `term + 1` (resourceVersion precondition; bounded
+    /// by the renew deadline, so the fence cannot outlive the call).
+    async fn give_lease(&self, name: &str, term: u64) -> Result<u64, String> {
         let _g = self.lease_op.lock().await;
-        let l = self.leases.get(&self.lease_name()).await.map_err(|e| {
-            kubeapi::explain(&e, "get", "leases.coordination.k8s.io", &self.s.namespace)
-        })?;
+        let explain = |e: &kube::Error, verb: &str| {
+            kubeapi::explain(e, verb, "leases.coordination.k8s.io", &self.s.namespace)
+        };
+        let deadline = self.s.timing.renew_deadline;
+        let l = tokio::time::timeout(deadline, self.leases.get(&self.lease_name()))
+            .await
+            .map_err(|_| "reading the Lease timed out".to_string())?
+            .map_err(|e| explain(&e, "get"))?;
         let rec = kubeapi::record_of(&l);
         if rec.holder.as_deref() != Some(self.me()) || rec.transitions != term {
             return Err("this node no longer holds the Lease".into());
@@ -1506,20 +1307,28 @@ impl Coord {
             term + 1,
             self.s.timing.lease_seconds(),
         ));
-        let l = self
-            .leases
-            .replace(&self.lease_name(), &PostParams::default(), &new)
-            .await
-            .map_err(|e| {
-                kubeapi::explain(
-                    &e,
-                    "update",
-                    "leases.coordination.k8s.io",
-                    &self.s.namespace,
-                )
-            })?;
+        let l = tokio::time::timeout(
+            deadline,
+            self.leases
+                .replace(&self.lease_name(), &PostParams::default(), &new),
+        )
+        .await
+        .map_err(|_| "updating the Lease timed out".to_string())?
+        .map_err(|e| explain(&e, "update"))?;
         self.observe(Some(&l));
-        Ok(())
+        Ok(term + 1)
+    }
+}
+
+/// The Kubernetes-mode hand-over: the Lease moves to the target, which promotes
+/// itself when its watch sees it.
+struct LeaseTransfer<'a>(&'a Coordinator);
+
+impl handover::Transfer for LeaseTransfer<'_> {
+    async fn transfer(&self, target: &Target, term: u64) -> Result<u64, String> {
+        let c = self.0;
+        let term = c.acting_term().unwrap_or(term);
+        c.give_lease(&target.name, term).await
     }
 }
 

@@ -1,34 +1,22 @@
-//! Internal admin routes owned by the storage side: digest and quarantine list.
-//! (Promote/demote/follow/switchover/stream/snapshot live in `crate::replication::http`.)
+//! Internal admin routes over the store: content digest and quarantine list.
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use studio_crds::node_api::{self, DigestResponse, QuarantineList, QuarantinedEntry};
 
+use super::ApiState;
 use super::error::ApiError;
-use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<ApiState> {
     Router::new()
         .route(node_api::ADMIN_DIGEST, get(digest))
         .route(node_api::ADMIN_QUARANTINE, get(quarantine))
 }
 
-async fn digest(State(state): State<AppState>) -> Result<Json<DigestResponse>, ApiError> {
-    let (digest, pos) = state
-        .store
-        .call(|s| {
-            // Position and digest from one consistent moment: retry if a write slipped in.
-            loop {
-                let before = s.position();
-                let d = s.digest()?;
-                if s.position() == before {
-                    return Ok((d, before));
-                }
-            }
-        })
-        .await?;
+async fn digest(State(state): State<ApiState>) -> Result<Json<DigestResponse>, ApiError> {
+    // Digest and position come from one read transaction: no retry while writes go on.
+    let (digest, pos) = state.store.call(|s| s.digest_at()).await?;
     Ok(Json(DigestResponse {
         digest,
         seq: pos.seq,
@@ -36,7 +24,7 @@ async fn digest(State(state): State<AppState>) -> Result<Json<DigestResponse>, A
     }))
 }
 
-async fn quarantine(State(state): State<AppState>) -> Result<Json<QuarantineList>, ApiError> {
+async fn quarantine(State(state): State<ApiState>) -> Result<Json<QuarantineList>, ApiError> {
     let list = state.store.call(|s| s.quarantine_list()).await?;
     let entries = list
         .into_iter()

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::ApiState;
 use super::error::ApiError;
-use crate::app::AppState;
 
 /// A role level; each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,12 +197,12 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
@@ -219,7 +219,7 @@ impl FromRequestParts<AppState> for Caller {
 
 /// Middleware guarding internal/admin routes with the cluster token.
 pub async fn require_cluster_token(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     req: Request,
     next: Next,
 ) -> Response {

@@ -14,16 +14,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::ApiState;
 use super::auth::{Caller, Level};
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::storage::path::{parse_path, parse_path_or_root};
 use crate::storage::{Item, Op, Workspace, is_sha256_hex};
 
 /// Largest page of a children listing or search.
 pub const MAX_PAGE: u64 = 1000;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<ApiState> {
     Router::new()
         .route(
             "/api/v1/content/{*path}",
@@ -179,7 +179,7 @@ struct ReadQuery {
 }
 
 async fn get_item(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -245,7 +245,7 @@ fn authoring_only(ws: Option<&str>) -> Result<(), ApiError> {
 }
 
 async fn put_item(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -277,7 +277,7 @@ async fn put_item(
 }
 
 async fn delete_item(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -315,7 +315,7 @@ struct PageQuery {
 }
 
 async fn children_root(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -323,7 +323,7 @@ async fn children_root(
 }
 
 async fn children(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
@@ -333,7 +333,7 @@ async fn children(
 }
 
 async fn list_children(
-    state: AppState,
+    state: ApiState,
     caller: Caller,
     parent: String,
     q: PageQuery,
@@ -362,7 +362,7 @@ async fn list_children(
 }
 
 async fn versions(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -380,7 +380,7 @@ struct RestoreBody {
 }
 
 async fn restore(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -409,7 +409,7 @@ struct MoveBody {
 }
 
 async fn move_item(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<MoveBody>,
@@ -445,7 +445,7 @@ struct PublishQuery {
 }
 
 async fn publish(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PublishQuery>, QueryRejection>,
@@ -454,7 +454,7 @@ async fn publish(
 }
 
 async fn unpublish(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PublishQuery>, QueryRejection>,
@@ -464,7 +464,7 @@ async fn unpublish(
 
 /// Publish (authoring → live) or unpublish (remove from live) an item or subtree.
 async fn change_live(
-    state: AppState,
+    state: ApiState,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PublishQuery>, QueryRejection>,
@@ -510,7 +510,7 @@ struct SearchQuery {
 }
 
 async fn search(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -549,14 +549,12 @@ async fn search(
 // ---- binaries ---------------------------------------------------------------------------
 
 async fn upload_binary(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     req: Request,
 ) -> Result<Response, ApiError> {
     caller.require(Level::Editor)?;
-    if !state.role.writable() {
-        return Err(ApiError::read_only(state.role.get().primary.as_deref()));
-    }
+    state.may_write()?;
     let limit = state.config.max_binary_bytes;
     if let Some(len) = req
         .headers()
@@ -642,7 +640,7 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> RangeReq {
 }
 
 async fn get_binary(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     caller: Caller,
     method: axum::http::Method,
     headers: HeaderMap,

@@ -5,6 +5,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use studio_crds::node_api::{ErrorBody, HEADER_PRIMARY};
 
+use crate::cluster::{RoleError, WriteError};
+use crate::replication::server::StreamRefused;
+use crate::replication::switchover::SwitchoverError;
 use crate::storage::StoreError;
 
 #[derive(Debug)]
@@ -14,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// Primary address to report (503 read-only answers).
     pub primary: Option<String>,
+    /// Seconds after which a retry makes sense (`Retry-After`, overload answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             primary: None,
+            retry_after: None,
         }
     }
 
@@ -84,9 +90,82 @@ impl From<StoreError> for ApiError {
             StoreError::OutOfOrder { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "out_of_order", msg)
             }
+            StoreError::Overloaded { .. } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg);
+                e.retry_after = Some(1);
+                e
+            }
             _ => {
                 tracing::error!(error = %msg, "storage error");
                 ApiError::internal("internal storage error")
+            }
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        let e = match e {
+            WriteError::Store(s) => return s.into(),
+            other => other,
+        };
+        let code = match &e {
+            WriteError::ReadOnly { primary } => return ApiError::read_only(primary.as_deref()),
+            WriteError::Store(_) => "internal",
+            WriteError::QuorumUnavailable { .. } => "sync_quorum_unavailable",
+            WriteError::NotAcknowledged { .. } => "not_acknowledged",
+            WriteError::SyncTimeout { .. } => "sync_timeout",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> ApiError {
+        match e {
+            RoleError::StaleTerm { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_term", e.to_string())
+            }
+            RoleError::Arbiter => ApiError::new(StatusCode::CONFLICT, "arbiter", e.to_string()),
+            RoleError::BadAddress(_) => ApiError::bad_request("bad_address", e.to_string()),
+            RoleError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StreamRefused> for ApiError {
+    fn from(e: StreamRefused) -> ApiError {
+        match e {
+            StreamRefused::NotPrimary { primary } => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_primary",
+                    "this node is not the primary",
+                );
+                err.primary = primary;
+                err
+            }
+            StreamRefused::StaleTerm { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_term", e.to_string())
+            }
+            StreamRefused::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<SwitchoverError> for ApiError {
+    fn from(e: SwitchoverError) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            SwitchoverError::NotPrimary => ApiError::new(StatusCode::CONFLICT, "not_primary", msg),
+            SwitchoverError::InProgress | SwitchoverError::BadTarget(_) => {
+                ApiError::new(StatusCode::CONFLICT, "switchover_refused", msg)
+            }
+            SwitchoverError::CatchUpTimeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "switchover_timeout", msg)
+            }
+            SwitchoverError::TransferFailed { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "switchover_failed", msg)
             }
         }
     }
@@ -101,6 +180,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(p) = self.primary.and_then(|p| HeaderValue::from_str(&p).ok()) {
             resp.headers_mut().insert(HEADER_PRIMARY, p);
+        }
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

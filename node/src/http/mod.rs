@@ -6,8 +6,12 @@ pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod error;
+pub mod forward;
+pub mod internal;
 pub mod openapi;
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -18,22 +22,40 @@ use axum::routing::get;
 use axum::{Json, Router};
 use studio_crds::node_api::{self, ClusterStatus};
 
-use crate::app::AppState;
+use crate::cluster::Role;
+use crate::config::ReplicationMode;
 use crate::metrics::HttpLabels;
+use crate::node::Node;
+use crate::replication::status;
+use auth::Auth;
 use error::ApiError;
 
+/// What every handler sees: the node and the request authentication. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Node,
+    pub auth: Arc<Auth>,
+}
+
+impl Deref for ApiState {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
 /// The whole router of a node.
-pub fn router(state: AppState) -> Router {
-    let internal = admin::router()
-        .merge(crate::replication::http::router())
-        .merge(crate::coordination::http::router())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_cluster_token,
-        ));
+pub fn router(state: ApiState) -> Router {
+    let internal =
+        admin::router()
+            .merge(internal::router())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_cluster_token,
+            ));
     let content = content::router().route_layer(middleware::from_fn_with_state(
         state.clone(),
-        crate::replication::http::coordinator,
+        forward::forward_writes,
     ));
     Router::new()
         .route(node_api::HEALTHZ, get(healthz))
@@ -62,7 +84,7 @@ async fn fallback() -> ApiError {
 }
 
 /// Counts and times every request; logs it (never its headers).
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
     let route = req
@@ -97,12 +119,12 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<ApiState>) -> Response {
     let info = state.role.get();
     let ok = match info.role {
-        crate::roles::Role::Primary => state.role.writable(),
+        Role::Primary => state.role.writable(),
         _ => info.primary.is_some(),
-    } && crate::replication::ready(&state);
+    } && status::ready(&state);
     if ok {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -110,7 +132,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<ApiState>) -> Response {
     let pos = state.store.position();
     state.metrics.journal_seq.set(pos.seq as i64);
     state.metrics.journal_term.set(pos.term as i64);
@@ -125,7 +147,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// This node's view of the cluster.
-pub async fn status_of(state: &AppState) -> Result<ClusterStatus, ApiError> {
+pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
     let info = state.role.get();
     let (cluster_id, oldest, quarantined) = state
         .store
@@ -142,16 +164,16 @@ pub async fn status_of(state: &AppState) -> Result<ClusterStatus, ApiError> {
         read_only: !state.role.writable(),
         primary: info.primary.clone(),
         replication_mode: match state.config.replication_mode {
-            crate::config::ReplicationMode::Async => "async".into(),
-            crate::config::ReplicationMode::Sync => "sync".into(),
+            ReplicationMode::Async => "async".into(),
+            ReplicationMode::Sync => "sync".into(),
         },
         sync_replicas: state.config.sync_replicas,
-        peers: crate::replication::peers(state),
+        peers: status::peers(state).await,
         quarantined,
         oldest_seq: oldest,
     })
 }
 
-async fn cluster_status(State(state): State<AppState>) -> Result<Json<ClusterStatus>, ApiError> {
+async fn cluster_status(State(state): State<ApiState>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(status_of(&state).await?))
 }

@@ -5,63 +5,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Deserialize;
 use studio_crds::node_api::{
-    self, AckRequest, HEADER_CLUSTER_ID, HEADER_SNAPSHOT_SEQ, HEADER_SNAPSHOT_TERM, HEADER_TERM,
-    StreamParams, WirePosition,
+    self, AckRequest, HEADER_SNAPSHOT_SEQ, HEADER_SNAPSHOT_TERM, WirePosition,
 };
 
-use crate::app::AppState;
-use crate::roles::{Role, RoleInfo};
-use crate::storage::{JournalEntry, Position, StoreError, TermStart};
+use super::Replication;
+use super::client::{
+    self, FrameBuffer, SessionError, chunks_with_timeout, error_status, fetch_blob,
+    fetch_missing_blobs, header,
+};
+use crate::cluster::{Role, RoleInfo};
+use crate::storage::{JournalEntry, Position, StoreError, TermStart, term_in};
 
-/// Replicas treat a stream silent for this long as dead and reconnect.
-const STREAM_SILENCE: Duration = Duration::from_secs(5);
 /// Largest batch applied in one transaction.
 const MAX_BATCH: usize = 2000;
 /// Bytes of stream read ahead before applying.
 const MAX_BUFFER: usize = 4 << 20;
-
-/// The replica's view of [`node_api::StreamFrame`], decoding entries directly.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "frame", rename_all = "snake_case")]
-pub(crate) enum Frame {
-    Entry {
-        entry: JournalEntry,
-    },
-    Diverged {
-        common: WirePosition,
-        #[serde(default)]
-        terms: Vec<WirePosition>,
-    },
-    CloneRequired {
-        oldest_seq: u64,
-    },
-    Heartbeat {
-        primary: WirePosition,
-        #[allow(dead_code)]
-        time: i64,
-    },
-}
-
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
-    #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("primary answered {status}: {body}")]
-    Status { status: u16, body: String },
-    #[error("storage: {0}")]
-    Store(#[from] StoreError),
-    #[error("bad frame: {0}")]
-    Frame(#[from] serde_json::Error),
-    #[error("{0}")]
-    Refused(String),
-    #[error("stream silent for {0:?}")]
-    Silent(Duration),
-    #[error("stream ended")]
-    Ended,
-}
 
 /// How a session ended without error.
 enum Outcome {
@@ -77,21 +36,21 @@ fn target(info: &RoleInfo) -> Option<String> {
 }
 
 /// Follows the primary named by the role state, forever.
-pub(super) async fn run(state: AppState) {
+pub(super) async fn run(state: Replication) {
     cleanup_temp_files(&state).await;
     let mut role_rx = state.role.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
         let info = role_rx.borrow_and_update().clone();
         let Some(url) = target(&info) else {
-            state.role.repl.connected.store(false, Ordering::SeqCst);
+            state.repl.connected.store(false, Ordering::SeqCst);
             if role_rx.changed().await.is_err() {
                 return;
             }
             continue;
         };
         let result = session(&state, &url, &mut role_rx).await;
-        state.role.repl.connected.store(false, Ordering::SeqCst);
+        state.repl.connected.store(false, Ordering::SeqCst);
         match result {
             Ok(Outcome::RoleChanged) => {
                 backoff = Duration::from_millis(100);
@@ -129,24 +88,8 @@ async fn role_changed(rx: &mut tokio::sync::watch::Receiver<RoleInfo>, url: &str
     }
 }
 
-fn internal(state: &AppState, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match state.role.repl.token(state) {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    }
-}
-
-async fn error_status(resp: reqwest::Response) -> SessionError {
-    let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
-    SessionError::Status {
-        status,
-        body: body.chars().take(500).collect(),
-    }
-}
-
 /// Checks (and adopts, on an empty node) the cluster id announced by a peer.
-async fn check_cluster_id(state: &AppState, remote: Option<String>) -> Result<(), SessionError> {
+async fn check_cluster_id(state: &Replication, remote: Option<String>) -> Result<(), SessionError> {
     let Some(remote) = remote else {
         return Ok(());
     };
@@ -167,46 +110,19 @@ async fn check_cluster_id(state: &AppState, remote: Option<String>) -> Result<()
     }
 }
 
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 async fn session(
-    state: &AppState,
+    state: &Replication,
     url: &str,
     role_rx: &mut tokio::sync::watch::Receiver<RoleInfo>,
 ) -> Result<Outcome, SessionError> {
-    let shared = &state.role.repl;
+    let shared = &state.repl;
     let pos = state.store.position();
-    let role = state.role.get().role;
-    let params = StreamParams {
-        node_id: state.node_id.to_string(),
-        after_seq: pos.seq,
-        after_term: pos.term,
-        role: Some(role),
-        address: Some(state.advertise_url.to_string()),
-        from_any: false,
-    };
-    let req = state
-        .http
-        .get(format!("{url}{}", node_api::REPLICATION_STREAM))
-        .query(&params);
-    let resp = tokio::select! {
-        r = tokio::time::timeout(STREAM_SILENCE, internal(state, req).send()) => {
-            r.map_err(|_| SessionError::Silent(STREAM_SILENCE))??
-        }
+    let opened = tokio::select! {
+        r = client::open(state, url, false) => r?,
         _ = role_changed(role_rx, url) => return Ok(Outcome::RoleChanged),
     };
-    if !resp.status().is_success() {
-        return Err(error_status(resp).await);
-    }
-    check_cluster_id(state, header(&resp, HEADER_CLUSTER_ID)).await?;
-    let remote_term: u64 = header(&resp, HEADER_TERM)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
+    check_cluster_id(state, opened.cluster_id.clone()).await?;
+    let remote_term = opened.remote_term;
     let promised = shared.promised_term();
     if remote_term < promised {
         return Err(SessionError::Refused(format!(
@@ -216,9 +132,10 @@ async fn session(
     shared.connected.store(true, Ordering::SeqCst);
     tracing::info!(primary = %url, seq = pos.seq, term = pos.term, "replication stream connected");
     // The reader task keeps receiving while a batch is applied, so the next batch
-    // takes everything that arrived meanwhile (one transaction, one fsync).
+    // takes everything that arrived meanwhile (one transaction, one fsync). The
+    // channel is bounded: a slow apply pushes back on the TCP stream.
     let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(4096);
-    let mut body = Box::pin(chunks_with_timeout(resp));
+    let mut body = Box::pin(chunks_with_timeout(opened.response));
     let reader = AbortOnDrop(tokio::spawn(async move {
         while let Some(c) = body.next().await {
             let failed = c.is_err();
@@ -254,16 +171,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
+fn stale_primary(url: &str, remote_term: u64, promised: u64) -> SessionError {
+    SessionError::Refused(format!(
+        "{url} streams at term {remote_term}, below term {promised} this node promised: stale primary"
+    ))
+}
+
 async fn receive(
-    state: &AppState,
+    state: &Replication,
     url: &str,
     remote_term: u64,
     role_rx: &mut tokio::sync::watch::Receiver<RoleInfo>,
     chunks: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
     ack: &tokio::sync::watch::Sender<Position>,
 ) -> Result<Outcome, SessionError> {
-    let shared = &state.role.repl;
-    let mut buf: Vec<u8> = Vec::new();
+    let shared = &state.repl;
+    let mut buf = FrameBuffer::default();
     loop {
         let chunk = tokio::select! {
             c = chunks.recv() => c,
@@ -272,14 +195,14 @@ async fn receive(
         let Some(chunk) = chunk else {
             return Err(SessionError::Ended);
         };
-        buf.extend_from_slice(&chunk.map_err(SessionError::Refused)?);
+        buf.push(&chunk.map_err(SessionError::Refused)?);
         // Take whatever else has already arrived.
         let mut ended = false;
         let mut failed = None;
         let mut idle = false;
         while buf.len() < MAX_BUFFER {
             match chunks.try_recv() {
-                Ok(Ok(c)) => buf.extend_from_slice(&c),
+                Ok(Ok(c)) => buf.push(&c),
                 Ok(Err(e)) => {
                     failed = Some(e);
                     break;
@@ -295,27 +218,19 @@ async fn receive(
             }
         }
         let mut batch: Vec<JournalEntry> = Vec::new();
-        let mut consumed = 0;
-        while let Some(i) = buf[consumed..].iter().position(|b| *b == b'\n') {
-            let line = &buf[consumed..consumed + i];
-            consumed += i + 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Frame>(line)? {
-                Frame::Entry { entry } => {
+        for frame in buf.frames()? {
+            match frame {
+                client::Frame::Entry { entry } => {
                     batch.push(entry);
                     if batch.len() >= MAX_BATCH {
                         apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
                             .await?;
                     }
                 }
-                Frame::Heartbeat { primary, .. } => {
+                client::Frame::Heartbeat { primary, .. } => {
                     let promised = shared.promised_term();
                     if remote_term < promised {
-                        return Err(SessionError::Refused(format!(
-                            "{url} is at term {remote_term}, below term {promised} this node promised: stale primary"
-                        )));
+                        return Err(stale_primary(url, remote_term, promised));
                     }
                     if !batch.is_empty() {
                         apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
@@ -334,7 +249,7 @@ async fn receive(
                     // alive, even when nothing changed.
                     ack.send_replace(own);
                 }
-                Frame::Diverged { common, terms } => {
+                client::Frame::Diverged { common, terms } => {
                     if !batch.is_empty() {
                         apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
                             .await?;
@@ -342,14 +257,13 @@ async fn receive(
                     repair_divergence(state, url, common, &terms).await?;
                     return Ok(Outcome::Resync);
                 }
-                Frame::CloneRequired { oldest_seq } => {
+                client::Frame::CloneRequired { oldest_seq } => {
                     tracing::info!(primary = %url, oldest_seq, own_seq = state.store.position().seq, "behind the primary's journal retention (or empty): cloning");
                     clone_from(state, url).await?;
                     return Ok(Outcome::Resync);
                 }
             }
         }
-        buf.drain(..consumed);
         if !batch.is_empty() {
             apply_batch(state, url, remote_term, batch, ack).await?;
             if idle {
@@ -366,16 +280,19 @@ async fn receive(
     }
 }
 
-/// Applies consecutive entries (fetching their binaries first) and acknowledges the
-/// new durable position. Returns it.
+/// Applies consecutive entries (their binaries fetched first, outside the apply gate)
+/// and acknowledges the new durable position. Returns it.
 async fn apply_batch(
-    state: &AppState,
+    state: &Replication,
     url: &str,
     remote_term: u64,
     batch: Vec<JournalEntry>,
     ack: &tokio::sync::watch::Sender<Position>,
 ) -> Result<Position, SessionError> {
-    let shared = &state.role.repl;
+    let shared = &state.repl;
+    // Network first, without the gate: a blob fetch from a dead primary must not
+    // hold up an election's position request.
+    fetch_missing_blobs(state, url, &batch).await?;
     let _gate = shared.apply_gate.lock().await;
     // The role may have changed while waiting for the gate (promote holds it).
     if target(&state.role.get()).as_deref() != Some(url) {
@@ -385,17 +302,22 @@ async fn apply_batch(
     // older terms are still fine when a primary of a current term sends them (catch-up).
     let promised = shared.promised_term();
     if remote_term < promised {
-        return Err(SessionError::Refused(format!(
-            "{url} streams at term {remote_term}, below term {promised} this node promised: stale primary"
-        )));
+        return Err(stale_primary(url, remote_term, promised));
     }
-    for e in &batch {
-        if let Some(sha) = e.required_blob()
-            && !state.store.has_blob(sha)
-        {
-            fetch_blob(state, url, sha).await?;
-        }
-    }
+    let applied = apply_entries(state, batch).await?;
+    // Acknowledged (asynchronously) while still holding the gate: a promise made
+    // after this point reports a position that includes this batch.
+    ack.send_replace(applied);
+    Ok(applied)
+}
+
+/// Applies entries whose binaries are present (caller holds the apply gate) and
+/// updates the metrics and the follower's bookkeeping.
+async fn apply_entries(
+    state: &Replication,
+    batch: Vec<JournalEntry>,
+) -> Result<Position, SessionError> {
+    let shared = &state.repl;
     let n = batch.len() as u64;
     let last_time = batch.last().map(|e| e.time).unwrap_or(0);
     let start = Instant::now();
@@ -423,15 +345,57 @@ async fn apply_batch(
         lag_ms = chrono::Utc::now().timestamp_millis() - last_time,
         "batch applied"
     );
-    // Acknowledged (asynchronously) while still holding the gate: a promise made
-    // after this point reports a position that includes this batch.
-    ack.send_replace(applied);
+    Ok(applied)
+}
+
+/// Election catch-up: pulls the entries this node lacks from a member that cannot be
+/// primary (the arbiter, a priority-0 node) through its stream (`from_any`), until
+/// this node's position reaches `target`. The member answers `diverged` if this
+/// node's position is not in its history (then nothing is applied). Binaries come
+/// from the same member. Returns the number of entries applied.
+pub async fn catch_up(
+    state: &Replication,
+    url: &str,
+    target: Position,
+) -> Result<usize, SessionError> {
+    let opened = client::open(state, url, true).await?;
+    let mut body = Box::pin(chunks_with_timeout(opened.response));
+    let mut buf = FrameBuffer::default();
+    let mut applied = 0usize;
+    let reached = |p: Position| (p.term, p.seq) >= (target.term, target.seq);
+    while !reached(state.store.position()) {
+        let chunk = body
+            .next()
+            .await
+            .ok_or(SessionError::Ended)?
+            .map_err(SessionError::Refused)?;
+        buf.push(&chunk);
+        let mut batch = Vec::new();
+        for frame in buf.frames()? {
+            match frame {
+                client::Frame::Entry { entry } => batch.push(entry),
+                client::Frame::Heartbeat { .. } => {}
+                other => {
+                    return Err(SessionError::Refused(format!(
+                        "the member answered {other:?}"
+                    )));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            fetch_missing_blobs(state, url, &batch).await?;
+            let n = batch.len();
+            let _gate = state.repl.apply_gate.lock().await;
+            apply_entries(state, batch).await?;
+            applied += n;
+        }
+    }
     Ok(applied)
 }
 
 /// Reports the durable position to the primary (best effort; the next batch or
 /// heartbeat reports again).
-async fn send_ack(state: &AppState, url: &str, pos: Position) {
+async fn send_ack(state: &Replication, url: &str, pos: Position) {
     let body = AckRequest {
         node_id: state.node_id.to_string(),
         seq: pos.seq,
@@ -444,65 +408,11 @@ async fn send_ack(state: &AppState, url: &str, pos: Position) {
         .post(format!("{url}{}", node_api::REPLICATION_ACK))
         .timeout(Duration::from_secs(2))
         .json(&body);
-    match internal(state, req).send().await {
+    match state.internal(req).send().await {
         Ok(r) if r.status().is_success() => {}
         Ok(r) => tracing::debug!(status = r.status().as_u16(), "ack refused"),
         Err(e) => tracing::debug!(error = %e, "ack failed"),
     }
-}
-
-/// Fetches a binary from `url` and stores it durably (hash verified). Also used by an
-/// election candidate catching up from the arbiter.
-pub(crate) async fn fetch_blob(
-    state: &AppState,
-    url: &str,
-    sha: &str,
-) -> Result<u64, SessionError> {
-    let req = state
-        .http
-        .get(format!("{url}{}/{sha}", node_api::BLOB_PREFIX));
-    let resp = tokio::time::timeout(STREAM_SILENCE, internal(state, req).send())
-        .await
-        .map_err(|_| SessionError::Silent(STREAM_SILENCE))??;
-    if !resp.status().is_success() {
-        return Err(error_status(resp).await);
-    }
-    let stream = Box::pin(chunks_with_timeout(resp));
-    let (_, size) = state
-        .store
-        .put_blob_stream(stream, u64::MAX, Some(sha))
-        .await?;
-    Ok(size)
-}
-
-/// A response body whose chunks fail when the sender stalls for [`STREAM_SILENCE`].
-fn chunks_with_timeout(
-    resp: reqwest::Response,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> {
-    futures::stream::unfold(Some(resp.bytes_stream()), |s| async move {
-        let mut s = s?;
-        match tokio::time::timeout(STREAM_SILENCE, s.next()).await {
-            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
-            Ok(Some(Err(e))) => Some((Err(format!("reading from the peer: {e}")), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(format!("the peer sent nothing for {STREAM_SILENCE:?}")),
-                None,
-            )),
-        }
-    })
-}
-
-/// The term of `seq` in a term history (ascending by term).
-fn term_in(hist: &[TermStart], seq: u64) -> u64 {
-    if seq == 0 {
-        return 0;
-    }
-    hist.iter()
-        .filter(|t| t.first_seq <= seq)
-        .map(|t| t.term)
-        .max()
-        .unwrap_or(0)
 }
 
 /// The last seq at which two journals (given by their term histories and ends) hold
@@ -526,12 +436,12 @@ pub(crate) fn last_common(a: &[TermStart], end_a: u64, b: &[TermStart], end_b: u
 /// Moves the entries after the common point into quarantine and rolls back to it
 /// (or, when the rollback reaches compacted history, clones).
 async fn repair_divergence(
-    state: &AppState,
+    state: &Replication,
     url: &str,
     common: WirePosition,
     primary_terms: &[WirePosition],
 ) -> Result<(), SessionError> {
-    let shared = &state.role.repl;
+    let shared = &state.repl;
     let _gate = shared.apply_gate.lock().await;
     let own = state.store.position();
     let own_terms = state.store.call(|s| s.term_history()).await?;
@@ -553,34 +463,25 @@ async fn repair_divergence(
         "diverged: not in the history of primary {url}; last common seq {common_seq} (term {})",
         common.term
     );
-    let oldest = state.store.call(|s| s.oldest_seq()).await?;
-    let from = common_seq.max(oldest.saturating_sub(1));
-    let removed = state
-        .store
-        .call(move |s| s.entries_after(from, usize::MAX >> 1))
-        .await?;
-    let n = removed.len();
-    // Quarantine first, then roll back: a crash in between duplicates quarantine
-    // records at worst, never loses an entry.
-    if !removed.is_empty() {
-        let r = reason.clone();
-        state
-            .store
-            .call(move |s| s.quarantine_add(&removed, &r))
-            .await?;
-    }
+    let r = reason.clone();
     let rewound = state
         .store
-        .call(move |s| s.truncate_after(common_seq))
+        .call(move |s| s.quarantine_after(common_seq, &r))
         .await;
     match rewound {
-        Ok(_) => {
+        Ok(n) => {
             let count = state.store.call(|s| s.quarantine_count()).await?;
             state.metrics.quarantined.set(count as i64);
             tracing::warn!(primary = %url, from_seq = own.seq, common_seq, quarantined = n, "diverged from the primary: entries moved to quarantine, rewound");
             Ok(())
         }
         Err(StoreError::Compacted { oldest }) => {
+            // Keep what this node still has of its divergent tail, then clone.
+            let from = common_seq.max(oldest.saturating_sub(1));
+            let n = state
+                .store
+                .call(move |s| s.quarantine_copy_after(from, &reason))
+                .await?;
             tracing::warn!(primary = %url, common_seq, oldest, quarantined = n, "diverged beyond the local journal: entries quarantined, cloning");
             drop(_gate);
             clone_from(state, url).await
@@ -590,15 +491,15 @@ async fn repair_divergence(
 }
 
 /// Removes leftovers of interrupted clones and snapshots.
-async fn cleanup_temp_files(state: &AppState) {
+async fn cleanup_temp_files(state: &Replication) {
     let dir = state.store.dir().join("replication-tmp");
     let _ = tokio::fs::remove_dir_all(&dir).await;
 }
 
 /// Clones a consistent snapshot of `url` (database, then every binary it lists),
 /// swaps it in, and leaves the stream to catch up from its position.
-pub(crate) async fn clone_from(state: &AppState, url: &str) -> Result<(), SessionError> {
-    let shared = &state.role.repl;
+pub(crate) async fn clone_from(state: &Replication, url: &str) -> Result<(), SessionError> {
+    let shared = &state.repl;
     shared.caught_up.store(false, Ordering::SeqCst);
     let start = Instant::now();
     let dir = state.store.dir().join("replication-tmp");
@@ -607,15 +508,15 @@ pub(crate) async fn clone_from(state: &AppState, url: &str) -> Result<(), Sessio
         .map_err(StoreError::from)?;
     let tmp = dir.join(format!("clone-{}.db", uuid::Uuid::new_v4()));
     let result = async {
-        let req = state.http.get(format!("{url}{}", node_api::SNAPSHOT));
+        let req = state.stream_http.get(format!("{url}{}", node_api::SNAPSHOT));
         // Making the snapshot may take a while on a big repository.
-        let resp = tokio::time::timeout(Duration::from_secs(600), internal(state, req).send())
+        let resp = tokio::time::timeout(Duration::from_secs(600), state.internal(req).send())
             .await
             .map_err(|_| SessionError::Silent(Duration::from_secs(600)))??;
         if !resp.status().is_success() {
             return Err(error_status(resp).await);
         }
-        check_cluster_id(state, header(&resp, HEADER_CLUSTER_ID)).await?;
+        check_cluster_id(state, header(&resp, node_api::HEADER_CLUSTER_ID)).await?;
         let seq = header(&resp, HEADER_SNAPSHOT_SEQ).unwrap_or_default();
         let term = header(&resp, HEADER_SNAPSHOT_TERM).unwrap_or_default();
         let mut file = tokio::fs::File::create(&tmp)

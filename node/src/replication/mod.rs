@@ -1,7 +1,7 @@
 //! Replication: journal stream, apply, catch-up, clone, divergence repair and the
 //! sync write quorum.
 //!
-//! ## Protocol (all routes under `/internal/v1`, cluster token)
+//! ## Protocol (all routes under `/internal/v1`, cluster token; served by the HTTP layer)
 //! - A replica (or arbiter) opens ONE long-lived `GET REPLICATION_STREAM?node_id=..&
 //!   after_seq=..&after_term=..` to the primary. The answer is newline-delimited JSON
 //!   [`StreamFrame`](studio_crds::node_api::StreamFrame)s: `entry` frames in seq order
@@ -39,408 +39,148 @@
 //! On SIGTERM/SIGINT the streams this node serves end (so the HTTP server's graceful
 //! shutdown completes); replicas reconnect with backoff.
 
-pub mod coordinator;
-mod follower;
-pub mod http;
+pub mod client;
+pub mod follower;
+mod peers;
+pub mod quorum;
+pub mod roles;
+pub mod server;
+pub mod status;
+pub mod switchover;
 
-pub(crate) use follower::fetch_blob;
+pub use peers::{PEER_TIMEOUT, Peer, Shared};
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::StatusCode;
-use studio_crds::node_api::{NodeRole, PeerStatus};
-use tokio::sync::watch;
-
-use crate::app::AppState;
-use crate::config::ReplicationMode;
-use crate::http::error::ApiError;
-use crate::roles::Role;
-use crate::storage::{JournalEntry, Position};
+use crate::cluster::RoleState;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::storage::Store;
 
 /// Idle streams send a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A peer not heard from for this long no longer counts as connected.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Internal request/response calls (acks, positions, status, promote) end after this
+/// long at most; callers may set a shorter per-request timeout.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to a peer gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP keepalive on internal connections: a peer that vanished without FIN/RST is
+/// noticed by the kernel too, not only by stream silence.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// A replica as seen by the primary.
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    pub address: Option<String>,
-    pub role: Option<NodeRole>,
-    /// Durable position last acknowledged.
-    pub acked: Position,
-    pub last_seen: Instant,
-    /// Open streams of this peer.
-    pub streams: u32,
-}
-
-/// Replication state shared by the HTTP handlers, the stream task and the roles API
-/// (lives in [`crate::roles::RoleState::repl`]).
-pub struct Shared {
-    peers: Mutex<HashMap<String, Peer>>,
-    /// Bumped on every acknowledgement (wakes sync waiters).
-    ack_tx: watch::Sender<u64>,
-    promised: AtomicU64,
-    /// Held while a replicated batch is applied and acknowledged.
-    pub(crate) apply_gate: tokio::sync::Mutex<()>,
-    /// Replica: the primary's position from the last heartbeat/entry, and when.
-    primary_pos: Mutex<Option<(Position, Instant)>>,
-    /// Replica: caught up with the primary at least once since start / clone.
-    caught_up: AtomicBool,
-    /// Replica: the stream is connected.
-    connected: AtomicBool,
-    /// Replica: when the last batch was applied (for lag in seconds).
-    last_entry_time: AtomicU64,
-    /// The cluster token for outgoing internal calls (read once).
-    token: std::sync::OnceLock<Option<String>>,
-    /// Set when the process is shutting down (ends outgoing streams).
-    pub(crate) shutdown: watch::Sender<bool>,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            peers: Mutex::new(HashMap::new()),
-            ack_tx: watch::channel(0).0,
-            promised: AtomicU64::new(0),
-            apply_gate: tokio::sync::Mutex::new(()),
-            primary_pos: Mutex::new(None),
-            caught_up: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
-            last_entry_time: AtomicU64::new(0),
-            token: std::sync::OnceLock::new(),
-            shutdown: watch::channel(false).0,
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    /// The highest term this node promised not to go below.
-    pub fn promised_term(&self) -> u64 {
-        self.promised.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn promise(&self, term: u64) {
-        self.promised.fetch_max(term, Ordering::SeqCst);
-    }
-
-    /// Records a peer's acknowledged position (never moves it backwards within a
-    /// stream, except on an explicit lower report after a rewind or clone).
-    pub(crate) fn record_ack(
-        &self,
-        node_id: &str,
-        pos: Position,
-        role: Option<NodeRole>,
-        address: Option<String>,
-    ) {
-        let mut peers = lock(&self.peers);
-        let p = peers.entry(node_id.to_string()).or_insert(Peer {
-            address: None,
-            role: None,
-            acked: pos,
-            last_seen: Instant::now(),
-            streams: 0,
-        });
-        p.acked = pos;
-        p.last_seen = Instant::now();
-        if role.is_some() {
-            p.role = role;
-        }
-        if address.is_some() {
-            p.address = address;
-        }
-        drop(peers);
-        self.ack_tx.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    pub(crate) fn stream_opened(&self, node_id: &str) {
-        if let Some(p) = lock(&self.peers).get_mut(node_id) {
-            p.streams += 1;
-        }
-    }
-
-    pub(crate) fn stream_closed(&self, node_id: &str) {
-        if let Some(p) = lock(&self.peers).get_mut(node_id) {
-            p.streams = p.streams.saturating_sub(1);
-        }
-        self.ack_tx.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    pub(crate) fn forget_peers(&self) {
-        // Keep peers whose stream is open: in Kubernetes mode replicas follow the new
-        // Lease holder (and open their streams) before it finishes promoting, and
-        // forgetting them would leave the sync quorum at 0 connected until they
-        // reconnect.
-        lock(&self.peers).retain(|_, p| p.streams > 0);
-    }
-
-    fn peers_snapshot(&self) -> Vec<(String, Peer)> {
-        let mut v: Vec<_> = lock(&self.peers)
-            .iter()
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    fn is_connected(p: &Peer) -> bool {
-        p.streams > 0 && p.last_seen.elapsed() < PEER_TIMEOUT
-    }
-
-    /// Connected peers holding `seq` of `term` (or later) durably.
-    fn holders(&self, seq: u64, term: u64) -> usize {
-        lock(&self.peers)
-            .values()
-            .filter(|p| p.acked.seq >= seq && p.acked.term >= term)
-            .count()
-    }
-
-    fn connected_count(&self) -> usize {
-        lock(&self.peers)
-            .values()
-            .filter(|p| Self::is_connected(p))
-            .count()
-    }
-
-    pub(crate) fn set_primary_pos(&self, pos: Position) {
-        *lock(&self.primary_pos) = Some((pos, Instant::now()));
-    }
-
-    pub(crate) fn primary_pos(&self) -> Option<Position> {
-        lock(&self.primary_pos).map(|(p, _)| p)
-    }
-}
-
-fn sync_quorum(state: &AppState) -> Option<usize> {
-    match state.config.replication_mode {
-        ReplicationMode::Sync if state.config.sync_replicas > 0 => {
-            Some(state.config.sync_replicas as usize)
-        }
-        _ => None,
-    }
-}
-
-fn quorum_error(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-}
-
-/// Called before a local commit in sync mode: refuses the write (nothing is
-/// written) when fewer than K peers are connected, since it could not be
-/// acknowledged anyway.
-pub fn before_commit(state: &AppState) -> Result<(), ApiError> {
-    let Some(k) = sync_quorum(state) else {
-        return Ok(());
-    };
-    let n = state.role.repl.connected_count();
-    if n < k {
-        return Err(quorum_error(
-            "sync_quorum_unavailable",
-            format!(
-                "sync replication needs {k} connected replica(s), {n} connected: the write was refused and not applied"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Called by the content API after every local commit, before the client is
-/// answered. In sync mode this waits for the write quorum (an error here means the
-/// write is NOT acknowledged to the client).
-pub async fn after_commit(state: &AppState, entry: &JournalEntry) -> Result<(), ApiError> {
-    let Some(k) = sync_quorum(state) else {
-        return Ok(());
-    };
-    let shared = &state.role.repl;
-    let mut rx = shared.ack_tx.subscribe();
-    // A demotion (failover, switchover) ends the wait at once: no ack will come.
-    let mut role_rx = state.role.subscribe();
-    let deadline = tokio::time::Instant::now() + state.config.sync_timeout;
-    loop {
-        rx.borrow_and_update();
-        let n = shared.holders(entry.seq, entry.term);
-        if n >= k {
-            return Ok(());
-        }
-        if !state.role.writable() {
-            return Err(quorum_error(
-                "not_acknowledged",
-                format!(
-                    "this node stopped being a writable primary before {k} replica(s) confirmed seq {}: the write is not acknowledged",
-                    entry.seq
-                ),
-            ));
-        }
-        let waited = tokio::select! {
-            r = tokio::time::timeout_at(deadline, rx.changed()) => r,
-            Ok(()) = role_rx.changed() => continue,
-        };
-        match waited {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                let n = shared.holders(entry.seq, entry.term);
-                if n >= k {
-                    return Ok(());
-                }
-                state.metrics.sync_timeouts.inc();
-                return Err(quorum_error(
-                    "sync_timeout",
-                    format!(
-                        "only {n} of {k} required replica(s) confirmed seq {} within {:?}: the write is not acknowledged",
-                        entry.seq, state.config.sync_timeout
-                    ),
-                ));
-            }
-        }
-    }
-}
-
-/// Starts background replication tasks for the configured role (the replica stream;
-/// it follows role changes by itself). Called once by `main` after the server is bound.
-pub fn start(state: &AppState) {
-    tokio::spawn(follower::run(state.clone()));
-    tokio::spawn(lag_metrics_loop(state.clone()));
-    tokio::spawn(end_streams_on_shutdown(state.clone()));
-}
-
-/// Long-lived replication streams would hold the HTTP server's graceful shutdown
-/// forever: end them when SIGTERM/SIGINT arrives (replicas reconnect elsewhere).
-async fn end_streams_on_shutdown(state: AppState) {
-    crate::server::shutdown_requested().await;
-    // In Kubernetes mode a primary first hands over to a replica, which catches up
-    // through these very streams.
-    crate::coordination::hand_over_done().await;
-    state.role.repl.shutdown.send_replace(true);
-}
-
-/// Peers known to replication, for `/api/v1/cluster/status`. On a primary: every
-/// replica that streamed from it, with its acknowledged position and lag. On a
-/// replica: the primary it follows.
-pub fn peers(state: &AppState) -> Vec<PeerStatus> {
-    let info = state.role.get();
-    let own = state.store.position();
-    match info.role {
-        Role::Primary => state
-            .role
-            .repl
-            .peers_snapshot()
-            .into_iter()
-            .map(|(id, p)| {
-                let lag_entries = own.seq.saturating_sub(p.acked.seq);
-                PeerStatus {
-                    node_id: id,
-                    address: p.address.clone(),
-                    role: p.role,
-                    seq: p.acked.seq,
-                    term: p.acked.term,
-                    lag_entries,
-                    lag_seconds: lag_seconds(state, p.acked.seq, lag_entries),
-                    connected: Shared::is_connected(&p),
-                }
-            })
-            .collect(),
-        _ => {
-            let Some(primary) = info.primary.clone() else {
-                return Vec::new();
-            };
-            let ppos = state.role.repl.primary_pos().unwrap_or_default();
-            let lag_entries = ppos.seq.saturating_sub(own.seq);
-            vec![PeerStatus {
-                node_id: "primary".into(),
-                address: Some(primary),
-                role: Some(NodeRole::Primary),
-                seq: ppos.seq,
-                term: ppos.term,
-                lag_entries,
-                lag_seconds: replica_lag_seconds(state, lag_entries),
-                connected: state.role.repl.connected.load(Ordering::SeqCst),
-            }]
-        }
-    }
-}
-
-/// Primary: age of the oldest entry a peer does not hold yet.
-fn lag_seconds(state: &AppState, acked_seq: u64, lag_entries: u64) -> f64 {
-    if lag_entries == 0 {
-        return 0.0;
-    }
-    match state.store.entry_at(acked_seq + 1) {
-        Ok(Some(e)) => {
-            let now = chrono::Utc::now().timestamp_millis();
-            (now - e.time).max(0) as f64 / 1000.0
-        }
-        _ => 0.0,
-    }
-}
-
-/// Replica: time since the newest applied entry was written by the primary, when
-/// behind.
-fn replica_lag_seconds(state: &AppState, lag_entries: u64) -> f64 {
-    if lag_entries == 0 {
-        return 0.0;
-    }
-    let t = state.role.repl.last_entry_time.load(Ordering::SeqCst) as i64;
-    if t == 0 {
-        return 0.0;
-    }
-    let now = chrono::Utc::now().timestamp_millis();
-    (now - t).max(0) as f64 / 1000.0
-}
-
-/// Keeps the per-peer lag gauges current.
-async fn lag_metrics_loop(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        update_lag_metrics(&state);
-    }
-}
-
-pub(crate) fn update_lag_metrics(state: &AppState) {
-    for p in peers(state) {
-        let labels = crate::metrics::PeerLabels {
-            peer: p.node_id.clone(),
-        };
-        state
-            .metrics
-            .replication_lag_entries
-            .get_or_create(&labels)
-            .set(p.lag_entries as i64);
-        state
-            .metrics
-            .replication_lag_seconds
-            .get_or_create(&labels)
-            .set(p.lag_seconds);
-    }
-}
-
-/// Whether replication considers this node able to serve its role (for /readyz):
-/// a replica or arbiter that has caught up with its primary at least once.
-pub fn ready(state: &AppState) -> bool {
-    match state.role.get().role {
-        Role::Primary => true,
-        _ => state.role.repl.caught_up.load(Ordering::SeqCst),
-    }
-}
-
-impl Shared {
+/// Everything the replication layer (and the layers above it) acts on: the store,
+/// the role, the replication bookkeeping, this node's identity and the internal HTTP
+/// clients. Cheap to clone.
+#[derive(Clone)]
+pub struct Replication {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub role: Arc<RoleState>,
+    pub repl: Arc<Shared>,
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// The URL peers reach this node at.
+    pub advertise_url: Arc<str>,
+    /// Client for internal request/response calls (total timeout [`CALL_TIMEOUT`]).
+    pub http: reqwest::Client,
+    /// Client for long-lived streams and bulk downloads: no total timeout; callers
+    /// bound the wait for the answer and for every chunk (`client::STREAM_SILENCE`).
+    pub stream_http: reqwest::Client,
     /// The cluster token for outgoing internal calls.
-    pub(crate) fn token(&self, state: &AppState) -> Option<String> {
-        self.token
-            .get_or_init(|| {
-                state
-                    .config
-                    .cluster_token()
-                    .ok()
-                    .flatten()
-                    .and_then(|t| String::from_utf8(t).ok())
-            })
-            .clone()
+    token: Option<Arc<str>>,
+}
+
+/// Why the internal HTTP clients could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the internal HTTP client: {0}")]
+pub struct ClientBuildError(#[from] reqwest::Error);
+
+impl Replication {
+    pub fn new(
+        store: Arc<Store>,
+        config: Config,
+        role: RoleState,
+        token: Option<String>,
+    ) -> Result<Replication, ClientBuildError> {
+        let node_id: Arc<str> = config.node_id().into();
+        let advertise_url: Arc<str> = config.advertise_url().into();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .tcp_keepalive(TCP_KEEPALIVE)
+            .build()?;
+        let stream_http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .tcp_keepalive(TCP_KEEPALIVE)
+            .build()?;
+        let metrics = Arc::new(Metrics::new());
+        let pos = store.position();
+        metrics.journal_seq.set(pos.seq as i64);
+        metrics.journal_term.set(pos.term as i64);
+        Ok(Replication {
+            store,
+            config: Arc::new(config),
+            metrics,
+            role: Arc::new(role),
+            repl: Arc::new(Shared::default()),
+            node_id,
+            advertise_url,
+            http,
+            stream_http,
+            token: token.map(Into::into),
+        })
+    }
+
+    /// Adds the cluster token to an internal request.
+    pub fn internal(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// Ends the streams this node serves (shutdown: after any hand-over, so the
+    /// target could catch up through them).
+    pub fn end_streams(&self) {
+        self.repl.shutdown.send_replace(true);
+    }
+}
+
+/// The background tasks of replication, for the server's supervisor: the follower
+/// (streams from whatever primary the role names) and the lag metrics loop.
+pub fn tasks(state: &Replication) -> Vec<(&'static str, futures::future::BoxFuture<'static, ()>)> {
+    use futures::FutureExt;
+    vec![
+        ("replication-follower", follower::run(state.clone()).boxed()),
+        (
+            "replication-lag-metrics",
+            status::lag_metrics_loop(state.clone()).boxed(),
+        ),
+    ]
+}
+
+/// A base URL for `ip:port`, with IPv6 addresses in brackets.
+pub fn base_url(ip: &str, port: u16) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(addr) => format!("http://{}", std::net::SocketAddr::new(addr, port)),
+        Err(_) => format!("http://{ip}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        assert_eq!(base_url("10.0.0.7", 8080), "http://10.0.0.7:8080");
+        assert_eq!(base_url("fd00::7", 8080), "http://[fd00::7]:8080");
+        assert_eq!(base_url("node-0.studio", 8080), "http://node-0.studio:8080");
     }
 }

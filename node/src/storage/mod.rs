@@ -68,6 +68,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("task: {0}")]
     Task(String),
+    /// The group-commit queue is full: the write was not taken (retry later).
+    #[error("too many writes are waiting for the disk ({queued} queued): retry shortly")]
+    Overloaded { queued: usize },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -127,6 +130,8 @@ impl Reply {
 
 /// Largest group-commit batch.
 const MAX_BATCH: usize = 512;
+/// Writes that may wait for the group commit by default.
+pub const DEFAULT_WRITE_QUEUE: usize = 4096;
 
 fn group_commit_loop(
     rx: std::sync::mpsc::Receiver<PendingWrite>,
@@ -151,8 +156,9 @@ pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
     writer: Arc<Mutex<Connection>>,
-    /// Primary writes go to the group-commit thread.
-    queue: Mutex<std::sync::mpsc::Sender<PendingWrite>>,
+    /// Primary writes go to the group-commit thread through a bounded queue.
+    queue: std::sync::mpsc::SyncSender<PendingWrite>,
+    queue_capacity: usize,
     readers: Mutex<Vec<Connection>>,
     pos_tx: Arc<watch::Sender<Position>>,
 }
@@ -216,6 +222,12 @@ fn entry_from_row(seq: i64, term: i64, time: i64, op: &str) -> Result<JournalEnt
 impl Store {
     /// Opens (or creates) the store in `dir`: `dir/studio.db` and `dir/blobs/`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<Store>> {
+        Self::open_with_queue(dir, DEFAULT_WRITE_QUEUE)
+    }
+
+    /// [`Store::open`] with at most `queue` writes waiting for the group commit (more
+    /// are refused with [`StoreError::Overloaded`]).
+    pub fn open_with_queue(dir: impl AsRef<Path>, queue: usize) -> Result<Arc<Store>> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(dir.join("blobs").join("tmp"))?;
         let db_path = dir.join("studio.db");
@@ -231,7 +243,8 @@ impl Store {
         }
         let writer = Arc::new(Mutex::new(conn));
         let pos_tx = Arc::new(pos_tx);
-        let (queue_tx, queue_rx) = std::sync::mpsc::channel::<PendingWrite>();
+        let queue_capacity = queue.max(1);
+        let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<PendingWrite>(queue_capacity);
         {
             let (writer, pos_tx) = (Arc::clone(&writer), Arc::clone(&pos_tx));
             // Ends when the Store (the only sender) is dropped.
@@ -243,7 +256,8 @@ impl Store {
             dir,
             db_path,
             writer,
-            queue: Mutex::new(queue_tx),
+            queue: queue_tx,
+            queue_capacity,
             readers: Mutex::new(Vec::new()),
             pos_tx,
         }))
@@ -316,9 +330,16 @@ impl Store {
     }
 
     fn enqueue(&self, op: Op, term: u64, reply: Reply) -> Result<()> {
-        lock(&self.queue)
-            .send(PendingWrite { op, term, reply })
-            .map_err(|_| StoreError::Task("group commit thread stopped".into()))
+        use std::sync::mpsc::TrySendError;
+        match self.queue.try_send(PendingWrite { op, term, reply }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StoreError::Overloaded {
+                queued: self.queue_capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(StoreError::Task("group commit thread stopped".into()))
+            }
+        }
     }
 
     fn commit_batch(
@@ -554,17 +575,7 @@ impl Store {
     /// Removes every entry after `seq` and rolls the content back to the state at
     /// `seq`. Returns the removed entries (to be quarantined by the caller).
     pub fn truncate_after(&self, seq: u64) -> Result<Vec<JournalEntry>> {
-        let mut conn = lock(&self.writer);
-        let pos = read_position(&conn)?;
-        if seq >= pos.seq {
-            return Ok(Vec::new());
-        }
-        let oldest = Self::oldest_in(&conn)?;
-        if seq + 1 < oldest {
-            return Err(StoreError::Compacted { oldest });
-        }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let removed = {
+        self.rewind(seq, |tx| {
             let mut stmt =
                 tx.prepare("SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq")?;
             let rows = stmt.query_map(params![seq as i64], |r| {
@@ -580,19 +591,65 @@ impl Store {
                 let (s, t, tm, op) = row?;
                 out.push(entry_from_row(s, t, tm, &op)?);
             }
-            out
-        };
-        let undo: Vec<(String, String, Option<String>)> = {
+            Ok(out)
+        })
+    }
+
+    /// Divergence repair: moves every entry after `seq` into the quarantine (with
+    /// `reason`) and rolls the content back to `seq`, in ONE transaction and without
+    /// loading the entries into memory. Returns how many entries moved.
+    pub fn quarantine_after(&self, seq: u64, reason: &str) -> Result<u64> {
+        self.rewind(seq, |tx| Self::copy_to_quarantine(tx, seq, reason))
+    }
+
+    /// Copies the entries after `seq` into the quarantine without rolling anything
+    /// back (a node that diverged beyond its journal keeps what it has, then clones).
+    pub fn quarantine_copy_after(&self, seq: u64, reason: &str) -> Result<u64> {
+        let conn = lock(&self.writer);
+        Self::copy_to_quarantine(&conn, seq, reason)
+    }
+
+    fn copy_to_quarantine(conn: &Connection, seq: u64, reason: &str) -> Result<u64> {
+        let n = exec(
+            conn,
+            "INSERT INTO quarantine (seq, term, time, op, reason, added) \
+             SELECT seq, term, time, op, ?2, ?3 FROM journal WHERE seq > ?1 ORDER BY seq",
+            params![seq as i64, reason, now_ms()],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Rolls back every entry after `seq` (newest first, from the undo records) in one
+    /// transaction; `before` runs first in that transaction on the entries still there.
+    fn rewind<R: Default>(
+        &self,
+        seq: u64,
+        before: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let mut conn = lock(&self.writer);
+        let pos = read_position(&conn)?;
+        if seq >= pos.seq {
+            return Ok(R::default());
+        }
+        let oldest = Self::oldest_in(&conn)?;
+        if seq + 1 < oldest {
+            return Err(StoreError::Compacted { oldest });
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = before(&tx)?;
+        {
+            // Reverting touches content tables only, so the undo rows can be read
+            // while they are applied (no copy of them in memory).
             let mut stmt = tx.prepare(
                 "SELECT tbl, key, before FROM undo WHERE seq > ?1 ORDER BY seq DESC, n DESC",
             )?;
-            let rows = stmt.query_map(params![seq as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for (tbl, key, before) in &undo {
-            apply::revert(&tx, tbl, key, before.as_deref())?;
+            let mut rows = stmt.query(params![seq as i64])?;
+            while let Some(r) = rows.next()? {
+                let tbl: String = r.get(0)?;
+                let key: String = r.get(1)?;
+                let before: Option<String> = r.get(2)?;
+                apply::revert(&tx, &tbl, &key, before.as_deref())?;
+            }
         }
         exec(&tx, "DELETE FROM undo WHERE seq > ?1", params![seq as i64])?;
         exec(
@@ -611,7 +668,7 @@ impl Store {
         tx.commit()?;
         drop(conn);
         self.pos_tx.send_replace(new_pos);
-        Ok(removed)
+        Ok(out)
     }
 
     /// Drops journal entries (and their undo records) with seq < `seq`.
@@ -834,10 +891,17 @@ impl Store {
     /// sha256 over a canonical dump of both workspaces, the version history and the
     /// binaries table: equal digests mean equal content.
     pub fn digest(&self) -> Result<String> {
+        self.digest_at().map(|(d, _)| d)
+    }
+
+    /// [`Store::digest`] and the journal position it corresponds to, read in one
+    /// transaction (consistent however many writes go on meanwhile).
+    pub fn digest_at(&self) -> Result<(String, Position)> {
         self.with_reader(|c| {
             let mut h = Sha256::new();
             c.execute_batch("BEGIN")?;
-            let res = (|| -> Result<()> {
+            let res = (|| -> Result<Position> {
+                let pos = read_position(c)?;
                 let mut stmt = c.prepare(&format!("SELECT {ITEM_COLS} FROM items ORDER BY ws, path"))?;
                 let rows = stmt.query_map([], row_to_item)?;
                 for r in rows {
@@ -866,11 +930,11 @@ impl Store {
                     let n: i64 = r.get(1)?;
                     h.update(format!("{s}\0{n}\n").as_bytes());
                 }
-                Ok(())
+                Ok(pos)
             })();
             let _ = c.execute_batch("COMMIT");
-            res?;
-            Ok(hex::encode(h.finalize()))
+            let pos = res?;
+            Ok((hex::encode(h.finalize()), pos))
         })
     }
 

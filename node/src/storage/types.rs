@@ -190,6 +190,18 @@ pub struct TermStart {
     pub first_seq: u64,
 }
 
+/// The term of `seq` in a term history (0 for seq 0 or before the first term).
+pub fn term_in(hist: &[TermStart], seq: u64) -> u64 {
+    if seq == 0 {
+        return 0;
+    }
+    hist.iter()
+        .filter(|t| t.first_seq <= seq)
+        .map(|t| t.term)
+        .max()
+        .unwrap_or(0)
+}
+
 /// A journal entry kept aside because the cluster's history does not contain it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineRecord {

@@ -1,4 +1,4 @@
-//! Write coordination on replicas: the middleware in front of every content route.
+//! Write forwarding on replicas: the middleware in front of every content route.
 //!
 //! - primary: serves everything locally.
 //! - arbiter: answers no content request (503).
@@ -22,10 +22,14 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use studio_crds::node_api::{HEADER_DIRECT, HEADER_FORWARDED_FROM};
 
-use crate::app::AppState;
+use super::ApiState;
+use super::error::ApiError;
+use crate::cluster::Role;
 use crate::config::CoordinatorMode;
-use crate::http::error::ApiError;
-use crate::roles::Role;
+
+/// Longest a forwarded request may take, body transfer included (uploads of large
+/// binaries go to the primary directly in practice; this bounds a hung primary).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn is_read(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -55,7 +59,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 /// Middleware in front of every content route (see the module doc).
-pub async fn coordinator(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn forward_writes(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let info = state.role.get();
     match info.role {
         Role::Primary => return next.run(req).await,
@@ -111,7 +115,7 @@ pub async fn coordinator(State(state): State<AppState>, req: Request, next: Next
 }
 
 async fn forward_to(
-    state: &AppState,
+    state: &ApiState,
     primary: &str,
     req: Request,
 ) -> Result<Response, reqwest::Error> {
@@ -129,7 +133,13 @@ async fn forward_to(
     }
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .unwrap_or(reqwest::Method::GET);
-    let mut out = state.http.request(method, url).headers(headers);
+    // A total bound: a primary that accepted the connection and went silent must not
+    // hold the client (and this task) forever.
+    let mut out = state
+        .stream_http
+        .request(method, url)
+        .timeout(FORWARD_TIMEOUT)
+        .headers(headers);
     if !is_read(&parts.method) || parts.headers.contains_key(header::CONTENT_LENGTH) {
         out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     }

@@ -188,3 +188,35 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overloaded_store_answers_503_with_retry_after() {
+        let resp = ApiError::from(StoreError::Overloaded { queued: 10 }).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn write_errors_keep_their_codes() {
+        let e = ApiError::from(WriteError::QuorumUnavailable {
+            needed: 2,
+            connected: 1,
+        });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "sync_quorum_unavailable");
+        let e = ApiError::from(WriteError::ReadOnly {
+            primary: Some("http://p:8080".into()),
+        });
+        assert_eq!(e.code, "read_only");
+        assert_eq!(e.primary.as_deref(), Some("http://p:8080"));
+    }
+}

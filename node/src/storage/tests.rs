@@ -449,3 +449,39 @@ async fn blobs_dedup_limit_and_hash_check() {
 }
 
 use bytes::Bytes;
+
+#[tokio::test]
+async fn a_full_write_queue_refuses_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with_queue(dir.path(), 4).unwrap();
+    // Stall the disk: the group-commit thread takes a batch, then waits for the writer.
+    let writer = Arc::clone(&s.writer);
+    let stalled = lock(&writer);
+    let mut waiting = Vec::new();
+    let mut refused = None;
+    // The thread holds at most one batch (MAX_BATCH) plus the queue (4) in flight.
+    for i in 0..(MAX_BATCH + 10) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match s.enqueue(put(&format!("/q{i}"), "x"), 1, Reply::Async(tx)) {
+            Ok(()) => waiting.push(rx),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, err) = refused.expect("a stalled disk must make the queue refuse writes");
+    assert!(
+        matches!(err, StoreError::Overloaded { queued: 4 }),
+        "{err:?}"
+    );
+    assert!(at <= MAX_BATCH + 5, "refused only after {at} writes");
+    // Once the disk moves again, every accepted write commits.
+    drop(stalled);
+    for rx in waiting {
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(s.position().seq as usize, at);
+    // And the queue takes writes again.
+    s.write(put("/after", "x"), 1).unwrap();
+}

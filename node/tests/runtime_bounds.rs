@@ -1,0 +1,120 @@
+//! Bounds the node keeps at runtime: calls to peers end after their timeout, and a
+//! background task that dies takes the process down (the kubelet restarts it)
+//! instead of leaving it running without, say, its fencing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{admin_post, status};
+use common::{Node, editor, free_port};
+use serde_json::json;
+use studio_crds::node_api;
+
+/// A peer that accepts connections and never answers (a hung process, a half-open
+/// connection): every request to it would wait forever without a timeout.
+fn silent_peer() -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Hold a few connections open, read what arrives, answer nothing.
+        for conn in listener.incoming().take(4).flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 4096];
+            let mut c = conn;
+            let _ = c.read(&mut buf);
+            let _ = c.flush();
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    (url, handle)
+}
+
+#[tokio::test]
+async fn a_switchover_whose_promote_call_hangs_fails_after_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Node::standalone(&dir.path().join("p"), &[]);
+    let http = reqwest::Client::new();
+    let (ghost_url, _ghost) = silent_peer();
+    // A replica "ghost" that acknowledged everything and then hung.
+    let s = status(&http, &primary.url).await.unwrap();
+    let (seq, term) = (s["seq"].as_u64().unwrap(), s["lastTerm"].as_u64().unwrap());
+    let (code, _) = admin_post(
+        &http,
+        &primary.url,
+        node_api::REPLICATION_ACK,
+        json!({"node_id": "ghost", "seq": seq, "term": term, "role": "replica", "address": ghost_url}),
+    )
+    .await;
+    assert!(code.is_success(), "{code}");
+    let started = Instant::now();
+    let (code, body) = admin_post(
+        &http,
+        &primary.url,
+        node_api::ADMIN_SWITCHOVER,
+        json!({"target": "ghost", "timeout_ms": 2000}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(code.as_u16(), 502, "{body}");
+    assert_eq!(body["error"], "switchover_failed", "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("timed out"),
+        "{body}"
+    );
+    // The promote call's own timeout (5 s), not the client's (30 s), ended it.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    // Writes resumed on the primary.
+    let r = http
+        .put(format!("{}/api/v1/content/after-switchover", primary.url))
+        .bearer_auth(editor())
+        .json(&json!({"type": "doc", "properties": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[test]
+fn a_background_task_that_dies_stops_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_studio-node"))
+        .args(["--standalone", "--insecure-no-auth", "--log-format", "text"])
+        .args(["--data-dir", &dir.path().join("d").display().to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--fail-task", "compaction"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("studio-node kept running with a dead background task");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(!status.success(), "{status}: {log}");
+    assert!(
+        log.contains("background task compaction stopped: panicked"),
+        "{log}"
+    );
+}

@@ -118,3 +118,54 @@ fn a_background_task_that_dies_stops_the_process() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::standalone(&dir.path().join("n"), &["--max-concurrent-requests", "1"]);
+    // One upload whose body never finishes holds the only slot.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/binaries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nabc",
+        editor()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let http = reqwest::Client::new();
+    let get = || {
+        http.get(format!("{}/api/v1/content/anything", node.url))
+            .bearer_auth(editor())
+            .timeout(Duration::from_secs(5))
+            .send()
+    };
+    let refused = common::cluster::wait_for(
+        "a request refused while the slot is held",
+        Duration::from_secs(10),
+        || async {
+            let r = get().await.ok()?;
+            (r.status().as_u16() == 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "overloaded", "{body}");
+    // Health and internal routes are not limited.
+    assert!(status(&http, &node.url).await.is_some());
+    // When the slot frees, requests are served again.
+    drop(slow);
+    common::cluster::wait_for("requests served again", Duration::from_secs(10), || async {
+        let r = get().await.ok()?;
+        (r.status().as_u16() == 404).then_some(())
+    })
+    .await;
+}

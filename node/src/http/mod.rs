@@ -53,10 +53,24 @@ pub fn router(state: ApiState) -> Router {
                 state.clone(),
                 auth::require_cluster_token,
             ));
-    let content = content::router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        forward::forward_writes,
-    ));
+    // At most `max_concurrent_requests` content requests at once; beyond that the
+    // node answers 503 + Retry-After at once instead of queueing without bound.
+    // (Internal routes are not limited: replication streams are long-lived.)
+    let content = content::router()
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward_writes,
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+                .load_shed()
+                // Global: `Router::layer` clones the layer per route, and one
+                // semaphore must count every content route.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    state.config.max_concurrent_requests.max(1),
+                )),
+        );
     Router::new()
         .route(node_api::HEALTHZ, get(healthz))
         .route(node_api::READYZ, get(readyz))
@@ -69,6 +83,17 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The answer when the concurrency limit sheds a request.
+async fn overloaded(e: tower::BoxError) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!("too many requests in progress: {e}; retry shortly"),
+    );
+    err.retry_after = Some(1);
+    err
 }
 
 async fn method_not_allowed() -> ApiError {

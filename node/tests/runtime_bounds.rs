@@ -2,6 +2,8 @@
 //! background task that dies takes the process down (the kubelet restarts it)
 //! instead of leaving it running without, say, its fencing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+mod binaries;
 pub mod content;
 pub mod error;
 pub mod forward;

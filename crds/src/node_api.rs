@@ -111,6 +111,25 @@ pub struct ClusterStatus {
     pub quarantined: u64,
     #[serde(default)]
     pub oldest_seq: u64,
+    /// On a primary in sync mode: whether it can meet its write quorum now. None on
+    /// replicas, in async mode, and from nodes before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_quorum: Option<WriteQuorumStatus>,
+}
+
+/// Whether a sync-mode primary can acknowledge writes (see [`ClusterStatus`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteQuorumStatus {
+    /// K: replicas (arbiter included) that must hold a write before it is acknowledged.
+    pub needed: u32,
+    /// Node ids of the replicas connected now (streaming and heard from recently).
+    pub connected: Vec<String>,
+    /// `connected.len() >= needed`.
+    pub available: bool,
+    /// Milliseconds since the quorum was last available (0 while available).
+    #[serde(default)]
+    pub unavailable_for_ms: u64,
 }
 
 /// A peer as seen by this node (on a primary: each connected replica).

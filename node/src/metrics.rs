@@ -49,6 +49,11 @@ pub struct Metrics {
     pub quarantined: Gauge,
     /// Sync-mode writes that timed out waiting for their quorum (not acknowledged).
     pub sync_timeouts: Counter,
+    /// 1 unless this node is a sync-mode primary that cannot reach its write quorum.
+    pub write_quorum_available: Gauge,
+    /// Streams this node refused because the primary's term was below one it knows
+    /// or promised (a stale primary).
+    pub stale_streams_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +75,9 @@ impl Metrics {
         let replication_lag_seconds = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let quarantined = Gauge::default();
         let sync_timeouts = Counter::default();
+        let write_quorum_available = Gauge::default();
+        write_quorum_available.set(1);
+        let stale_streams_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests served",
@@ -120,8 +128,20 @@ impl Metrics {
             "Sync writes not acknowledged because the quorum did not answer in time",
             sync_timeouts.clone(),
         );
+        registry.register(
+            "write_quorum_available",
+            "1 unless this node is a sync-mode primary that cannot reach its write quorum",
+            write_quorum_available.clone(),
+        );
+        registry.register(
+            "replication_stale_streams_refused",
+            "Replication streams refused because the primary's term is stale",
+            stale_streams_refused.clone(),
+        );
         Metrics {
             sync_timeouts,
+            write_quorum_available,
+            stale_streams_refused,
             registry,
             http_requests,
             http_duration,

@@ -39,6 +39,7 @@ fn status(role: NodeRole, seq: u64) -> ClusterStatus {
         peers: vec![],
         quarantined: 0,
         oldest_seq: 0,
+        write_quorum: None,
     }
 }
 

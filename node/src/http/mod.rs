@@ -197,6 +197,7 @@ pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
         peers: status::peers(state).await,
         quarantined,
         oldest_seq: oldest,
+        write_quorum: crate::replication::quorum::write_quorum(state),
     })
 }
 

@@ -125,9 +125,7 @@ async fn session(
     let remote_term = opened.remote_term;
     let promised = shared.promised_term();
     if remote_term < promised {
-        return Err(SessionError::Refused(format!(
-            "{url} is at term {remote_term}, below term {promised} this node knows: stale primary"
-        )));
+        return Err(stale_primary(state, url, remote_term, promised));
     }
     shared.connected.store(true, Ordering::SeqCst);
     tracing::info!(primary = %url, seq = pos.seq, term = pos.term, "replication stream connected");
@@ -171,7 +169,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn stale_primary(url: &str, remote_term: u64, promised: u64) -> SessionError {
+fn stale_primary(state: &Replication, url: &str, remote_term: u64, promised: u64) -> SessionError {
+    state.metrics.stale_streams_refused.inc();
     SessionError::Refused(format!(
         "{url} streams at term {remote_term}, below term {promised} this node promised: stale primary"
     ))
@@ -230,7 +229,7 @@ async fn receive(
                 client::Frame::Heartbeat { primary, .. } => {
                     let promised = shared.promised_term();
                     if remote_term < promised {
-                        return Err(stale_primary(url, remote_term, promised));
+                        return Err(stale_primary(state, url, remote_term, promised));
                     }
                     if !batch.is_empty() {
                         apply_batch(state, url, remote_term, std::mem::take(&mut batch), ack)
@@ -302,7 +301,7 @@ async fn apply_batch(
     // older terms are still fine when a primary of a current term sends them (catch-up).
     let promised = shared.promised_term();
     if remote_term < promised {
-        return Err(stale_primary(url, remote_term, promised));
+        return Err(stale_primary(state, url, remote_term, promised));
     }
     let applied = apply_entries(state, batch).await?;
     // Acknowledged (asynchronously) while still holding the gate: a promise made

@@ -162,6 +162,10 @@ pub fn tasks(state: &Replication) -> Vec<(&'static str, futures::future::BoxFutu
             "replication-lag-metrics",
             status::lag_metrics_loop(state.clone()).boxed(),
         ),
+        (
+            "write-quorum-monitor",
+            quorum::monitor(state.clone()).boxed(),
+        ),
     ]
 }
 

@@ -61,6 +61,8 @@ pub struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// A switchover is in progress (see `switchover::InProgress`).
     pub switching: AtomicBool,
+    /// Last time the write quorum was available (or this node was not a sync primary).
+    quorum_ok_at: Mutex<Instant>,
 }
 
 impl Default for Shared {
@@ -76,6 +78,7 @@ impl Default for Shared {
             last_entry_time: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             switching: AtomicBool::new(false),
+            quorum_ok_at: Mutex::new(Instant::now()),
         }
     }
 }
@@ -214,6 +217,18 @@ impl Shared {
 
     pub(crate) fn subscribe_acks(&self) -> watch::Receiver<u64> {
         self.ack_tx.subscribe()
+    }
+
+    /// Records whether the write quorum is available now.
+    pub(crate) fn quorum_seen(&self, available: bool) {
+        if available {
+            *lock(&self.quorum_ok_at) = Instant::now();
+        }
+    }
+
+    /// How long the write quorum has been missing (zero while available).
+    pub fn quorum_missing_for(&self) -> Duration {
+        lock(&self.quorum_ok_at).elapsed()
     }
 
     pub(crate) fn set_primary_pos(&self, pos: Position) {

@@ -1,11 +1,18 @@
 //! The sync write quorum: a write is acknowledged once K peers (replicas or arbiter)
 //! hold it durably (see the module doc of [`crate::replication`]).
 
-use crate::cluster::WriteError;
+use std::time::Duration;
+
+use studio_crds::node_api::WriteQuorumStatus;
+
+use crate::cluster::{Role, WriteError};
 use crate::config::ReplicationMode;
 use crate::storage::JournalEntry;
 
 use super::Replication;
+
+/// How often the quorum monitor looks.
+const MONITOR_PERIOD: Duration = Duration::from_millis(200);
 
 /// K in sync mode; None in async mode.
 pub fn sync_quorum(state: &Replication) -> Option<usize> {
@@ -77,5 +84,45 @@ pub async fn after_commit(state: &Replication, entry: &JournalEntry) -> Result<(
                 });
             }
         }
+    }
+}
+
+/// On a sync-mode primary: whether it can meet its write quorum now, with the
+/// replicas connected and how long the quorum has been missing. None otherwise.
+pub fn write_quorum(state: &Replication) -> Option<WriteQuorumStatus> {
+    let k = sync_quorum(state)?;
+    if state.role.get().role != Role::Primary {
+        return None;
+    }
+    let connected: Vec<String> = state
+        .repl
+        .peers_snapshot()
+        .into_iter()
+        .filter(|(_, p)| p.is_connected())
+        .map(|(id, _)| id)
+        .collect();
+    let available = connected.len() >= k;
+    Some(WriteQuorumStatus {
+        needed: k as u32,
+        available,
+        unavailable_for_ms: if available {
+            0
+        } else {
+            state.repl.quorum_missing_for().as_millis() as u64
+        },
+        connected,
+    })
+}
+
+/// Keeps "since when is the write quorum missing" and the metric current (the
+/// coordination layer steps a primary down on a long loss).
+pub(super) async fn monitor(state: Replication) {
+    let mut tick = tokio::time::interval(MONITOR_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = write_quorum(&state).is_none_or(|q| q.available);
+        state.repl.quorum_seen(ok);
+        state.metrics.write_quorum_available.set(i64::from(ok));
     }
 }

@@ -277,6 +277,21 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PositionRequest {
     pub term: u64,
+    /// The campaign the promise belongs to (from 0.2). Without it (older candidates)
+    /// the promise is permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<Campaign>,
+}
+
+/// Which Lease a candidate tries to replace: the promise made to it lapses as soon as
+/// the member observes the Lease at a newer version without the candidate's term
+/// (the campaign failed), so a candidate that never won cannot wedge the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Campaign {
+    /// resourceVersion of the Lease the candidate will replace; None: it saw no Lease
+    /// and will create one.
+    pub lease_version: Option<String>,
 }
 
 /// Answer of [`ELECTION_POSITION`].

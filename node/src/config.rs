@@ -141,6 +141,19 @@ pub struct Config {
     #[arg(long, env = "STUDIO_MEMBERS")]
     pub members: Option<u32>,
 
+    /// Kubernetes mode, sync replication: a primary that cannot reach its write quorum
+    /// for this long steps down and releases the Lease, so members that can form a
+    /// quorum elect one of themselves (default: the lease duration; 0 = never).
+    #[arg(long, env = "STUDIO_QUORUM_LOSS_TIMEOUT", value_parser = parse_duration)]
+    pub quorum_loss_timeout: Option<Duration>,
+
+    /// Kubernetes mode, async replication: a primary with no replica connected for
+    /// this long stops taking writes and releases the Lease (default 0 = never: an
+    /// isolated async primary keeps writing; what the others do not get ends in its
+    /// quarantine after a failover).
+    #[arg(long, env = "STUDIO_ISOLATION_TIMEOUT", value_parser = parse_duration, default_value = "0s")]
+    pub isolation_timeout: Duration,
+
     /// Client writes waiting for the group commit before new ones are refused with
     /// 503 and Retry-After (back-pressure instead of unbounded memory).
     #[arg(long, env = "STUDIO_WRITE_QUEUE", default_value_t = 4096)]

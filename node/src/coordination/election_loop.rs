@@ -44,7 +44,15 @@ impl Coordinator {
     /// One round of the state machine: reads the inputs, asks [`state::next`] and
     /// performs its actions in order.
     async fn step(&self) -> anyhow::Result<()> {
+        let timing = self.s.timing;
+        // A Lease watch on a connection that died in a network cut can stay silent
+        // for minutes: when nothing was heard for half a lease duration (a primary
+        // renews every retry period), read the Lease instead.
+        if self.view.synced.load(Ordering::SeqCst) && self.lease_quiet(timing.lease_duration / 2) {
+            self.refresh_lease().await;
+        }
         let lease_synced = self.view.synced.load(Ordering::SeqCst);
+        let quorum_lost = self.quorum_lost();
         let obs = if lease_synced { self.lease_now() } else { None };
         let holder = obs.as_ref().and_then(|o| o.record.holder.clone());
         let me_holds = holder.as_deref() == Some(self.me());
@@ -56,8 +64,10 @@ impl Coordinator {
             acting: self.acting_term().is_some(),
             handing_over: self.handing_over(),
             shutting_down: self.shutting_down.load(Ordering::SeqCst),
-            renewed_recently: self.renewed_within(self.s.timing.retry_period.mul_f64(0.9)),
+            renewed_recently: self.renewed_within(timing.retry_period.mul_f64(0.9)),
             arbiter: self.s.arbiter,
+            quorum_lost: quorum_lost.is_some(),
+            backing_off: self.backing_off(),
         };
         for action in state::next(&inputs) {
             match action {
@@ -76,13 +86,31 @@ impl Coordinator {
                 }
                 // Shutting down may have begun while following.
                 Action::Campaign if self.shutting_down.load(Ordering::SeqCst) => {}
-                Action::Campaign => match self.lease_free(obs.as_ref(), inputs.stale_self) {
-                    Some(reason) => {
-                        let since = *lock(&self.free_since).get_or_insert_with(Instant::now);
-                        self.campaign(obs.as_ref(), &reason, since).await?;
+                Action::Campaign => {
+                    let mut obs = obs.clone();
+                    // Expiry is "no change observed since a fresh read", never "no
+                    // event seen": re-read the Lease before judging it expired.
+                    if obs
+                        .as_ref()
+                        .is_some_and(|o| o.expired(Instant::now(), timing.lease_duration))
+                    {
+                        if !self.refresh_lease().await {
+                            continue;
+                        }
+                        obs = self.lease_now();
                     }
-                    None => *lock(&self.free_since) = None,
-                },
+                    match self.lease_free(obs.as_ref(), inputs.stale_self) {
+                        Some(reason) => {
+                            let since = *lock(&self.free_since).get_or_insert_with(Instant::now);
+                            self.campaign(obs.as_ref(), &reason, since).await?;
+                        }
+                        None => *lock(&self.free_since) = None,
+                    }
+                }
+                Action::Relinquish => {
+                    self.relinquish(quorum_lost.as_deref().unwrap_or("write quorum lost"))
+                        .await
+                }
                 Action::ReconcileLabel => self.reconcile_label().await,
             }
         }
@@ -122,8 +150,9 @@ impl Coordinator {
             Some(o) => o.record.transitions + 1,
             None => roles::known_term(&self.state) + 1,
         };
-        let peers = self.poll_positions(t0).await;
-        let pos = roles::position_promise(&self.state, t0 - 1).await;
+        let version = obs.and_then(|o| o.record.resource_version.clone());
+        let peers = self.poll_positions(t0, version).await;
+        let pos = roles::position_promise(&self.state, t0 - 1, None, None).await;
         let me = Heard {
             name: self.me().to_string(),
             pos: Pos {

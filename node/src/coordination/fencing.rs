@@ -18,6 +18,8 @@ pub(super) struct Fence {
     primary_term: Mutex<Option<u64>>,
     /// Start time of the last successful acquisition or renewal.
     last_renew: Mutex<Option<Instant>>,
+    /// When this node last gave the primary role up for lack of a quorum.
+    relinquished_at: Mutex<Option<Instant>>,
 }
 
 impl WriteFence for Coordinator {
@@ -44,6 +46,46 @@ impl Coordinator {
 
     pub(super) fn renewed_within(&self, d: Duration) -> bool {
         lock(&self.fence.last_renew).is_some_and(|t| t.elapsed() < d)
+    }
+
+    /// Acting as primary, whether it lacked its write quorum (sync mode) or every
+    /// replica (async mode, when configured) for longer than allowed.
+    pub(super) fn quorum_lost(&self) -> Option<String> {
+        self.acting_term()?;
+        let repl = &self.state.repl;
+        match (
+            self.s.sync_k,
+            self.s.quorum_loss_timeout,
+            self.s.isolation_timeout,
+        ) {
+            (Some(k), Some(bound), _) if repl.quorum_missing_for() > bound => Some(format!(
+                "fewer than {k} replica(s) connected for {:?} (bound {bound:?})",
+                repl.quorum_missing_for()
+            )),
+            (None, _, Some(bound)) if repl.isolated_for() > bound => Some(format!(
+                "no replica connected for {:?} (bound {bound:?})",
+                repl.isolated_for()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Gave the primary role up for lack of a quorum less than a lease duration ago.
+    pub(super) fn backing_off(&self) -> bool {
+        lock(&self.fence.relinquished_at)
+            .is_some_and(|t| t.elapsed() < self.s.timing.lease_duration)
+    }
+
+    /// Steps down and releases the Lease: a primary that cannot reach a write quorum
+    /// lets the members that can elect one of themselves (never two writable
+    /// primaries: it is read-only before the Lease changes hands).
+    pub(super) async fn relinquish(&self, why: &str) {
+        tracing::error!(reason = %why, "cannot reach the write quorum: stepping down and releasing the Lease");
+        *lock(&self.fence.relinquished_at) = Some(Instant::now());
+        self.step_down().await;
+        if !self.release_lease().await {
+            tracing::warn!("could not release the Lease; it expires after a lease duration");
+        }
     }
 
     pub(super) fn handing_over(&self) -> bool {

@@ -11,6 +11,7 @@ use studio_crds::names;
 
 use super::election::{self, Observed};
 use super::{Coordinator, kubeapi, lock};
+use crate::replication::promise::version_number;
 
 /// The cached observation of the Lease.
 #[derive(Default)]
@@ -22,6 +23,8 @@ pub(super) struct LeaseView {
     /// The holder named by the Lease and since when (local clock).
     holder_since: Mutex<Option<(String, Instant)>>,
     first_seen: AtomicBool,
+    /// When the Lease was last read (watch event or own call), changed or not.
+    last_heard: Mutex<Option<Instant>>,
     /// resourceVersion of a Lease naming this node that predates this process: its
     /// previous incarnation is dead (we are running), so that holding proves nothing.
     stale_self: Mutex<Option<String>>,
@@ -48,14 +51,30 @@ impl Coordinator {
         names::primary_lease(&self.s.cluster)
     }
 
+    /// Whether nothing was heard of the Lease for `quiet` (a watch may be stuck on a
+    /// dead connection after a network cut, silently).
+    pub(super) fn lease_quiet(&self, quiet: Duration) -> bool {
+        lock(&self.view.last_heard).is_none_or(|t| t.elapsed() > quiet)
+    }
+
     pub(super) fn lease_now(&self) -> Option<Observed> {
         lock(&self.view.lease).clone()
+    }
+
+    /// The resourceVersion of the Lease as this node last observed it (a number).
+    pub fn lease_version(&self) -> Option<u64> {
+        version_number(
+            lock(&self.view.lease)
+                .as_ref()
+                .and_then(|o| o.record.resource_version.as_deref()),
+        )
     }
 
     /// Records an observation of the Lease (from the watch or our own calls).
     pub(super) fn observe(&self, l: Option<&Lease>) {
         let now = Instant::now();
         let view = &self.view;
+        *lock(&view.last_heard) = Some(now);
         let mut g = lock(&view.lease);
         match l {
             Some(l) => {
@@ -88,6 +107,10 @@ impl Coordinator {
                         *hs = rec.holder.clone().map(|h| (h, now));
                     }
                 }
+                // A promise made to a campaign that can no longer win lapses here.
+                self.state
+                    .repl
+                    .lease_observed(rec.resource_version.as_deref(), rec.transitions);
                 *g = Some(Observed::update(g.as_ref(), rec, now));
             }
             None => {

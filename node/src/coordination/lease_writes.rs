@@ -75,13 +75,86 @@ impl Coordinator {
         }
     }
 
-    pub(super) async fn refresh_lease(&self) {
-        match self.leases.get_opt(&self.lease_name()).await {
-            Ok(l) => self.observe(l.as_ref()),
-            Err(e) => self.warn(
-                "lease-get",
-                kubeapi::explain(&e, "get", "leases.coordination.k8s.io", &self.s.namespace),
-            ),
+    /// One renewal attempt gives up after this long, so that after a network blip
+    /// the next attempt (a retry period later, on a fresh request) can still land
+    /// before the renew deadline; the deadline itself is enforced by the fence.
+    fn renew_attempt_timeout(&self) -> std::time::Duration {
+        let t = self.s.timing;
+        (t.retry_period * 2)
+            .max(std::time::Duration::from_secs(1))
+            .min(t.renew_deadline)
+    }
+
+    /// Reads the Lease (bounded by the renew deadline). Returns whether it could.
+    pub(super) async fn refresh_lease(&self) -> bool {
+        let read = tokio::time::timeout(
+            self.s.timing.renew_deadline,
+            self.leases.get_opt(&self.lease_name()),
+        )
+        .await;
+        match read {
+            Ok(Ok(l)) => {
+                self.observe(l.as_ref());
+                true
+            }
+            Ok(Err(e)) => {
+                self.warn(
+                    "lease-get",
+                    kubeapi::explain(&e, "get", "leases.coordination.k8s.io", &self.s.namespace),
+                );
+                false
+            }
+            Err(_) => {
+                self.warn("lease-get", "reading the Lease timed out".into());
+                false
+            }
+        }
+    }
+
+    /// Gives the Lease up (no holder, same term) so that the members that can form a
+    /// write quorum elect one of themselves at once instead of waiting for expiry.
+    pub(super) async fn release_lease(&self) -> bool {
+        let _g = self.lease_op.lock().await;
+        let Some(o) = self.lease_now() else {
+            return false;
+        };
+        if o.record.holder.as_deref() != Some(self.me()) {
+            return false;
+        }
+        let Some(mut l) = self.lease_template(&o) else {
+            return false;
+        };
+        if let Some(spec) = l.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+        }
+        let r = tokio::time::timeout(
+            self.s.timing.renew_deadline,
+            self.leases
+                .replace(&self.lease_name(), &PostParams::default(), &l),
+        )
+        .await;
+        match r {
+            Ok(Ok(l)) => {
+                self.observe(Some(&l));
+                true
+            }
+            Ok(Err(e)) => {
+                self.warn(
+                    "release",
+                    kubeapi::explain(
+                        &e,
+                        "update",
+                        "leases.coordination.k8s.io",
+                        &self.s.namespace,
+                    ),
+                );
+                false
+            }
+            Err(_) => {
+                self.warn("release", "releasing the Lease timed out".into());
+                false
+            }
         }
     }
 
@@ -109,7 +182,7 @@ impl Coordinator {
         }
         let started = Instant::now();
         let r = tokio::time::timeout(
-            self.s.timing.renew_deadline,
+            self.renew_attempt_timeout(),
             self.leases
                 .replace(&self.lease_name(), &PostParams::default(), &l),
         )

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef};
-use studio_crds::node_api::{self, NodeRole, PositionAnswer, PositionRequest};
+use studio_crds::node_api::{self, Campaign, NodeRole, PositionAnswer, PositionRequest};
 use studio_crds::{labels, names, roles as role_values};
 
 use super::election::{self, Heard, HolderPod, Pos};
@@ -127,7 +127,13 @@ impl Coordinator {
         m
     }
 
-    pub(super) async fn poll_positions(&self, term: u64) -> Vec<Heard> {
+    /// Asks every member for its position and a promise of `term`, bound to the
+    /// campaign replacing the Lease at `lease_version`.
+    pub(super) async fn poll_positions(
+        &self,
+        term: u64,
+        lease_version: Option<String>,
+    ) -> Vec<Heard> {
         let bootstrap_id = lock(&self.cluster_id).clone();
         let targets: Vec<(String, String, bool)> = self
             .pods
@@ -146,7 +152,12 @@ impl Coordinator {
             let req = self.state.internal(
                 self.http
                     .post(format!("{url}{}", node_api::ELECTION_POSITION))
-                    .json(&PositionRequest { term }),
+                    .json(&PositionRequest {
+                        term,
+                        campaign: Some(Campaign {
+                            lease_version: lease_version.clone(),
+                        }),
+                    }),
             );
             let bootstrap_id = bootstrap_id.clone();
             async move {

@@ -23,6 +23,10 @@ pub struct Settings {
     pub arbiter: bool,
     /// K in sync mode.
     pub sync_k: Option<u32>,
+    /// Sync mode: a primary without its write quorum for this long steps down.
+    pub quorum_loss_timeout: Option<Duration>,
+    /// Async mode: a primary without any replica for this long steps down.
+    pub isolation_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -61,6 +65,12 @@ impl Settings {
                 ReplicationMode::Sync if c.sync_replicas > 0 => Some(c.sync_replicas),
                 _ => None,
             },
+            quorum_loss_timeout: match c.quorum_loss_timeout {
+                None => Some(c.lease_duration),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
+            isolation_timeout: Some(c.isolation_timeout).filter(|d| !d.is_zero()),
         })
     }
 }

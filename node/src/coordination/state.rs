@@ -25,6 +25,12 @@ pub(super) struct Inputs {
     pub renewed_recently: bool,
     /// This node is an arbiter (never primary).
     pub arbiter: bool,
+    /// Acting as primary, it has lacked its write quorum (sync) or every replica
+    /// (async, when configured) for longer than the bound.
+    pub quorum_lost: bool,
+    /// It gave up the primary role for lack of a quorum less than a lease duration
+    /// ago: it lets the members that can form one elect one of themselves.
+    pub backing_off: bool,
 }
 
 /// Where the node stands in the election, as a round sees it.
@@ -66,6 +72,8 @@ pub(super) enum Action {
     Campaign,
     /// Keeps this pod's role label in line with what the node is.
     ReconcileLabel,
+    /// Steps down and releases the Lease (no quorum reachable from here).
+    Relinquish,
 }
 
 pub(super) fn state_of(i: &Inputs) -> ElectionState {
@@ -98,7 +106,9 @@ pub(super) fn next(i: &Inputs) -> Vec<Action> {
             return plan;
         }
         ElectionState::Primary => {
-            if !i.renewed_recently {
+            if i.quorum_lost {
+                plan.push(Action::Relinquish);
+            } else if !i.renewed_recently {
                 plan.push(Action::Renew);
             }
         }
@@ -123,7 +133,7 @@ fn follower(i: &Inputs, plan: &mut Vec<Action>) {
     if let (Some(h), false) = (&i.holder, i.me_holds) {
         plan.push(Action::Follow { holder: h.clone() });
     }
-    if !i.arbiter && !i.shutting_down && (!i.me_holds || i.stale_self) {
+    if !i.arbiter && !i.shutting_down && !i.backing_off && (!i.me_holds || i.stale_self) {
         plan.push(Action::Campaign);
     }
 }
@@ -162,6 +172,34 @@ mod tests {
     #[test]
     fn every_branch_of_a_round() {
         let cases: Vec<(&str, Inputs, ElectionState, Vec<Action>)> = vec![
+            (
+                "primary without its write quorum for too long: give the Lease up",
+                Inputs {
+                    acting: true,
+                    quorum_lost: true,
+                    ..mine()
+                },
+                Primary,
+                vec![Relinquish, ReconcileLabel],
+            ),
+            (
+                "just gave the Lease up for lack of a quorum: follow, do not campaign",
+                Inputs {
+                    backing_off: true,
+                    ..held_by("other")
+                },
+                Follower,
+                vec![follow("other"), ReconcileLabel],
+            ),
+            (
+                "backing off with no holder at all: still no campaign",
+                Inputs {
+                    backing_off: true,
+                    ..synced()
+                },
+                Follower,
+                vec![ReconcileLabel],
+            ),
             (
                 "the Lease not listed yet: nothing at all, not even the label",
                 Inputs {

@@ -162,7 +162,8 @@ async fn position(
     State(state): State<ApiState>,
     Json(req): Json<PositionRequest>,
 ) -> Result<Json<PositionAnswer>, ApiError> {
-    let pos = roles::position_promise(&state, req.term).await;
+    let own_version = state.coordinator().and_then(|c| c.lease_version());
+    let pos = roles::position_promise(&state, req.term, req.campaign.as_ref(), own_version).await;
     let cluster_id = state.store.call(|s| s.cluster_id()).await?;
     Ok(Json(PositionAnswer {
         node_id: state.node_id.to_string(),

@@ -42,6 +42,7 @@
 pub mod client;
 pub mod follower;
 mod peers;
+pub mod promise;
 pub mod quorum;
 pub mod roles;
 pub mod server;

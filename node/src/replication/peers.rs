@@ -4,13 +4,14 @@
 //! primary.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use studio_crds::node_api::NodeRole;
 use tokio::sync::watch;
 
+use super::promise::{Promises, version_number};
 use crate::storage::Position;
 
 /// A peer not heard from for this long no longer counts as connected.
@@ -45,7 +46,7 @@ pub struct Shared {
     peers: Mutex<HashMap<String, Peer>>,
     /// Bumped on every acknowledgement (wakes sync waiters).
     ack_tx: watch::Sender<u64>,
-    promised: AtomicU64,
+    promises: Mutex<Promises>,
     /// Held while a replicated batch is applied and acknowledged (never across
     /// network I/O).
     pub(crate) apply_gate: tokio::sync::Mutex<()>,
@@ -63,6 +64,13 @@ pub struct Shared {
     pub switching: AtomicBool,
     /// Last time the write quorum was available (or this node was not a sync primary).
     quorum_ok_at: Mutex<Instant>,
+    /// Last time a replica was connected (or this node was not a primary).
+    replicas_ok_at: Mutex<Instant>,
+    /// As primary, the write quorum / a replica was available at least once since it
+    /// became one (a primary still waiting for its first replicas, e.g. while they
+    /// clone, has not "lost" them).
+    had_quorum: AtomicBool,
+    had_replica: AtomicBool,
 }
 
 impl Default for Shared {
@@ -70,7 +78,7 @@ impl Default for Shared {
         Shared {
             peers: Mutex::new(HashMap::new()),
             ack_tx: watch::channel(0).0,
-            promised: AtomicU64::new(0),
+            promises: Mutex::new(Promises::default()),
             apply_gate: tokio::sync::Mutex::new(()),
             primary_pos: Mutex::new(None),
             caught_up: AtomicBool::new(false),
@@ -79,6 +87,9 @@ impl Default for Shared {
             shutdown: watch::channel(false).0,
             switching: AtomicBool::new(false),
             quorum_ok_at: Mutex::new(Instant::now()),
+            replicas_ok_at: Mutex::new(Instant::now()),
+            had_quorum: AtomicBool::new(false),
+            had_replica: AtomicBool::new(false),
         }
     }
 }
@@ -90,11 +101,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// The highest term this node promised not to go below.
     pub fn promised_term(&self) -> u64 {
-        self.promised.load(Ordering::SeqCst)
+        lock(&self.promises).term()
     }
 
+    /// A permanent promise (role changes, candidates that name no campaign).
     pub(crate) fn promise(&self, term: u64) {
-        self.promised.fetch_max(term, Ordering::SeqCst);
+        lock(&self.promises).adopt(term);
+    }
+
+    /// A promise to the campaign replacing the Lease at `lease_version` (see
+    /// [`Promises`]); `own_version` is the Lease version this node observed.
+    pub(crate) fn promise_campaign(
+        &self,
+        term: u64,
+        lease_version: Option<&str>,
+        own_version: Option<u64>,
+    ) {
+        lock(&self.promises).promise_campaign(term, lease_version, own_version);
+    }
+
+    /// The Lease was observed (coordination): a failed campaign's promise lapses.
+    pub fn lease_observed(&self, version: Option<&str>, transitions: u64) {
+        let lapsed = lock(&self.promises).lease_observed(version_number(version), transitions);
+        if let Some(term) = lapsed {
+            tracing::info!(
+                term,
+                lease_term = transitions,
+                "the campaign this node promised term {term} to did not win the Lease: promise released"
+            );
+        }
     }
 
     /// Records a peer's acknowledged position. Returns the ids of peers forgotten to
@@ -219,11 +254,42 @@ impl Shared {
         self.ack_tx.subscribe()
     }
 
-    /// Records whether the write quorum is available now.
-    pub(crate) fn quorum_seen(&self, available: bool) {
-        if available {
-            *lock(&self.quorum_ok_at) = Instant::now();
+    /// Records what the quorum monitor sees: whether this node is a primary, whether
+    /// its write quorum is available (always, in async mode) and whether any replica
+    /// is connected.
+    pub(crate) fn quorum_seen(&self, primary: bool, available: bool, any_replica: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = Instant::now();
+        if !primary {
+            self.had_quorum.store(false, SeqCst);
+            self.had_replica.store(false, SeqCst);
+            *lock(&self.quorum_ok_at) = now;
+            *lock(&self.replicas_ok_at) = now;
+            return;
         }
+        if available {
+            *lock(&self.quorum_ok_at) = now;
+            self.had_quorum.store(true, SeqCst);
+        }
+        if any_replica {
+            *lock(&self.replicas_ok_at) = now;
+            self.had_replica.store(true, SeqCst);
+        }
+    }
+
+    /// Whether, as primary, the write quorum was available at least once.
+    pub fn had_quorum(&self) -> bool {
+        self.had_quorum.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether, as primary, a replica was connected at least once.
+    pub fn had_replica(&self) -> bool {
+        self.had_replica.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long this primary has had no replica connected (zero otherwise).
+    pub fn isolated_for(&self) -> Duration {
+        lock(&self.replicas_ok_at).elapsed()
     }
 
     /// How long the write quorum has been missing (zero while available).

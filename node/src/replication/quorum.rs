@@ -121,8 +121,12 @@ pub(super) async fn monitor(state: Replication) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ok = write_quorum(&state).is_none_or(|q| q.available);
-        state.repl.quorum_seen(ok);
+        let quorum = write_quorum(&state);
+        let primary = state.role.get().role == Role::Primary;
+        let ok = quorum.as_ref().is_none_or(|q| q.available);
+        state
+            .repl
+            .quorum_seen(primary, ok, state.repl.connected_count() > 0);
         state.metrics.write_quorum_available.set(i64::from(ok));
     }
 }

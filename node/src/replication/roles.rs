@@ -138,9 +138,21 @@ pub async fn follow(
 }
 
 /// Reports this node's durable position and promises to apply and acknowledge no
-/// entry of a term below `term` (see the module doc).
-pub async fn position_promise(state: &Replication, term: u64) -> Position {
-    state.repl.promise(term);
+/// entry of a term below `term` (see the module doc). With `campaign`, the promise
+/// lapses if that campaign fails (see `super::promise`); `own_version` is the Lease
+/// version this node has observed.
+pub async fn position_promise(
+    state: &Replication,
+    term: u64,
+    campaign: Option<&studio_crds::node_api::Campaign>,
+    own_version: Option<u64>,
+) -> Position {
+    match campaign {
+        Some(c) => state
+            .repl
+            .promise_campaign(term, c.lease_version.as_deref(), own_version),
+        None => state.repl.promise(term),
+    }
     // Wait for a batch being applied (and acknowledged) right now.
     let _gate = state.repl.apply_gate.lock().await;
     state.store.position()

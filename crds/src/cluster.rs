@@ -392,7 +392,7 @@ pub struct StudioClusterStatus {
     /// Human-readable summary of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `Ready`, `Progressing`, `Degraded`.
+    /// `Ready`, `Progressing`, `Degraded`, `Reconciling`, `Stalled`, `WriteQuorum`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -478,6 +478,11 @@ pub struct MemberStatus {
     pub up_to_date: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
+    /// Sync mode: whether the primary counts this member among the replicas connected
+    /// to its write quorum. Absent on the primary itself, in async mode, and when the
+    /// primary does not report its quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_connected: Option<bool>,
 }
 
 /// The last change of primary the operator observed.

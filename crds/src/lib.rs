@@ -94,6 +94,29 @@ pub mod conditions {
     /// kstatus: True when the operator cannot make progress without a user (invalid
     /// spec), so kstatus reports Failed.
     pub const STALLED: &str = "Stalled";
+    /// Whether a write can succeed now: exactly one member reports itself a writable
+    /// primary and, in sync mode, it has its write quorum (the replicas it needs are
+    /// connected). When False, `Ready` is False too.
+    pub const WRITE_QUORUM: &str = "WriteQuorum";
+}
+
+/// Reasons of the [`conditions::WRITE_QUORUM`] condition (and of `Ready` when it is
+/// False because of it) and the Events emitted when it changes.
+pub mod write_quorum {
+    /// True: one writable primary; async mode, or its sync quorum is connected.
+    pub const WRITABLE: &str = "WritablePrimary";
+    /// False: the sync-mode primary has fewer connected replicas than it needs.
+    pub const QUORUM_UNAVAILABLE: &str = "QuorumUnavailable";
+    /// False: no member reports role primary with `readOnly` false.
+    pub const NO_WRITABLE_PRIMARY: &str = "NoWritablePrimary";
+    /// False: more than one member claims to be a writable primary (never expected).
+    pub const MULTIPLE_PRIMARIES: &str = "MultiplePrimaries";
+    /// Reason of `Ready` (and `Degraded`) while WriteQuorum is False.
+    pub const READY_REASON: &str = "WriteQuorumUnavailable";
+    /// Warning Event: WriteQuorum turned False.
+    pub const EVENT_LOST: &str = "WriteQuorumLost";
+    /// Normal Event: WriteQuorum turned True again.
+    pub const EVENT_RESTORED: &str = "WriteQuorumRestored";
 }
 
 /// Names of the objects the operator derives from a StudioCluster's name.

@@ -30,6 +30,16 @@ pub fn render_status(sc: &StudioCluster) -> String {
         .find(|c| c.type_ == conditions::READY)
         .map(|c| c.status.clone());
     let _ = writeln!(out, "Ready:        {}", dash(ready));
+    let quorum = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::WRITE_QUORUM)
+        .map(|c| match c.status.as_str() {
+            "True" => "OK".to_string(),
+            "False" => format!("NO WRITES ({}): {}", c.reason, c.message),
+            s => format!("{s} ({}): {}", c.reason, c.message),
+        });
+    let _ = writeln!(out, "WriteQuorum:  {}", dash(quorum));
     let _ = writeln!(
         out,
         "Nodes:        {} ready / {} desired{}",
@@ -65,7 +75,7 @@ pub fn render_status(sc: &StudioCluster) -> String {
         failover.unwrap_or_else(|| "none".into())
     );
     let _ = writeln!(out);
-    let rows: Vec<[String; 8]> = st
+    let rows: Vec<[String; 9]> = st
         .members
         .iter()
         .map(|m| {
@@ -78,6 +88,10 @@ pub fn render_status(sc: &StudioCluster) -> String {
                 dash(m.lag.map(|t| t.to_string())),
                 dash(m.quarantined.map(|t| t.to_string())),
                 if m.up_to_date { "yes" } else { "no" }.into(),
+                dash(
+                    m.quorum_connected
+                        .map(|c| if c { "yes" } else { "no" }.to_string()),
+                ),
             ]
         })
         .collect();
@@ -90,6 +104,7 @@ pub fn render_status(sc: &StudioCluster) -> String {
         "LAG",
         "QUARANTINED",
         "UP-TO-DATE",
+        "IN-QUORUM",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
@@ -158,9 +173,9 @@ status:
   lastFailover: {time: "2026-01-02T03:04:05Z", from: demo-1, to: demo-0, kind: failover}
   members:
     - {name: demo-0, role: primary, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
-    - {name: demo-1, role: replica, ready: true, term: 4, seq: 117, lag: 3, quarantined: 2, upToDate: true}
+    - {name: demo-1, role: replica, ready: true, term: 4, seq: 117, lag: 3, quarantined: 2, upToDate: true, quorumConnected: true}
     - {name: demo-2, role: replica, ready: false, upToDate: false}
-    - {name: demo-arbiter-0, role: arbiter, ready: true, term: 4, seq: 120, lag: 0, upToDate: true}
+    - {name: demo-arbiter-0, role: arbiter, ready: true, term: 4, seq: 120, lag: 0, upToDate: true, quorumConnected: false}
 "#,
         )
         .unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -182,7 +197,9 @@ status:
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cols,
-            vec!["demo-1", "replica", "yes", "4", "117", "3", "2", "yes"]
+            vec![
+                "demo-1", "replica", "yes", "4", "117", "3", "2", "yes", "yes"
+            ]
         );
         let row2 = out
             .lines()
@@ -190,8 +207,49 @@ status:
             .unwrap_or_default();
         assert_eq!(
             row2.split_whitespace().collect::<Vec<_>>(),
-            vec!["demo-2", "replica", "no", "-", "-", "-", "-", "no"]
+            vec!["demo-2", "replica", "no", "-", "-", "-", "-", "no", "-"]
         );
+        let arbiter = out
+            .lines()
+            .find(|l| l.starts_with("demo-arbiter-0"))
+            .unwrap_or_default();
+        assert_eq!(arbiter.split_whitespace().last(), Some("no"), "{out}");
+        // No WriteQuorum condition yet (an operator before 0.2 wrote this status).
+        assert!(out.contains("WriteQuorum:  -"), "{out}");
+    }
+
+    #[test]
+    fn status_shows_the_write_quorum() {
+        let mut sc = sc();
+        let cond = |status: &str, reason: &str, message: &str| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>(
+                serde_json::json!({"type": "WriteQuorum", "status": status, "reason": reason,
+                    "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+            )
+            .unwrap_or_else(|e| panic!("condition: {e}"))
+        };
+        if let Some(st) = sc.status.as_mut() {
+            st.conditions.push(cond(
+                "True",
+                "WritablePrimary",
+                "primary demo-0 accepts writes",
+            ));
+        }
+        let out = render_status(&sc);
+        assert!(out.contains("WriteQuorum:  OK\n"), "{out}");
+        let msg = "primary demo-0 needs 2 connected replica(s) for sync writes, 1 connected; not connected: demo-arbiter-0 (for 12s)";
+        if let Some(st) = sc.status.as_mut() {
+            st.conditions.pop();
+            st.conditions.push(cond("False", "QuorumUnavailable", msg));
+        }
+        let out = render_status(&sc);
+        assert!(
+            out.contains(&format!(
+                "WriteQuorum:  NO WRITES (QuorumUnavailable): {msg}"
+            )),
+            "{out}"
+        );
+        assert!(out.contains("IN-QUORUM"), "{out}");
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct Context {
     pub last_primary: Mutex<HashMap<String, SeenPrimary>>,
     /// Label repairs seen but not yet done: cluster key → (repairs, first seen).
     pub pending_repairs: Mutex<HashMap<String, (Vec<plan::LabelRepair>, Instant)>>,
+    /// The `WriteQuorum` status our last status write of each cluster carried. Events
+    /// are decided from the status in the object; this only keeps a cached object that
+    /// lags behind our own write from announcing the same change twice.
+    pub written_quorum: Mutex<HashMap<String, &'static str>>,
 }
 
 /// Minimum interval between status writes that only move journal positions.
@@ -70,6 +74,15 @@ pub const POSITIONS_REFRESH: Duration = Duration::from_secs(10);
 
 /// How long a role label must disagree with the Lease before the operator rewrites it.
 pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a Ready cluster is looked at again. A lost write quorum changes nothing
+/// the controller watches (pods stay ready), so this bounds how long the status can
+/// say Ready while no write succeeds.
+pub const HEALTHY_POLL: Duration = Duration::from_secs(10);
+
+/// How often a cluster where no write can succeed (WriteQuorum False) is polled, so
+/// that its status recovers within seconds once writes work again.
+pub const NO_WRITES_POLL: Duration = Duration::from_secs(3);
 
 impl Context {
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
@@ -83,6 +96,7 @@ impl Context {
             pending_repairs: Mutex::new(HashMap::new()),
             last_primary: Mutex::new(HashMap::new()),
             status_writes: Mutex::new(HashMap::new()),
+            written_quorum: Mutex::new(HashMap::new()),
         }
     }
 
@@ -268,7 +282,12 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     let plan = plan::plan(&sc, &obs);
     if sc.spec.paused {
         update_status(&ctx, &sc, &obs, &plan).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        let requeue = if plan.write_quorum.ok() {
+            Duration::from_secs(60)
+        } else {
+            NO_WRITES_POLL
+        };
+        return Ok(Action::requeue(requeue));
     }
 
     // Credentials: generated once, never regenerated.
@@ -383,10 +402,13 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     let mut requeue = if !plan.repairs.is_empty() {
         REPAIR_GRACE
     } else if plan.phase == Phase::Ready {
-        Duration::from_secs(60)
+        HEALTHY_POLL
     } else {
         Duration::from_secs(5)
     };
+    if !plan.write_quorum.ok() {
+        requeue = requeue.min(NO_WRITES_POLL);
+    }
     if let Some(step) = &plan.step {
         requeue = Duration::from_secs(2);
         execute(&ctx, &sc, &obs, step, token.as_deref()).await?;
@@ -755,6 +777,9 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if let Ok(mut m) = ctx.status_writes.lock() {
         m.remove(&key(&sc));
     }
+    if let Ok(mut m) = ctx.written_quorum.lock() {
+        m.remove(&key(&sc));
+    }
     ctx.event(
         &sc,
         EventType::Normal,
@@ -845,7 +870,7 @@ async fn update_status(
             },
         );
     }
-    let members = plan::member_statuses(obs);
+    let members = plan::member_statuses_with(obs, Some(&plan.write_quorum));
     for (pod, before, now) in plan::quarantine_growth(&prev.members, &members) {
         ctx.event(
             sc,
@@ -868,7 +893,13 @@ async fn update_status(
         observed_generation: sc.metadata.generation,
         phase: Some(plan.phase),
         message: Some(plan.message.clone()),
-        conditions: plan::conditions_for(sc, plan.phase, &plan.message, sc.status.as_ref()),
+        conditions: plan::cluster_conditions(
+            sc,
+            plan.phase,
+            &plan.message,
+            Some(&plan.write_quorum),
+            sc.status.as_ref(),
+        ),
         current_primary: primary.or(if plan.phase == Phase::Paused {
             prev.current_primary.clone()
         } else {
@@ -903,9 +934,34 @@ async fn update_status(
         if prev.phase != Some(plan.phase) {
             info!(cluster = %key(sc), phase = plan.phase.as_str(), message = %plan.message, "phase");
         }
+        // Decided from the status in the object before this write: an operator restart
+        // sees the condition it wrote and announces nothing again.
+        let quorum_event = plan::write_quorum_event(sc.status.as_ref(), &plan.write_quorum);
         patch_status(&ctx.client, sc, &status).await?;
         if let Ok(mut w) = ctx.status_writes.lock() {
             w.insert(key(sc), Instant::now());
+        }
+        let now_quorum = plan.write_quorum.status();
+        let already_written = ctx
+            .written_quorum
+            .lock()
+            .ok()
+            .and_then(|mut w| w.insert(key(sc), now_quorum))
+            .is_some_and(|before| before == now_quorum);
+        if let Some(ev) = quorum_event
+            && !already_written
+        {
+            if ev.warning {
+                warn!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "write quorum");
+            } else {
+                info!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "write quorum");
+            }
+            let type_ = if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            ctx.event(sc, type_, ev.reason, ev.note).await;
         }
     }
     Ok(())

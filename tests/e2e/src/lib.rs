@@ -1,6 +1,9 @@
 //! Shared fixtures of the end-to-end suites in `tests/`: the workspace's test program
 //! (`studio-testapp`) as a StatefulSet or Pod, Services, and pod-status helpers.
 
+pub mod history;
+pub mod nemesis;
+
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context, anyhow};

@@ -146,6 +146,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
+            if let Err(e) = detect_dead_peers(tcp) {
+                tracing::debug!(error = %e, "cannot set TCP keepalive / user timeout");
+            }
         });
     let mut tasks: Vec<Task> = crate::replication::tasks(&repl)
         .into_iter()
@@ -234,6 +237,24 @@ pub async fn first_to_end(set: &mut JoinSet<(&'static str, String)>) -> String {
         Some(Err(e)) => format!("the supervisor of a background task failed: {e}"),
         None => std::future::pending().await,
     }
+}
+
+/// Keepalive and TCP_USER_TIMEOUT on an accepted connection, as on the internal
+/// clients: a replica that vanished mid-stream (half-open) is dropped in seconds and
+/// its stream task ends, instead of after the kernel's ~15 minutes.
+fn detect_dead_peers(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use crate::replication::{
+        TCP_KEEPALIVE, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_RETRIES, TCP_USER_TIMEOUT,
+    };
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(target_os = "linux")]
+    sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -66,9 +66,15 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to a peer gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// TCP keepalive on internal connections: a peer that vanished without FIN/RST is
-/// noticed by the kernel too, not only by stream silence.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(5);
+/// TCP keepalive on internal connections (idle 2 s, then a probe a second, 3 probes):
+/// a peer that vanished without FIN/RST (a half-open connection) is noticed within
+/// about 5 s even while a request waits for its answer.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(2);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent but not acknowledged by the peer for this long fails the connection
+/// (TCP_USER_TIMEOUT), instead of the kernel's ~15 minutes of retransmissions.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the replication layer (and the layers above it) acts on: the store,
 /// the role, the replication bookkeeping, this node's identity and the internal HTTP
@@ -107,19 +113,8 @@ impl Replication {
     ) -> Result<Replication, ClientBuildError> {
         let node_id: Arc<str> = config.node_id().into();
         let advertise_url: Arc<str> = config.advertise_url().into();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .tcp_keepalive(TCP_KEEPALIVE)
-            .build()?;
-        let stream_http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .tcp_keepalive(TCP_KEEPALIVE)
-            .build()?;
+        let http = internal_client().timeout(CALL_TIMEOUT).build()?;
+        let stream_http = internal_client().build()?;
         let metrics = Arc::new(Metrics::new());
         let pos = store.position();
         metrics.journal_seq.set(pos.seq as i64);
@@ -151,6 +146,21 @@ impl Replication {
     pub fn end_streams(&self) {
         self.repl.shutdown.send_replace(true);
     }
+}
+
+/// The settings both internal clients share: no proxy, bounded connect, small writes
+/// leave at once, dead peers detected by the kernel in seconds.
+fn internal_client() -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .tcp_keepalive_interval(TCP_KEEPALIVE_INTERVAL)
+        .tcp_keepalive_retries(TCP_KEEPALIVE_RETRIES);
+    #[cfg(target_os = "linux")]
+    let b = b.tcp_user_timeout(TCP_USER_TIMEOUT);
+    b
 }
 
 /// The background tasks of replication, for the server's supervisor: the follower

@@ -233,18 +233,17 @@ impl Recorder {
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     let at = Instant::now();
-                    let ready = match tokio::time::timeout(Duration::from_secs(2), api.get(&c))
-                        .await
-                    {
-                        Ok(Ok(obj)) => Some(
-                            obj.data["status"]["conditions"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
-                        ),
-                        _ => None,
-                    };
+                    let ready =
+                        match tokio::time::timeout(Duration::from_secs(2), api.get(&c)).await {
+                            Ok(Ok(obj)) => Some(
+                                obj.data["status"]["conditions"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+                            ),
+                            _ => None,
+                        };
                     lock(&shared.ready).push(ReadySample { at, ready });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -424,7 +423,7 @@ impl History {
             *m.entry(msg).or_default() += 1;
         }
         let mut v: Vec<(String, usize)> = m.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v.truncate(n);
         v
     }
@@ -710,14 +709,24 @@ impl Rng {
 mod tests {
     use super::*;
 
-    fn sample(start: Instant, m: &str, at_ms: u64, writable: Option<bool>, term: u64) -> MemberSample {
+    fn sample(
+        start: Instant,
+        m: &str,
+        at_ms: u64,
+        writable: Option<bool>,
+        term: u64,
+    ) -> MemberSample {
         let sent = start + Duration::from_millis(at_ms);
         MemberSample {
             member: m.into(),
             sent,
             recv: sent + Duration::from_millis(5),
             state: writable.map(|w| MemberState {
-                role: if w { "primary".into() } else { "replica".into() },
+                role: if w {
+                    "primary".into()
+                } else {
+                    "replica".into()
+                },
                 read_only: !w,
                 term,
             }),
@@ -760,12 +769,21 @@ mod tests {
         for t in (1250..=2000).step_by(250) {
             h.members.push(sample(start, "b", t, Some(true), 2));
         }
-        assert!(h.writable_overlaps().is_empty(), "{:?}", h.writable_overlaps());
+        assert!(
+            h.writable_overlaps().is_empty(),
+            "{:?}",
+            h.writable_overlaps()
+        );
         // a back as writable 1500..2000 in term 1 while b is: a violation.
         for t in (1500..=2000).step_by(250) {
             h.members.push(sample(start, "a", t, Some(true), 1));
         }
-        assert_eq!(h.writable_overlaps().len(), 1, "{:?}", h.writable_overlaps());
+        assert_eq!(
+            h.writable_overlaps().len(),
+            1,
+            "{:?}",
+            h.writable_overlaps()
+        );
     }
 
     #[test]
@@ -805,7 +823,10 @@ mod tests {
         // The gap 100..9000; after a 2 s probe interval Ready was True 2100..5500.
         let (worst, _) = h.ready_while_unwritable(start, end, Duration::from_secs(2), &[]);
         assert_eq!(worst, Duration::from_millis(3000));
-        let excluded = [Gap { from: start + Duration::from_millis(3000), to: end }];
+        let excluded = [Gap {
+            from: start + Duration::from_millis(3000),
+            to: end,
+        }];
         let (worst, _) = h.ready_while_unwritable(start, end, Duration::from_secs(2), &excluded);
         assert_eq!(worst, Duration::ZERO);
     }

@@ -205,10 +205,7 @@ fn undo(u: &Undo) -> anyhow::Result<()> {
         Undo::Routes(list) => {
             let mut first_err = None;
             for (netns, to) in list {
-                let r = ip_in(
-                    netns,
-                    &["route", "del", "blackhole", &format!("{to}/32")],
-                );
+                let r = ip_in(netns, &["route", "del", "blackhole", &format!("{to}/32")]);
                 if let Err(e) = ok_if_vanished(r)
                     && first_err.is_none()
                 {

@@ -159,12 +159,16 @@ async fn inject(j: &mut Jepsen, p: &Planned) -> anyhow::Result<(Option<FaultId>,
         Kind::CutPrimaryFromPeers => (Some(n.cut_from_peers(&primary, &members)?), None),
         Kind::CutFromApi => (Some(n.cut_from_api(&target)?), None),
         Kind::Split => {
-            let (a, b): (Vec<(usize, &Member)>, Vec<(usize, &Member)>) = members
-                .iter()
-                .enumerate()
-                .partition(|(i, _)| p.split_mask & (1 << i) != 0);
-            let a: Vec<Member> = a.into_iter().map(|(_, m)| m.clone()).collect();
-            let b: Vec<Member> = b.into_iter().map(|(_, m)| m.clone()).collect();
+            let in_a = |i: usize| p.split_mask & (1 << i) != 0;
+            let pick = |first: bool| -> Vec<Member> {
+                members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| in_a(*i) == first)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            };
+            let (a, b) = (pick(true), pick(false));
             (Some(n.split(&[a, b])?), None)
         }
         Kind::Flap => {

@@ -95,7 +95,11 @@ async fn primary_cut_from_its_peers_30s() -> anyhow::Result<()> {
         let id = j.nemesis.cut_from_peers(&p, &members)?;
         j.first_fault = Some(Instant::now());
         tokio::time::sleep(Duration::from_secs(30)).await;
-        j.check_resumed("primary cut from its peers: writes elsewhere", t0, Some(p.ip));
+        j.check_resumed(
+            "primary cut from its peers: writes elsewhere",
+            t0,
+            Some(p.ip),
+        );
         j.nemesis.heal(id)?;
         let healed = Instant::now();
         tokio::time::sleep(OBSERVE).await;

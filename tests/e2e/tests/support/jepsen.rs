@@ -178,13 +178,7 @@ impl Jepsen {
         wait_for(
             "a first acknowledged write",
             Duration::from_secs(30),
-            || async {
-                j.history()
-                    .acked()
-                    .next()
-                    .map(|_| ())
-                    .context("none yet")
-            },
+            || async { j.history().acked().next().map(|_| ()).context("none yet") },
         )
         .await?;
         Ok(j)
@@ -303,7 +297,11 @@ impl Jepsen {
 
     /// Heals everything, runs every checker, prints the numbers; fails (with the seed
     /// and the members' logs) when a check failed or `scenario` did.
-    pub async fn finish(mut self, scenario: anyhow::Result<()>, expect: Expect) -> anyhow::Result<()> {
+    pub async fn finish(
+        mut self,
+        scenario: anyhow::Result<()>,
+        expect: Expect,
+    ) -> anyhow::Result<()> {
         if let Err(e) = &scenario {
             self.fail(format!("the scenario stopped: {e:#}"));
         }
@@ -412,7 +410,10 @@ impl Jepsen {
             remove_scratch(&self.env);
             return self.env.pass().await;
         }
-        for p in cluster_pods(&self.env, &self.cluster).await.unwrap_or_default() {
+        for p in cluster_pods(&self.env, &self.cluster)
+            .await
+            .unwrap_or_default()
+        {
             eprint!("{}", self.env.pod_logs(&name(&p), 150));
         }
         bail!(
@@ -428,7 +429,13 @@ impl Jepsen {
     /// deletion, after the fault): a write invoked afterwards is acknowledged within
     /// [`BOUND`]. Heals followed by another fault within the bound are judged only when
     /// writes did resume before it.
-    fn check_liveness(&mut self, h: &History, journal: &[FaultRecord], final_heal: Instant, end: Instant) {
+    fn check_liveness(
+        &mut self,
+        h: &History,
+        journal: &[FaultRecord],
+        final_heal: Instant,
+        end: Instant,
+    ) {
         let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
         let mut points: Vec<(Instant, &'static str, String)> = journal
             .iter()
@@ -436,9 +443,9 @@ impl Jepsen {
             .collect();
         points.push((final_heal, "final-heal", String::new()));
         for (t, kind, target) in points {
-            let others_active = journal.iter().any(|o| {
-                o.injected <= t && o.healed.is_none_or(|x| x > t)
-            });
+            let others_active = journal
+                .iter()
+                .any(|o| o.injected <= t && o.healed.is_none_or(|x| x > t));
             if others_active {
                 continue;
             }
@@ -524,15 +531,8 @@ impl Jepsen {
             Err(e) => self.fail(format!("convergence: {e:#}")),
         }
         let ips: Vec<Ipv4Addr> = members.iter().map(|(_, ip)| *ip).collect();
-        match history::lost_writes(
-            h,
-            &self.jwt,
-            &self.token,
-            primary.ip,
-            &ips,
-            self.async_mode,
-        )
-        .await
+        match history::lost_writes(h, &self.jwt, &self.token, primary.ip, &ips, self.async_mode)
+            .await
         {
             Ok(r) => {
                 if !r.lost.is_empty() {
@@ -541,7 +541,11 @@ impl Jepsen {
                         r.lost.len(),
                         r.checked,
                         primary.name,
-                        if self.async_mode { " nor in a quarantine" } else { "" },
+                        if self.async_mode {
+                            " nor in a quarantine"
+                        } else {
+                            ""
+                        },
                         &r.lost[..r.lost.len().min(20)]
                     ));
                 }

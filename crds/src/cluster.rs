@@ -219,6 +219,18 @@ pub struct ReplicationSpec {
     #[serde(default = "default_sync_replicas")]
     #[schemars(range(min = 1, max = 32))]
     pub sync_replicas: i32,
+    /// `sync` mode: a primary that cannot reach `syncReplicas` members for this many
+    /// seconds steps down and releases the primary Lease, so members that can form a
+    /// quorum elect one of themselves. Default: the Lease duration; 0 = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub quorum_loss_timeout_seconds: Option<i32>,
+    /// `async` mode: a primary with no replica connected for this many seconds stops
+    /// accepting writes and releases the primary Lease (its writes would otherwise end
+    /// in its quarantine if another member took over). Default: never (0 = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub isolated_primary_timeout_seconds: Option<i32>,
 }
 
 fn default_sync_replicas() -> i32 {
@@ -230,6 +242,8 @@ impl Default for ReplicationSpec {
         Self {
             mode: ReplicationMode::default(),
             sync_replicas: default_sync_replicas(),
+            quorum_loss_timeout_seconds: None,
+            isolated_primary_timeout_seconds: None,
         }
     }
 }

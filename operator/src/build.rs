@@ -350,6 +350,12 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
         env_secret("STUDIO_JWT_SECRET", &secret, secret_keys::JWT_KEY),
         env_secret("STUDIO_CLUSTER_TOKEN", &secret, secret_keys::CLUSTER_TOKEN),
     ];
+    if let Some(t) = s.replication.quorum_loss_timeout_seconds {
+        v.push(env("STUDIO_QUORUM_LOSS_TIMEOUT", format!("{}s", t.max(0))));
+    }
+    if let Some(t) = s.replication.isolated_primary_timeout_seconds {
+        v.push(env("STUDIO_ISOLATION_TIMEOUT", format!("{}s", t.max(0))));
+    }
     if let Some(p) = &s.election.priorities {
         let list: Vec<String> = p.iter().map(|(k, v)| format!("{k}={v}")).collect();
         v.push(env("STUDIO_ELECTION_PRIORITIES", list.join(",")));

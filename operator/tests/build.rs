@@ -212,6 +212,15 @@ fn node_settings_come_from_the_spec_and_secrets_by_reference() {
     assert_eq!(env_value(c, "STUDIO_RENEW_DEADLINE").as_deref(), Some("4s"));
     assert_eq!(env_value(c, "STUDIO_RETRY_PERIOD").as_deref(), Some("1s"));
     assert_eq!(
+        env_value(c, "STUDIO_QUORUM_LOSS_TIMEOUT").as_deref(),
+        Some("8s")
+    );
+    assert_eq!(
+        env_value(c, "STUDIO_ISOLATION_TIMEOUT"),
+        None,
+        "an isolated async primary keeps writing unless asked"
+    );
+    assert_eq!(
         env_value(c, "STUDIO_ELECTION_PRIORITIES").as_deref(),
         Some("acme-0=10,acme-1=5,acme-2=0")
     );

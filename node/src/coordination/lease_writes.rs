@@ -114,53 +114,39 @@ impl Coordinator {
     /// Gives the Lease up (no holder, same term) so that the members that can form a
     /// write quorum elect one of themselves at once instead of waiting for expiry.
     pub(super) async fn release_lease(&self) -> bool {
-        let _g = self.lease_op.lock().await;
-        let Some(o) = self.lease_now() else {
-            return false;
-        };
-        if o.record.holder.as_deref() != Some(self.me()) {
-            return false;
-        }
-        let Some(mut l) = self.lease_template(&o) else {
-            return false;
-        };
-        if let Some(spec) = l.spec.as_mut() {
+        let timeout = self.s.timing.renew_deadline;
+        self.rewrite_own_lease("release", timeout, |spec| {
             spec.holder_identity = None;
             spec.renew_time = None;
-        }
-        let r = tokio::time::timeout(
-            self.s.timing.renew_deadline,
-            self.leases
-                .replace(&self.lease_name(), &PostParams::default(), &l),
-        )
-        .await;
-        match r {
-            Ok(Ok(l)) => {
-                self.observe(Some(&l));
-                true
-            }
-            Ok(Err(e)) => {
-                self.warn(
-                    "release",
-                    kubeapi::explain(
-                        &e,
-                        "update",
-                        "leases.coordination.k8s.io",
-                        &self.s.namespace,
-                    ),
-                );
-                false
-            }
-            Err(_) => {
-                self.warn("release", "releasing the Lease timed out".into());
-                false
-            }
-        }
+        })
+        .await
     }
 
     /// Renews the Lease (keeping holder and term, or moving the term to `bump`).
     /// Returns whether it succeeded.
     pub(super) async fn renew(&self, bump: Option<u64>) -> bool {
+        let lease_seconds = self.s.timing.lease_seconds();
+        self.rewrite_own_lease("renew", self.renew_attempt_timeout(), |spec| {
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+            spec.lease_duration_seconds = Some(lease_seconds);
+            if let Some(t) = bump {
+                spec.lease_transitions = Some(t.min(i32::MAX as u64) as i32);
+            }
+        })
+        .await
+    }
+
+    /// Writes back the Lease this node holds, changed by `change`, with the observed
+    /// resourceVersion as precondition and at most `timeout`. A success counts as a
+    /// renewal; a conflict re-reads the Lease. Returns whether it succeeded.
+    async fn rewrite_own_lease(
+        &self,
+        what: &'static str,
+        timeout: std::time::Duration,
+        change: impl FnOnce(&mut k8s_openapi::api::coordination::v1::LeaseSpec),
+    ) -> bool {
         let _g = self.lease_op.lock().await;
         let Some(o) = self.lease_now() else {
             return false;
@@ -172,24 +158,20 @@ impl Coordinator {
             return false;
         };
         if let Some(spec) = l.spec.as_mut() {
-            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                k8s_openapi::jiff::Timestamp::now(),
-            ));
-            spec.lease_duration_seconds = Some(self.s.timing.lease_seconds());
-            if let Some(t) = bump {
-                spec.lease_transitions = Some(t.min(i32::MAX as u64) as i32);
-            }
+            change(spec);
         }
         let started = Instant::now();
         let r = tokio::time::timeout(
-            self.renew_attempt_timeout(),
+            timeout,
             self.leases
                 .replace(&self.lease_name(), &PostParams::default(), &l),
         )
         .await;
         match r {
             Ok(Ok(l)) => {
-                self.set_renewed(started);
+                if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.me()) {
+                    self.set_renewed(started);
+                }
                 self.observe(Some(&l));
                 true
             }
@@ -200,7 +182,7 @@ impl Coordinator {
             }
             Ok(Err(e)) => {
                 self.warn(
-                    "renew",
+                    what,
                     kubeapi::explain(
                         &e,
                         "update",
@@ -211,7 +193,7 @@ impl Coordinator {
                 false
             }
             Err(_) => {
-                self.warn("renew", "renewing the Lease timed out".into());
+                self.warn(what, format!("{what}: the Lease update timed out"));
                 false
             }
         }

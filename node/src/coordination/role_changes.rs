@@ -24,15 +24,20 @@ impl Coordinator {
         if !self.renew(None).await {
             return Ok(());
         }
-        let prev = self
-            .pods
+        let prev = self.other_primary_labelled().into_iter().next();
+        self.become_primary(o.record.transitions, prev).await
+    }
+
+    /// Pods other than this one labelled `primary`.
+    fn other_primary_labelled(&self) -> Vec<String> {
+        self.pods
             .store
             .state()
             .iter()
             .filter(|p| kubeapi::role_label(p) == Some(role_values::PRIMARY))
             .filter_map(|p| p.metadata.name.clone())
-            .find(|n| n != self.me());
-        self.become_primary(o.record.transitions, prev).await
+            .filter(|n| n != self.me())
+            .collect()
     }
 
     /// Relabels every other primary-labelled pod (and the previous holder) `replica`,
@@ -42,15 +47,7 @@ impl Coordinator {
         mut term: u64,
         prev: Option<String>,
     ) -> anyhow::Result<()> {
-        let mut others: Vec<String> = self
-            .pods
-            .store
-            .state()
-            .iter()
-            .filter(|p| kubeapi::role_label(p) == Some(role_values::PRIMARY))
-            .filter_map(|p| p.metadata.name.clone())
-            .filter(|n| n != self.me())
-            .collect();
+        let mut others = self.other_primary_labelled();
         if let Some(p) = prev
             && p != self.me()
             && !others.contains(&p)

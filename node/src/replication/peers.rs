@@ -167,17 +167,10 @@ impl Shared {
         forgotten
     }
 
-    /// Drops peers without a stream that were silent for [`PEER_FORGET_AFTER`], and
-    /// if the table is still full, the longest silent one without a stream.
+    /// Drops forgotten peers (see [`Shared::prune`]) and, if the table is still full,
+    /// the longest silent one without a stream.
     fn make_room(peers: &mut HashMap<String, Peer>) -> Vec<String> {
-        let mut gone: Vec<String> = peers
-            .iter()
-            .filter(|(_, p)| p.streams == 0 && p.last_seen.elapsed() > PEER_FORGET_AFTER)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &gone {
-            peers.remove(k);
-        }
+        let mut gone = Self::drop_forgotten(peers);
         if peers.len() >= MAX_PEERS
             && let Some(oldest) = peers
                 .iter()
@@ -193,7 +186,10 @@ impl Shared {
 
     /// Forgets peers without a stream silent for [`PEER_FORGET_AFTER`]; returns their ids.
     pub(crate) fn prune(&self) -> Vec<String> {
-        let mut peers = lock(&self.peers);
+        Self::drop_forgotten(&mut lock(&self.peers))
+    }
+
+    fn drop_forgotten(peers: &mut HashMap<String, Peer>) -> Vec<String> {
         let gone: Vec<String> = peers
             .iter()
             .filter(|(_, p)| p.streams == 0 && p.last_seen.elapsed() > PEER_FORGET_AFTER)

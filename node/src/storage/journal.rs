@@ -12,23 +12,7 @@ impl Store {
             if after + 1 < oldest {
                 return Err(StoreError::Compacted { oldest });
             }
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (s, t, tm, op) = row?;
-                out.push(entry_from_row(s, t, tm, &op)?);
-            }
-            Ok(out)
+            entries_after_in(c, after, limit)
         })
     }
 
@@ -102,24 +86,7 @@ impl Store {
     /// Removes every entry after `seq` and rolls the content back to the state at
     /// `seq`. Returns the removed entries (to be quarantined by the caller).
     pub fn truncate_after(&self, seq: u64) -> Result<Vec<JournalEntry>> {
-        self.rewind(seq, |tx| {
-            let mut stmt =
-                tx.prepare("SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq")?;
-            let rows = stmt.query_map(params![seq as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (s, t, tm, op) = row?;
-                out.push(entry_from_row(s, t, tm, &op)?);
-            }
-            Ok(out)
-        })
+        self.rewind(seq, |tx| entries_after_in(tx, seq, usize::MAX >> 1))
     }
 
     /// Divergence repair: moves every entry after `seq` into the quarantine (with
@@ -284,4 +251,25 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Up to `limit` journal entries with seq > `after`, in order.
+fn entries_after_in(c: &Connection, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, term, time, op FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (s, t, tm, op) = row?;
+        out.push(entry_from_row(s, t, tm, &op)?);
+    }
+    Ok(out)
 }

@@ -66,6 +66,10 @@ pub mod annotations {
     pub const APPROVE_PRIMARY_UPDATE: &str = "studio.cms.io/approve-primary-update";
     /// On pods: the journal term the node reports (written by the node, read by tools).
     pub const TERM: &str = "studio.cms.io/term";
+    /// On pods: `available` or `unavailable` — whether this node, as a sync primary,
+    /// can reach its write quorum (written by the node on every change, so the
+    /// operator's pod watch re-reads the cluster's status at once).
+    pub const WRITE_QUORUM: &str = "studio.cms.io/write-quorum";
     /// On the Secret: the operator generated it (so it is never regenerated).
     pub const GENERATED: &str = "studio.cms.io/generated";
     /// On the data pods' template: hash of the settings that require a restart.

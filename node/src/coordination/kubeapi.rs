@@ -86,6 +86,28 @@ pub async fn label_pod(
         .map(|_| ())
 }
 
+/// Sets one annotation of a pod with a merge patch.
+pub async fn annotate_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// An annotation of a pod.
+pub fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
 /// The role label of a pod.
 pub fn role_label(p: &Pod) -> Option<&str> {
     p.metadata

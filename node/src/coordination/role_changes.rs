@@ -151,6 +151,7 @@ impl Coordinator {
             role_values::REPLICA
         };
         let Some(p) = self.pod(self.me()) else { return };
+        self.reconcile_quorum_annotation(&p).await;
         if kubeapi::role_label(&p) == Some(desired) {
             return;
         }
@@ -160,6 +161,31 @@ impl Coordinator {
         if let Err(e) = kubeapi::label_pod(&self.pods_api, self.me(), desired, term).await {
             self.warn(
                 "label",
+                kubeapi::explain(&e, "patch", "pods", &self.s.namespace),
+            );
+        }
+    }
+
+    /// Publishes on this pod whether it can take sync writes (see
+    /// `annotations::WRITE_QUORUM`): the operator watches pods, so a lost quorum
+    /// reaches the StudioCluster's status within a round trip, without polling.
+    async fn reconcile_quorum_annotation(&self, p: &k8s_openapi::api::core::v1::Pod) {
+        use studio_crds::annotations::WRITE_QUORUM;
+        let available =
+            crate::replication::quorum::write_quorum(&self.state).is_none_or(|q| q.available);
+        let desired = if available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        if kubeapi::annotation(p, WRITE_QUORUM) == Some(desired) {
+            return;
+        }
+        if let Err(e) =
+            kubeapi::annotate_pod(&self.pods_api, self.me(), WRITE_QUORUM, desired).await
+        {
+            self.warn(
+                "annotate",
                 kubeapi::explain(&e, "patch", "pods", &self.s.namespace),
             );
         }

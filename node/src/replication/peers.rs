@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use super::promise::{Promises, version_number};
 use crate::storage::Position;
 
-/// A peer not heard from for this long no longer counts as connected.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer not heard from for this long no longer counts as connected: three missed
+/// heartbeat acknowledgements (a replica acknowledges every heartbeat, 1 s apart).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// A peer with no open stream and not heard from for this long is forgotten (the
 /// table and its metric labels stay bounded when pods come and go).
 pub const PEER_FORGET_AFTER: Duration = Duration::from_secs(600);

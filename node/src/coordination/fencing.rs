@@ -1,7 +1,8 @@
 //! The write fence of Kubernetes mode: this node takes writes only as primary, with a
-//! Lease renewed within the renew deadline and no hand-over in progress; a watchdog
-//! demotes a primary that missed the deadline (before any other node can consider the
-//! Lease expired).
+//! Lease renewed within the renew deadline and no hand-over in progress. Past the
+//! deadline writes stop at once (before any other node can judge the Lease expired);
+//! a later renewal resumes them at the same term; past a lease duration the watchdog
+//! steps the node down.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -98,19 +99,38 @@ impl Coordinator {
             && self.renewed_within(self.s.timing.renew_deadline)
     }
 
-    /// Demotes a primary the moment its last renewal is older than the renew deadline
-    /// (before any other node can consider the lease expired).
+    /// Watches the fence of an acting primary. Past the renew deadline without a
+    /// renewal, `fence_ok` already refuses every write (before any other node can
+    /// judge the Lease expired); the node stays primary, streams keep flowing, and a
+    /// renewal that still succeeds (its resourceVersion precondition proves nobody
+    /// took the Lease meanwhile) resumes writes at the same term — a link blip costs
+    /// no election, no new term and no reconnection. Past a whole lease duration
+    /// without a renewal, another node may hold the Lease: step down for good.
     pub(super) async fn fence_watchdog(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fenced = false;
         loop {
             tick.tick().await;
-            if self.acting_term().is_some() && !self.renewed_within(self.s.timing.renew_deadline) {
+            let acting = self.acting_term().is_some();
+            let t = self.s.timing;
+            let now_fenced = acting && !self.renewed_within(t.renew_deadline);
+            if now_fenced && !fenced {
+                tracing::warn!(
+                    renew_deadline = ?t.renew_deadline,
+                    "could not renew the Lease within the renew deadline: read-only until a renewal succeeds"
+                );
+            } else if fenced && !now_fenced && acting {
+                tracing::info!("the Lease was renewed: taking writes again");
+            }
+            fenced = now_fenced;
+            if acting && !self.renewed_within(t.lease_duration) {
                 tracing::error!(
-                    renew_deadline = ?self.s.timing.renew_deadline,
-                    "could not renew the Lease within the renew deadline: read-only now, stepping down"
+                    lease_duration = ?t.lease_duration,
+                    "could not renew the Lease for a lease duration: stepping down"
                 );
                 self.step_down().await;
+                fenced = false;
             }
         }
     }

@@ -143,7 +143,9 @@ impl Coordinator {
 
     /// Keeps this pod's role label in line with what the node is.
     pub(super) async fn reconcile_label(&self) {
-        let desired = if self.fence_ok() {
+        // An acting primary keeps its label while fenced (it may renew and resume at
+        // the same term); a new primary relabels it before taking writes.
+        let desired = if self.acting_term().is_some() {
             role_values::PRIMARY
         } else if self.s.arbiter {
             role_values::ARBITER

@@ -187,7 +187,8 @@ pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
         term: info.term.max(pos.term),
         seq: pos.seq,
         last_term: pos.term,
-        read_only: !state.role.writable(),
+        // The truth for clients: the role and the write fence.
+        read_only: state.may_write().is_err(),
         primary: info.primary.clone(),
         replication_mode: match state.config.replication_mode {
             ReplicationMode::Async => "async".into(),

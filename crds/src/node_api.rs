@@ -63,6 +63,12 @@ pub const HEADER_PRIMARY: &str = "x-studio-primary";
 pub const HEADER_CLUSTER_ID: &str = "x-studio-cluster-id";
 /// On a stream response: the serving node's current term.
 pub const HEADER_TERM: &str = "x-studio-term";
+/// On a stream or snapshot response: the serving node's schema revision (absent from
+/// nodes before revisions: revision 1). A snapshot carries the revision of its data.
+pub const HEADER_SCHEMA_REVISION: &str = "x-studio-schema-revision";
+/// On a stream or snapshot response: the oldest schema revision the serving node
+/// replicates with (absent: the same as [`HEADER_SCHEMA_REVISION`]).
+pub const HEADER_MIN_COMPATIBLE_REVISION: &str = "x-studio-min-compatible-revision";
 /// Journal position of a snapshot.
 pub const HEADER_SNAPSHOT_SEQ: &str = "x-studio-snapshot-seq";
 pub const HEADER_SNAPSHOT_TERM: &str = "x-studio-snapshot-term";
@@ -115,6 +121,18 @@ pub struct ClusterStatus {
     /// replicas, in async mode, and from nodes before 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_quorum: Option<WriteQuorumStatus>,
+    /// The schema revision of this node's build and data (0 from nodes before
+    /// revisions, which are at revision 1).
+    #[serde(default)]
+    pub schema_revision: u32,
+    /// The oldest schema revision this node replicates with (0 from nodes before
+    /// revisions).
+    #[serde(default)]
+    pub min_compatible_revision: u32,
+    /// Why this node refuses to replicate from its primary (an incompatible schema
+    /// revision); it is not ready while this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_refused: Option<String>,
 }
 
 /// Whether a sync-mode primary can acknowledge writes (see [`ClusterStatus`]).
@@ -231,6 +249,14 @@ pub struct StreamParams {
     /// up from the most advanced member during an election).
     #[serde(default)]
     pub from_any: bool,
+    /// The replica's schema revision (0: a node before revisions, revision 1). The
+    /// primary answers 409 `incompatible_schema` when the two cannot replicate.
+    #[serde(default)]
+    pub schema_revision: u32,
+    /// The oldest schema revision the replica replicates with (0: the same as
+    /// `schema_revision`).
+    #[serde(default)]
+    pub min_compatible_revision: u32,
 }
 
 /// Body of [`REPLICATION_ACK`]: the replica's durable position.

@@ -6,12 +6,36 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// Whether the command line (`args` without the program name) is exactly
+/// `--version --json` (either order; `-V` too): the machine-readable version an
+/// operator reads from an image before rolling it. Checked before [`Config`] is
+/// parsed, so no other flag, environment variable or secret is needed.
+pub fn version_json_requested<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
+    let is = |a: &S, names: &[&str]| names.iter().any(|n| a.as_ref() == *n);
+    args.len() == 2
+        && args.iter().any(|a| is(a, &["--version", "-V"]))
+        && args.iter().any(|a| is(a, &["--json"]))
+}
+
+/// The answer of `--version --json`.
+pub fn version_json() -> String {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "schemaRevision": crate::storage::schema::SCHEMA_REVISION,
+        "minCompatibleRevision": crate::storage::schema::MIN_COMPATIBLE_REVISION,
+    })
+    .to_string()
+}
+
 /// Studio content repository node.
 ///
 /// Run a single primary with `--standalone`, a replica with `--follow URL`. Content
 /// requests need a bearer JWT (HS256) signed with the JWT secret; internal and admin
 /// endpoints (/internal/v1/...) need the cluster token. Both secrets are required
 /// unless --insecure-no-auth is given.
+///
+/// `studio-node --version --json` prints the version and the schema revisions as JSON
+/// (`{"version", "schemaRevision", "minCompatibleRevision"}`), needing nothing else.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "studio-node", version, about, long_about)]
 pub struct Config {
@@ -311,6 +335,21 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn version_json_is_recognised_in_either_order() {
+        assert!(version_json_requested(&["--version", "--json"]));
+        assert!(version_json_requested(&["--json", "-V"]));
+        assert!(!version_json_requested(&["--version"]));
+        assert!(!version_json_requested(&["--json"]));
+        assert!(!version_json_requested(&[
+            "--version",
+            "--json",
+            "--standalone"
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&version_json()).unwrap_or_default();
+        assert_eq!(v["schemaRevision"], crate::storage::schema::SCHEMA_REVISION);
     }
 
     #[test]

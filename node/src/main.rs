@@ -4,6 +4,11 @@ use clap::Parser;
 use studio_node::config::Config;
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if studio_node::config::version_json_requested(&args) {
+        println!("{}", studio_node::config::version_json());
+        return std::process::ExitCode::SUCCESS;
+    }
     let config = Config::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -54,6 +54,9 @@ pub struct Metrics {
     /// Streams this node refused because the primary's term was below one it knows
     /// or promised (a stale primary).
     pub stale_streams_refused: Counter,
+    /// Streams and snapshots refused (either side) because the peer's schema revision
+    /// is incompatible with this node's.
+    pub schema_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,7 @@ impl Metrics {
         let write_quorum_available = Gauge::default();
         write_quorum_available.set(1);
         let stale_streams_refused = Counter::default();
+        let schema_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests served",
@@ -138,10 +142,16 @@ impl Metrics {
             "Replication streams refused because the primary's term is stale",
             stale_streams_refused.clone(),
         );
+        registry.register(
+            "replication_schema_refused",
+            "Replication streams and snapshots refused because the peer's schema revision is incompatible",
+            schema_refused.clone(),
+        );
         Metrics {
             sync_timeouts,
             write_quorum_available,
             stale_streams_refused,
+            schema_refused,
             registry,
             http_requests,
             http_duration,

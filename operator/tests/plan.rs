@@ -40,6 +40,9 @@ fn status(role: NodeRole, seq: u64) -> ClusterStatus {
         quarantined: 0,
         oldest_seq: 0,
         write_quorum: None,
+        schema_revision: 1,
+        min_compatible_revision: 1,
+        replication_refused: None,
     }
 }
 

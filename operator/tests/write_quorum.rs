@@ -39,6 +39,9 @@ fn node(name: &str, role: NodeRole, read_only: bool, mode: &str) -> ClusterStatu
         quarantined: 0,
         oldest_seq: 0,
         write_quorum: None,
+        schema_revision: 1,
+        min_compatible_revision: 1,
+        replication_refused: None,
     }
 }
 

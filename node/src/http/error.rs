@@ -90,6 +90,9 @@ impl From<StoreError> for ApiError {
             StoreError::OutOfOrder { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "out_of_order", msg)
             }
+            StoreError::SchemaTooNew { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "incompatible_schema", msg)
+            }
             StoreError::Overloaded { .. } => {
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg);
                 e.retry_after = Some(1);
@@ -147,6 +150,9 @@ impl From<StreamRefused> for ApiError {
             }
             StreamRefused::StaleTerm { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_term", e.to_string())
+            }
+            StreamRefused::IncompatibleSchema { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "incompatible_schema", e.to_string())
             }
             StreamRefused::Store(s) => s.into(),
         }

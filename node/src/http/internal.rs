@@ -13,13 +13,28 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use studio_crds::node_api::{
     self, AckRequest, AdminResponse, DemoteRequest, FollowRequest, HEADER_CLUSTER_ID,
-    HEADER_SNAPSHOT_SEQ, HEADER_SNAPSHOT_TERM, HEADER_TERM, PositionAnswer, PositionRequest,
-    PromoteRequest, StreamParams, SwitchoverRequest,
+    HEADER_MIN_COMPATIBLE_REVISION, HEADER_SCHEMA_REVISION, HEADER_SNAPSHOT_SEQ,
+    HEADER_SNAPSHOT_TERM, HEADER_TERM, PositionAnswer, PositionRequest, PromoteRequest,
+    StreamParams, SwitchoverRequest,
 };
 
 use super::ApiState;
 use super::error::ApiError;
 use crate::replication::{Replication, roles, server};
+use crate::storage::schema::Revisions;
+
+/// Announces this node's schema revisions on a stream or snapshot answer (the data
+/// of a snapshot is at this build's revision: the store was migrated on open).
+fn schema_headers(h: &mut axum::http::HeaderMap) {
+    h.insert(
+        HEADER_SCHEMA_REVISION,
+        HeaderValue::from(Revisions::OWN.revision),
+    );
+    h.insert(
+        HEADER_MIN_COMPATIBLE_REVISION,
+        HeaderValue::from(Revisions::OWN.min_compatible),
+    );
+}
 
 /// Default time a switchover waits for the target to catch up.
 const SWITCHOVER_DEFAULT: Duration = Duration::from_secs(10);
@@ -53,6 +68,7 @@ async fn stream(
         HeaderValue::from_static("application/x-ndjson"),
     );
     h.insert(HEADER_TERM, HeaderValue::from(opened.term));
+    schema_headers(h);
     if let Some(id) = opened
         .cluster_id
         .and_then(|c| HeaderValue::from_str(&c).ok())
@@ -82,6 +98,7 @@ async fn snapshot(State(state): State<ApiState>) -> Result<Response, ApiError> {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(snap.len));
     h.insert(HEADER_SNAPSHOT_SEQ, HeaderValue::from(snap.position.seq));
     h.insert(HEADER_SNAPSHOT_TERM, HeaderValue::from(snap.position.term));
+    schema_headers(h);
     if let Some(id) = snap.cluster_id.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(HEADER_CLUSTER_ID, id);
     }

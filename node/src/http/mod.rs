@@ -28,6 +28,7 @@ use crate::config::ReplicationMode;
 use crate::metrics::HttpLabels;
 use crate::node::Node;
 use crate::replication::status;
+use crate::storage::schema::Revisions;
 use auth::Auth;
 use error::ApiError;
 
@@ -199,6 +200,9 @@ pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
         quarantined,
         oldest_seq: oldest,
         write_quorum: crate::replication::quorum::write_quorum(state),
+        schema_revision: Revisions::OWN.revision,
+        min_compatible_revision: Revisions::OWN.min_compatible,
+        replication_refused: status::replication_refused(state),
     })
 }
 

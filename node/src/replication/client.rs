@@ -7,10 +7,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Deserialize;
 use studio_crds::node_api::{
-    self, HEADER_CLUSTER_ID, HEADER_TERM, NodeRole, StreamParams, WirePosition,
+    self, ErrorBody, HEADER_CLUSTER_ID, HEADER_MIN_COMPATIBLE_REVISION, HEADER_SCHEMA_REVISION,
+    HEADER_TERM, NodeRole, StreamParams, WirePosition,
 };
 
 use super::Replication;
+use crate::storage::schema::Revisions;
 use crate::storage::{JournalEntry, StoreError};
 
 /// A stream (or download) silent for this long is treated as dead.
@@ -51,6 +53,10 @@ pub enum SessionError {
     Frame(#[from] serde_json::Error),
     #[error("{0}")]
     Refused(String),
+    /// The peer's schema revision and this node's cannot replicate with each other
+    /// (either side found out). Not retried quickly; the node is not ready meanwhile.
+    #[error("{0}")]
+    IncompatibleSchema(String),
     #[error("stream silent for {0:?}")]
     Silent(Duration),
     #[error("stream ended")]
@@ -84,6 +90,8 @@ pub async fn open(
         role: Some(role),
         address: Some(state.advertise_url.to_string()),
         from_any,
+        schema_revision: Revisions::OWN.revision,
+        min_compatible_revision: Revisions::OWN.min_compatible,
     };
     let req = state
         .stream_http
@@ -95,6 +103,7 @@ pub async fn open(
     if !resp.status().is_success() {
         return Err(error_status(resp).await);
     }
+    check_schema(&resp, url, "stream")?;
     Ok(OpenStream {
         remote_term: header(&resp, HEADER_TERM)
             .and_then(|t| t.parse().ok())
@@ -140,9 +149,53 @@ impl FrameBuffer {
     }
 }
 
+/// The schema revisions a stream or snapshot answer announces (none: a node from
+/// before revisions, revision 1).
+pub fn announced_revisions(resp: &reqwest::Response) -> Revisions {
+    let get = |name| header(resp, name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Revisions::announced(
+        get(HEADER_SCHEMA_REVISION),
+        get(HEADER_MIN_COMPATIBLE_REVISION),
+    )
+}
+
+/// Refuses a stream or snapshot (`what`) from `url` whose schema revision this node
+/// cannot replicate with.
+pub fn check_schema(resp: &reqwest::Response, url: &str, what: &str) -> Result<(), SessionError> {
+    let peer = announced_revisions(resp);
+    if Revisions::OWN.compatible_with(peer) {
+        return Ok(());
+    }
+    Err(SessionError::IncompatibleSchema(format!(
+        "incompatible schema: the {what} of {url} has {peer}, this node has {}: they cannot replicate with each other",
+        Revisions::OWN
+    )))
+}
+
+/// Refuses a snapshot of `url` this node cannot replicate with, or whose data is at
+/// a newer revision than this build's (a node never opens newer data: it would be a
+/// downgrade), before anything is downloaded.
+pub fn check_snapshot_schema(resp: &reqwest::Response, url: &str) -> Result<(), SessionError> {
+    check_schema(resp, url, "snapshot")?;
+    let data = announced_revisions(resp).revision;
+    if data > Revisions::OWN.revision {
+        return Err(SessionError::IncompatibleSchema(format!(
+            "the snapshot of {url} holds data at schema revision {data}, newer than this node's {}: \
+             a node never opens newer data (upgrade this node first)",
+            Revisions::OWN
+        )));
+    }
+    Ok(())
+}
+
 pub async fn error_status(resp: reqwest::Response) -> SessionError {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
+    if let Ok(e) = serde_json::from_str::<ErrorBody>(&body)
+        && e.error == "incompatible_schema"
+    {
+        return SessionError::IncompatibleSchema(format!("refused by the peer: {}", e.message));
+    }
     SessionError::Status {
         status,
         body: body.chars().take(500).collect(),

@@ -44,6 +44,7 @@ pub(super) async fn run(state: Replication) {
         let info = role_rx.borrow_and_update().clone();
         let Some(url) = target(&info) else {
             state.repl.connected.store(false, Ordering::SeqCst);
+            state.repl.set_replication_refused(None);
             if role_rx.changed().await.is_err() {
                 return;
             }
@@ -60,6 +61,9 @@ pub(super) async fn run(state: Replication) {
                 continue;
             }
             Err(e) => {
+                if let SessionError::IncompatibleSchema(why) = &e {
+                    super::status::refuse_replication(&state, &url, why);
+                }
                 tracing::warn!(primary = %url, error = %e, retry_ms = backoff.as_millis() as u64, "replication stream interrupted");
                 // Wait before retrying, but react to a role change at once.
                 let changed = tokio::time::timeout(backoff, role_changed(&mut role_rx, &url))
@@ -242,7 +246,7 @@ async fn receive(
                     shared.set_primary_pos(ppos);
                     let own = state.store.position();
                     if own.seq >= ppos.seq {
-                        shared.caught_up.store(true, Ordering::SeqCst);
+                        shared.mark_caught_up();
                     }
                     // Re-acknowledge on heartbeats so the primary knows this node is
                     // alive, even when nothing changed.
@@ -267,7 +271,7 @@ async fn receive(
             apply_batch(state, url, remote_term, batch, ack).await?;
             if idle {
                 // Applied everything the primary had sent: caught up.
-                shared.caught_up.store(true, Ordering::SeqCst);
+                shared.mark_caught_up();
             }
         }
         if let Some(e) = failed {
@@ -336,7 +340,7 @@ async fn apply_entries(
     if let Some(p) = shared.primary_pos()
         && applied.seq >= p.seq
     {
-        shared.caught_up.store(true, Ordering::SeqCst);
+        shared.mark_caught_up();
     }
     tracing::trace!(
         n,
@@ -515,6 +519,7 @@ pub(crate) async fn clone_from(state: &Replication, url: &str) -> Result<(), Ses
         if !resp.status().is_success() {
             return Err(error_status(resp).await);
         }
+        client::check_snapshot_schema(&resp, url)?;
         check_cluster_id(state, header(&resp, node_api::HEADER_CLUSTER_ID)).await?;
         let seq = header(&resp, HEADER_SNAPSHOT_SEQ).unwrap_or_default();
         let term = header(&resp, HEADER_SNAPSHOT_TERM).unwrap_or_default();

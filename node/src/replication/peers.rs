@@ -4,7 +4,7 @@
 //! primary.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ pub struct Shared {
     /// clone, has not "lost" them).
     had_quorum: AtomicBool,
     had_replica: AtomicBool,
+    /// Replica: why it refuses to replicate from its primary (incompatible schema
+    /// revisions); not ready while set.
+    refused: Mutex<Option<String>>,
 }
 
 impl Default for Shared {
@@ -91,6 +94,7 @@ impl Default for Shared {
             replicas_ok_at: Mutex::new(Instant::now()),
             had_quorum: AtomicBool::new(false),
             had_replica: AtomicBool::new(false),
+            refused: Mutex::new(None),
         }
     }
 }
@@ -131,6 +135,25 @@ impl Shared {
                 "the campaign this node promised term {term} to did not win the Lease: promise released"
             );
         }
+    }
+
+    /// Why this node refuses to replicate from its primary, if it does.
+    pub fn replication_refused(&self) -> Option<String> {
+        lock(&self.refused).clone()
+    }
+
+    /// Replica: caught up with a primary it accepts (ends a refusal).
+    pub(crate) fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::SeqCst);
+        self.set_replication_refused(None);
+    }
+
+    /// Sets (or clears) the refusal; returns whether it changed.
+    pub(crate) fn set_replication_refused(&self, why: Option<String>) -> bool {
+        let mut r = lock(&self.refused);
+        let changed = *r != why;
+        *r = why;
+        changed
     }
 
     /// Records a peer's acknowledged position. Returns the ids of peers forgotten to

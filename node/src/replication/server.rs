@@ -9,6 +9,7 @@ use studio_crds::node_api::{StreamFrame, StreamParams, WirePosition};
 use super::roles::known_term;
 use super::{HEARTBEAT, Replication};
 use crate::cluster::{Role, RoleInfo};
+use crate::storage::schema::Revisions;
 use crate::storage::{Position, Store, StoreError, term_in};
 
 /// Entries read from the journal per stream chunk.
@@ -23,6 +24,14 @@ pub enum StreamRefused {
     NotPrimary { primary: Option<String> },
     #[error("the replica has seen term {replica}, this node only {known}")]
     StaleTerm { replica: u64, known: u64 },
+    #[error(
+        "incompatible schema: replica {replica} has {peer}, this node has {own}: they cannot replicate with each other"
+    )]
+    IncompatibleSchema {
+        replica: String,
+        own: Revisions,
+        peer: Revisions,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,6 +132,17 @@ pub async fn open(
     state: &Replication,
     params: StreamParams,
 ) -> Result<OpenedStream, StreamRefused> {
+    let peer = Revisions::announced(params.schema_revision, params.min_compatible_revision);
+    if !Revisions::OWN.compatible_with(peer) {
+        state.metrics.schema_refused.inc();
+        let e = StreamRefused::IncompatibleSchema {
+            replica: params.node_id,
+            own: Revisions::OWN,
+            peer,
+        };
+        tracing::warn!(error = %e, "replication stream refused");
+        return Err(e);
+    }
     let info = state.role.get();
     if !serving(&info, params.from_any) {
         return Err(StreamRefused::NotPrimary {

@@ -122,10 +122,29 @@ pub(crate) fn forget_peer_metrics(state: &Replication, peer: &str) {
 }
 
 /// Whether replication considers this node able to serve its role (for /readyz):
-/// a replica or arbiter that has caught up with its primary at least once.
+/// a replica or arbiter that has caught up with its primary at least once and does
+/// not refuse it (incompatible schema revisions).
 pub fn ready(state: &Replication) -> bool {
     match state.role.get().role {
         Role::Primary => true,
-        _ => state.repl.caught_up.load(Ordering::SeqCst),
+        _ => {
+            state.repl.caught_up.load(Ordering::SeqCst)
+                && state.repl.replication_refused().is_none()
+        }
+    }
+}
+
+/// Why this node refuses to replicate from its primary, if it does.
+pub fn replication_refused(state: &Replication) -> Option<String> {
+    state.repl.replication_refused()
+}
+
+/// The follower refuses its primary (`why`: incompatible schema revisions): not
+/// ready until a compatible stream opens. Logged once per distinct reason.
+pub(crate) fn refuse_replication(state: &Replication, primary: &str, why: &str) {
+    state.repl.caught_up.store(false, Ordering::SeqCst);
+    state.metrics.schema_refused.inc();
+    if state.repl.set_replication_refused(Some(why.to_string())) {
+        tracing::error!(%primary, reason = %why, "refusing to replicate: incompatible schema revision; this node stays not ready until its primary runs a compatible revision");
     }
 }

@@ -20,6 +20,7 @@ pub mod blobs;
 mod journal;
 pub mod path;
 mod read;
+pub mod schema;
 pub mod types;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,18 @@ pub enum StoreError {
     TooLarge { limit: u64 },
     #[error("binary {0} is not on disk yet (fetch it before applying the entry)")]
     MissingBlob(String),
+    #[error(
+        "the data is at schema revision {data}, newer than this build's revision {build}: \
+         refusing to use it (a downgrade below the data's revision is not supported; run a \
+         build of revision {data} or newer)"
+    )]
+    SchemaTooNew { data: u32, build: u32 },
+    #[error("migration to schema revision {to} ({what}) failed, nothing of it was kept: {error}")]
+    Migration {
+        to: u32,
+        what: &'static str,
+        error: String,
+    },
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("sqlite: {0}")]
@@ -76,28 +89,6 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, term INTEGER NOT NULL, time INTEGER NOT NULL, op TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS terms (term INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    rid INTEGER PRIMARY KEY,
-    ws TEXT NOT NULL, path TEXT NOT NULL, parent TEXT NOT NULL,
-    id TEXT NOT NULL, type TEXT NOT NULL, props TEXT NOT NULL,
-    version INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL, author TEXT NOT NULL,
-    UNIQUE (ws, path));
-CREATE INDEX IF NOT EXISTS items_parent ON items (ws, parent, path);
-CREATE INDEX IF NOT EXISTS items_id ON items (ws, id);
-CREATE TABLE IF NOT EXISTS versions (
-    id TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL,
-    props TEXT NOT NULL, time INTEGER NOT NULL, author TEXT NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (id, version));
-CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS undo (seq INTEGER NOT NULL, n INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, before TEXT, PRIMARY KEY (seq, n));
-CREATE TABLE IF NOT EXISTS quarantine (qid INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL, term INTEGER NOT NULL, time INTEGER NOT NULL, op TEXT NOT NULL, reason TEXT NOT NULL, added INTEGER NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5 (body);
-"#;
 
 /// Meta keys with this prefix describe the local node and survive `restore_from`.
 pub const LOCAL_META_PREFIX: &str = "local.";
@@ -233,8 +224,9 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(dir.join("blobs").join("tmp"))?;
         let db_path = dir.join("studio.db");
-        let conn = open_conn(&db_path)?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = open_conn(&db_path)?;
+        // Refuses newer data before anything is written; migrates older data.
+        schema::prepare(&mut conn)?;
         let pos = read_position(&conn)?;
         let (pos_tx, _) = watch::channel(pos);
         // Leftovers of interrupted uploads.
@@ -496,9 +488,13 @@ impl Store {
     }
 
     /// Replaces the whole content (journal, terms, items, versions, blobs table) with
-    /// the snapshot at `path`. Quarantine and `local.*` meta keys are kept.
+    /// the snapshot at `path`. Quarantine and `local.*` meta keys are kept. The
+    /// snapshot file itself is first brought to this build's schema revision (an
+    /// older one is migrated in place, a newer one refused), so a refusal or a
+    /// failed migration leaves this store untouched.
     pub fn restore_from(&self, path: &Path) -> Result<Position> {
-        let src = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut src = Connection::open(path)?;
+        schema::prepare(&mut src)?;
         let mut conn = lock(&self.writer);
         let quarantine = Self::quarantine_in(&conn)?;
         let local: Vec<(String, String)> = {
@@ -510,7 +506,6 @@ impl Store {
             let backup = rusqlite::backup::Backup::new(&src, &mut conn)?;
             backup.run_to_completion(1024, std::time::Duration::from_millis(0), None)?;
         }
-        conn.execute_batch(SCHEMA)?;
         let tx = conn.transaction()?;
         exec(&tx, "DELETE FROM quarantine", [])?;
         for q in &quarantine {

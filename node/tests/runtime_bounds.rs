@@ -123,19 +123,9 @@ fn a_background_task_that_dies_stops_the_process() {
 
 #[tokio::test]
 async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let node = Node::standalone(&dir.path().join("n"), &["--max-concurrent-requests", "1"]);
-    // One upload whose body never finishes holds the only slot.
-    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /api/v1/binaries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nabc",
-        editor()
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
     let http = reqwest::Client::new();
     let get = || {
         http.get(format!("{}/api/v1/content/anything", node.url))
@@ -143,15 +133,41 @@ async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
             .timeout(Duration::from_secs(5))
             .send()
     };
-    let refused = common::cluster::wait_for(
-        "a request refused while the slot is held",
-        Duration::from_secs(10),
-        || async {
-            let r = get().await.ok()?;
-            (r.status().as_u16() == 503).then_some(r)
-        },
-    )
-    .await;
+    let head = format!(
+        "POST /api/v1/binaries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nabc",
+        editor()
+    );
+    // One upload whose body never finishes holds the only slot. It may itself be
+    // refused when it races a probe for the slot: then it gets an answer at once, and
+    // a new one is started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (refused, _slow) = loop {
+        assert!(Instant::now() < deadline, "no request was ever refused");
+        let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+            .await
+            .unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let mut held = None;
+        for _ in 0..20 {
+            let r = get().await.unwrap();
+            if r.status().as_u16() == 503 {
+                held = Some(r);
+                break;
+            }
+            let mut buf = [0u8; 64];
+            // An answer on the upload's connection means it was refused, not held.
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(50), slow.read(&mut buf)).await
+                && n > 0
+            {
+                break;
+            }
+        }
+        if let Some(r) = held {
+            break (r, slow);
+        }
+    };
     assert_eq!(
         refused
             .headers()
@@ -164,7 +180,7 @@ async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
     // Health and internal routes are not limited.
     assert!(status(&http, &node.url).await.is_some());
     // When the slot frees, requests are served again.
-    drop(slow);
+    drop(_slow);
     common::cluster::wait_for("requests served again", Duration::from_secs(10), || async {
         let r = get().await.ok()?;
         (r.status().as_u16() == 404).then_some(())

@@ -103,13 +103,14 @@ pub fn base64url(data: &[u8]) -> String {
     out
 }
 
-/// An HS256 JWT for user `sub` with `roles`, valid for 10 minutes.
+/// An HS256 JWT for user `sub` with `roles`, valid for 12 hours (a nemesis soak runs
+/// for an hour or more; a token expiring mid-run looked like a cluster without writes).
 pub fn token(key: &[u8], sub: &str, roles: &[&str]) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-        + 600;
+        + 12 * 3600;
     let head = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
     let body = base64url(
         serde_json::json!({"sub": sub, "roles": roles, "exp": exp})

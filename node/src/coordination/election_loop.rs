@@ -12,6 +12,14 @@ use super::state::{self, Action, Inputs};
 use super::{Coordinator, lock};
 use crate::replication::roles;
 
+/// How soon the next round runs.
+enum Pace {
+    /// A retry period later (or at the next wake-up).
+    Normal,
+    /// Soon: a renewal just failed.
+    Hurry,
+}
+
 impl Coordinator {
     pub(super) async fn run(self: Arc<Self>) -> Result<(), String> {
         // Bootstrap first: nothing else makes sense without the cluster id.
@@ -31,19 +39,28 @@ impl Coordinator {
             }
         }
         loop {
-            if let Err(e) = self.step().await {
-                self.warn("step", format!("{e:#}"));
-            }
+            let pause = match self.step().await {
+                Ok(Pace::Normal) => self.s.timing.retry_period,
+                // A renewal that failed is retried soon, on a fresh request: after a
+                // link flap the next attempt must land before the renew deadline,
+                // not a whole retry period after the one stuck in TCP back-off.
+                Ok(Pace::Hurry) => self.s.timing.retry_period / 4,
+                Err(e) => {
+                    self.warn("step", format!("{e:#}"));
+                    self.s.timing.retry_period
+                }
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.s.timing.retry_period) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
 
     /// One round of the state machine: reads the inputs, asks [`state::next`] and
     /// performs its actions in order.
-    async fn step(&self) -> anyhow::Result<()> {
+    async fn step(&self) -> anyhow::Result<Pace> {
+        let mut pace = Pace::Normal;
         let timing = self.s.timing;
         // A Lease watch on a connection that died in a network cut can stay silent
         // for minutes: when nothing was heard for half a lease duration (a primary
@@ -72,7 +89,9 @@ impl Coordinator {
         for action in state::next(&inputs) {
             match action {
                 Action::Renew => {
-                    self.renew(None).await;
+                    if !self.renew(None).await {
+                        pace = Pace::Hurry;
+                    }
                 }
                 Action::StepDown { holder } => {
                     tracing::warn!(holder = ?holder, "the Lease names another holder: stepping down");
@@ -114,7 +133,7 @@ impl Coordinator {
                 Action::ReconcileLabel => self.reconcile_label().await,
             }
         }
-        Ok(())
+        Ok(pace)
     }
 
     /// Polls the members' positions (each promises `term`), then applies the safety

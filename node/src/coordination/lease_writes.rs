@@ -76,11 +76,13 @@ impl Coordinator {
     }
 
     /// One renewal attempt gives up after this long, so that after a network blip
-    /// the next attempt (a retry period later, on a fresh request) can still land
-    /// before the renew deadline; the deadline itself is enforced by the fence.
+    /// the next attempt (a quarter retry period later, on a fresh connection rather
+    /// than one stuck in TCP back-off) can still land before the renew deadline; the
+    /// deadline itself is enforced by the fence. 1.5 retry periods leave a loaded API
+    /// server time to answer.
     fn renew_attempt_timeout(&self) -> std::time::Duration {
         let t = self.s.timing;
-        (t.retry_period * 2)
+        (t.retry_period * 3 / 2)
             .max(std::time::Duration::from_secs(1))
             .min(t.renew_deadline)
     }

@@ -403,6 +403,29 @@ impl History {
             .unwrap_or(Gap { from, to })
     }
 
+    /// The operations in flight during `gap`, one line each (for failure reports): what
+    /// the writers were waiting on while nothing was acknowledged.
+    pub fn ops_during(&self, gap: &Gap) -> Vec<String> {
+        self.ops
+            .iter()
+            .filter(|o| o.complete >= gap.from && o.invoke <= gap.to)
+            .map(|o| {
+                format!(
+                    "client {} -> {} invoked {:.1}s completed {:.1}s: {}",
+                    o.client,
+                    o.target,
+                    self.secs(o.invoke),
+                    self.secs(o.complete),
+                    match &o.outcome {
+                        Outcome::Ok => "ok".to_string(),
+                        Outcome::Fail(s) => format!("fail {}", truncate(s, 100)),
+                        Outcome::Unknown(s) => format!("unknown {}", truncate(s, 100)),
+                    }
+                )
+            })
+            .collect()
+    }
+
     /// How long after `t` the first write invoked at or after `t` was acknowledged.
     pub fn recovery_after(&self, t: Instant) -> Option<Duration> {
         self.acked()

@@ -400,7 +400,9 @@ async fn probe_loop(
         let t = ProbeTiming::of(p);
         tokio::time::sleep(t.initial_delay).await;
         let mut counter = ProbeCounter::new(&t);
+        let mut tick = probe_ticker(t.period);
         loop {
+            tick.tick().await;
             let r = probes::run_once(p, &target, t.timeout).await;
             match counter.record(r.is_ok()) {
                 Some(true) => break,
@@ -415,7 +417,6 @@ async fn probe_loop(
                 }
                 None => {}
             }
-            tokio::time::sleep(t.period).await;
         }
         let has_readiness = container.readiness_probe.is_some();
         ctx.update(kind, idx, |c| {
@@ -433,7 +434,9 @@ async fn probe_loop(
         tokio::time::sleep(t.initial_delay).await;
         let mut was: Option<bool> = None;
         let mut counter = ProbeCounter::new(&t);
+        let mut tick = probe_ticker(t.period);
         loop {
+            tick.tick().await;
             let r = probes::run_once(p, &target, t.timeout).await;
             if let Err(e) = &r {
                 tracing::debug!(pod = %ctx.label, container = %container.name, error = %e, "readiness probe failed");
@@ -452,7 +455,6 @@ async fn probe_loop(
                 was = Some(v);
                 ctx.update(kind, idx, |c| c.ready = v);
             }
-            tokio::time::sleep(t.period).await;
         }
     };
     let liveness = async {
@@ -462,7 +464,9 @@ async fn probe_loop(
         let t = ProbeTiming::of(p);
         tokio::time::sleep(t.initial_delay).await;
         let mut counter = ProbeCounter::new(&t);
+        let mut tick = probe_ticker(t.period);
         loop {
+            tick.tick().await;
             let r = probes::run_once(p, &target, t.timeout).await;
             if counter.record(r.is_ok()) == Some(false) {
                 let _ = kill_tx
@@ -473,10 +477,19 @@ async fn probe_loop(
                     .await;
                 return;
             }
-            tokio::time::sleep(t.period).await;
         }
     };
     tokio::join!(readiness, liveness);
+}
+
+/// Probes run on a fixed period, like the kubelet's ticker: a probe that takes its whole
+/// timeout does not push the next one back (a period of "sleep after the probe" would
+/// drift into lock-step with a link flapping at probe duration + period and fail every
+/// probe); missed ticks are dropped, not bunched.
+fn probe_ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
 }
 
 fn open_log(path: &Path) -> std::io::Result<(Stdio, Stdio)> {

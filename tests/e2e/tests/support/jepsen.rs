@@ -342,6 +342,9 @@ impl Jepsen {
                 h.secs(g.to)
             );
             if g.len() > BOUND {
+                for line in h.ops_during(&g).iter().take(40) {
+                    eprintln!("[jepsen] during the gap: {line}");
+                }
                 self.fail(format!("{msg}, bound {}s", BOUND.as_secs()));
             } else {
                 self.note(msg);

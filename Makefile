@@ -25,6 +25,7 @@ controlplane: deps
 
 bins:
 	$(CARGO) build --workspace --bins
+	@CARGO=$(CARGO) scripts/build-schema-skew.sh
 
 cluster-up: controlplane bins
 	@STUDIO_CP_BIN=$$(scripts/build-controlplane.sh) scripts/cluster-up.sh

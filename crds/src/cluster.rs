@@ -427,6 +427,65 @@ pub struct StudioClusterStatus {
     /// Revision of the data StatefulSet the pods are being moved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// The image the StatefulSets run: `spec.image` once the operator has checked that
+    /// the data can be upgraded to it (see `upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The last image change and what the operator learned about it before rolling it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
+}
+
+/// An image change: the schema revision of the new image (from `studio-node --version
+/// --json`, run by a short Job) and how the operator rolls it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// The image being upgraded to.
+    pub target_image: String,
+    /// Schema revision the new image writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_revision: Option<u32>,
+    /// Oldest revision the new image still replicates with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_compatible_revision: Option<u32>,
+    /// Schema revision of the data before the upgrade (the members' lowest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<u32>,
+    /// How the image is rolled (absent while its revision is being learned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<UpgradeKind>,
+    /// What the operator is doing or why it refuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How an image change is rolled out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum UpgradeKind {
+    /// Same schema revision: one member at a time, the primary last (by switchover).
+    Online,
+    /// A newer revision the old members can still replicate with: the same rolling
+    /// order (replicas first, primary last); members run mixed revisions meanwhile.
+    Compatible,
+    /// A revision the old members cannot replicate with: writes stop, every member
+    /// restarts on the new image (each migrates its data), writes resume. Members
+    /// never run mixed revisions.
+    Offline,
+    /// The image cannot open the data (its revision is older than the data's, or it
+    /// did not report one): nothing is touched; the StatefulSets keep `status.image`.
+    Refused,
+}
+
+impl UpgradeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "Online",
+            Self::Compatible => "Compatible",
+            Self::Offline => "Offline",
+            Self::Refused => "Refused",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node_client::{NodeClient, SWITCHOVER_TIMEOUT};
 use crate::plan::{self, Observed, Plan, Reason, Step};
+use crate::upgrade;
 
 /// A cluster's primary as our last status update saw it, with its last change.
 #[derive(Clone, Debug)]
@@ -279,9 +280,24 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         .map(|s| s.current_primary.is_some() || s.last_failover.is_some())
         .unwrap_or(false);
     obs.prev_phase = sc.status.as_ref().and_then(|s| s.phase);
-    let plan = plan::plan(&sc, &obs);
+    // A new image is rolled only once its schema revision is known and allowed.
+    let gate = upgrade::gate(client, &sc, &obs, !sc.spec.paused).await?;
+    obs.upgrade_kind = gate.kind;
+    if let Some((warning, reason, note)) = gate.event.clone() {
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(&sc, type_, reason, note).await;
+    }
+    let run = gate.apply_to(&sc);
+    let mut plan = plan::plan(&run, &obs);
+    if let Some(held) = &gate.held {
+        plan.message = format!("{}; spec.image held back: {held}", plan.message);
+    }
     if sc.spec.paused {
-        update_status(&ctx, &sc, &obs, &plan).await?;
+        update_status(&ctx, &sc, &obs, &plan, &gate).await?;
         let requeue = if plan.write_quorum.ok() {
             Duration::from_secs(60)
         } else {
@@ -308,7 +324,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
             .unwrap_or(false)
     };
     if terminating(&data_sts) || (sc.spec.arbiter.enabled && terminating(&arbiter_sts)) {
-        update_status(&ctx, &sc, &obs, &plan).await?;
+        update_status(&ctx, &sc, &obs, &plan, &gate).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
 
@@ -328,7 +344,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     // Apply.
-    let owned = build::build_owned(&sc, plan.data_replicas)?;
+    let owned = build::build_owned(&run, plan.data_replicas)?;
     apply_owned(client, &ns, &owned).await?;
     if !sc.spec.arbiter.enabled && arbiter_sts.is_some() && !terminating(&arbiter_sts) {
         sts_api
@@ -413,8 +429,12 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         requeue = Duration::from_secs(2);
         execute(&ctx, &sc, &obs, step, token.as_deref()).await?;
     }
+    if gate.held.is_some() && gate.upgrade.as_ref().and_then(|u| u.kind).is_none() {
+        // Probing the new image: look again soon.
+        requeue = requeue.min(Duration::from_secs(2));
+    }
 
-    update_status(&ctx, &sc, &obs, &plan).await?;
+    update_status(&ctx, &sc, &obs, &plan, &gate).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -687,6 +707,25 @@ async fn execute(
             .await;
             pods.delete(name, &DeleteParams::default()).await?;
         }
+        Step::RestartAll { names } => {
+            ctx.event(
+                sc,
+                EventType::Warning,
+                "OfflineUpgrade",
+                format!(
+                    "offline upgrade: stopping writes and restarting {} together on the new revision",
+                    names.join(", ")
+                ),
+            )
+            .await;
+            for name in names {
+                match pods.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         Step::RejectSwitchover { target, why } => {
             ctx.event(
                 sc,
@@ -802,6 +841,7 @@ async fn update_status(
     sc: &StudioCluster,
     obs: &Observed,
     plan: &Plan,
+    gate: &upgrade::Gate,
 ) -> Result<()> {
     let prev = sc.status.clone().unwrap_or_default();
     let primary = obs.primary().map(|m| m.name.clone());
@@ -914,6 +954,8 @@ async fn update_status(
             .and_then(|n| n.cluster_id.clone())
             .or(prev.cluster_id.clone()),
         update_revision: obs.update_revision.clone(),
+        image: Some(gate.image.clone()),
+        upgrade: gate.upgrade.clone(),
     };
     if sc.status.as_ref() != Some(&status) {
         // Journal positions move with every write: a status that differs only in them

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod node_client;
 pub mod plan;
 pub mod server;
+pub mod upgrade;
 
 /// The StudioCluster CRD as YAML, as committed under `deploy/crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

@@ -114,6 +114,10 @@ pub struct Observed {
     /// The phase the previous status recorded: a restart the operator ordered
     /// (upgrade, scale) is still that operation until the pod is ready again.
     pub prev_phase: Option<Phase>,
+    /// The studio-node image of the data StatefulSet's template.
+    pub sts_image: Option<String>,
+    /// How the image rollout in progress runs (see `crate::upgrade`).
+    pub upgrade_kind: Option<studio_crds::UpgradeKind>,
 }
 
 impl Observed {
@@ -139,6 +143,15 @@ impl Observed {
         self.update_revision = data
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone());
+        self.sts_image = data
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| {
+                p.containers
+                    .iter()
+                    .find(|c| c.name == crate::build::CONTAINER)
+            })
+            .and_then(|c| c.image.clone());
         self.arbiter_update_revision = arbiter
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone());
@@ -237,6 +250,9 @@ pub enum Step {
     },
     /// Delete a pod so the StatefulSet recreates it from the new template.
     RestartPod { name: String, primary: bool },
+    /// Offline upgrade: delete every outdated pod at once, so that no member of the
+    /// old revision runs beside one of the new.
+    RestartAll { names: Vec<String> },
     /// The user's switchover request cannot be honoured; drop it and say why.
     RejectSwitchover { target: String, why: String },
     /// The user's switchover request is already satisfied; drop it.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use studio_crds::node_api::{ClusterStatus, NodeRole};
-use studio_crds::{Phase, PrimaryUpdateStrategy, StudioCluster, annotations};
+use studio_crds::{Phase, PrimaryUpdateStrategy, StudioCluster, UpgradeKind, annotations};
 use studio_operator::plan::{self, LabelRepair, Member, Observed, Reason, Step};
 
 fn cluster(nodes: i32) -> StudioCluster {
@@ -74,6 +74,8 @@ fn observed(members: Vec<Member>, replicas: i32, rev: &str, holder: Option<&str>
         lease_holder: holder.map(String::from),
         had_primary: true,
         prev_phase: None,
+        sts_image: None,
+        upgrade_kind: None,
     }
 }
 
@@ -294,6 +296,47 @@ fn supervised_upgrade_waits_for_the_user_before_touching_the_primary() {
         "{:?}",
         p.step
     );
+}
+
+#[test]
+fn an_offline_upgrade_restarts_every_member_together_never_one_by_one() {
+    let mut obs = observed(
+        vec![
+            member(0, "primary", "r1", 100),
+            member(1, "replica", "r1", 100),
+            member(2, "replica", "r1", 100),
+        ],
+        3,
+        "r2",
+        Some("acme-0"),
+    );
+    obs.upgrade_kind = Some(UpgradeKind::Offline);
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartAll {
+            names: vec!["acme-0".into(), "acme-1".into(), "acme-2".into()]
+        })
+    );
+    assert_eq!(p.phase, Phase::Upgrading);
+
+    // While they stop: nothing more (no switchover to a member about to restart).
+    let mut stopping = obs.clone();
+    stopping.members[1].terminating = true;
+    let p = plan::plan(&cluster(3), &stopping);
+    assert_eq!(p.step, None);
+    assert!(p.message.contains("acme-1"), "{}", p.message);
+
+    // Supervised: writes stop only after the approval.
+    let mut sc = cluster(3);
+    sc.spec.upgrades.primary_update_strategy = PrimaryUpdateStrategy::Supervised;
+    let p = plan::plan(&sc, &obs);
+    assert_eq!((p.step, p.phase), (None, Phase::WaitingForUser));
+    let sc = annotate(sc, annotations::APPROVE_PRIMARY_UPDATE, "true");
+    assert!(matches!(
+        plan::plan(&sc, &obs).step,
+        Some(Step::RestartAll { .. })
+    ));
 }
 
 #[test]

@@ -104,6 +104,7 @@ fn sync_members(q: Option<WriteQuorumStatus>) -> Observed {
         lease_holder: Some("demo-0".into()),
         had_primary: true,
         prev_phase: Some(Phase::Ready),
+        ..Default::default()
     }
 }
 

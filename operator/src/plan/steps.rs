@@ -2,6 +2,7 @@
 //! rolling upgrade (with the candidate a switchover goes to).
 
 use super::*;
+use studio_crds::UpgradeKind;
 
 pub(super) fn user_switchover(
     obs: &Observed,
@@ -85,6 +86,9 @@ pub(super) fn upgrade_step(
         return (None, None, String::new());
     }
     let upgrading = Some(Phase::Upgrading);
+    if obs.upgrade_kind == Some(UpgradeKind::Offline) {
+        return offline_upgrade_step(sc, obs, &outdated);
+    }
     // One at a time: wait while any member is restarting, not ready, or behind.
     if let Some(m) = obs.members.iter().find(|m| m.terminating || !m.ready) {
         return (
@@ -127,14 +131,7 @@ pub(super) fn upgrade_step(
     let Some(p) = primary else {
         return (None, upgrading, "upgrade: waiting for a primary".into());
     };
-    let approved = sc
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::APPROVE_PRIMARY_UPDATE))
-        .map(|v| v == "true")
-        .unwrap_or(false);
-    if sc.spec.upgrades.primary_update_strategy == PrimaryUpdateStrategy::Supervised && !approved {
+    if waits_for_approval(sc) {
         return (
             None,
             Some(Phase::WaitingForUser),
@@ -169,4 +166,52 @@ pub(super) fn upgrade_step(
             format!("upgrade: no upgraded replica ready to take over from {p}"),
         ),
     }
+}
+
+/// `supervised` and the user has not approved (annotation) the disruptive step yet.
+fn waits_for_approval(sc: &StudioCluster) -> bool {
+    let approved = sc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::APPROVE_PRIMARY_UPDATE))
+        .map(|v| v == "true")
+        .unwrap_or(false);
+    sc.spec.upgrades.primary_update_strategy == PrimaryUpdateStrategy::Supervised && !approved
+}
+
+/// Offline upgrade (an incompatible schema revision): every outdated member restarts
+/// at once, so old and new revisions never run side by side; each migrates its own
+/// data on start and the members elect a primary among themselves. Writes stop until
+/// then. `supervised` waits for the approval annotation before stopping writes.
+fn offline_upgrade_step(
+    sc: &StudioCluster,
+    obs: &Observed,
+    outdated: &[&Member],
+) -> (Option<Step>, Option<Phase>, String) {
+    let upgrading = Some(Phase::Upgrading);
+    if let Some(m) = obs.members.iter().find(|m| m.terminating) {
+        return (
+            None,
+            upgrading,
+            format!("offline upgrade: waiting for {} to stop", m.name),
+        );
+    }
+    let started = outdated.len() < obs.members.len();
+    if !started && waits_for_approval(sc) {
+        return (
+            None,
+            Some(Phase::WaitingForUser),
+            format!(
+                "offline upgrade: writes stop while every member restarts; set the {} annotation to go ahead",
+                annotations::APPROVE_PRIMARY_UPDATE
+            ),
+        );
+    }
+    let names: Vec<String> = outdated.iter().map(|m| m.name.clone()).collect();
+    let msg = format!(
+        "offline upgrade: restarting {} on the new revision (writes resume once a primary is elected)",
+        names.join(", ")
+    );
+    (Some(Step::RestartAll { names }), upgrading, msg)
 }

@@ -1,0 +1,182 @@
+//! Image changes across schema revisions (Gentics Mesh's online/offline distinction):
+//! before the StatefulSets get a new `spec.image`, the operator learns the image's
+//! schema revision ([`probe`]), compares it with the revision the members report and
+//! decides ([`decide`]): the same revision or a compatible one rolls online (replicas
+//! first, the primary last by switchover); an incompatible one rolls offline (every
+//! member restarts at once, so no two revisions ever replicate); a downgrade below the
+//! data is refused before any pod is touched. Until then the StatefulSets keep
+//! `status.image`.
+
+pub mod decide;
+pub mod probe;
+
+use kube::Client;
+use studio_crds::{StudioCluster, UpgradeKind, UpgradeStatus};
+
+use self::decide::{DataRevisions, ImageRevision};
+use self::probe::Probe;
+use crate::error::Result;
+use crate::plan::Observed;
+
+/// What this reconcile rolls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    /// The image the StatefulSets are set to.
+    pub image: String,
+    /// The record for `status.upgrade`.
+    pub upgrade: Option<UpgradeStatus>,
+    /// How the rollout in progress runs (for the plan).
+    pub kind: Option<UpgradeKind>,
+    /// Why `spec.image` is not rolled yet (probing, refused): for the status message.
+    pub held: Option<String>,
+    /// An Event for a decision made in this reconcile: (warning, reason, note).
+    pub event: Option<(bool, &'static str, String)>,
+}
+
+impl Gate {
+    /// The cluster as the StatefulSets should see it: `spec.image` replaced by the
+    /// image the gate lets through.
+    pub fn apply_to(&self, sc: &StudioCluster) -> StudioCluster {
+        let mut sc = sc.clone();
+        sc.spec.image = self.image.clone();
+        sc
+    }
+}
+
+/// The image that runs now: `status.image`, else (a cluster from before this field)
+/// the data StatefulSet's, else none (a new cluster).
+fn running_image(sc: &StudioCluster, obs: &Observed) -> Option<String> {
+    sc.status
+        .as_ref()
+        .and_then(|s| s.image.clone())
+        .or_else(|| obs.sts_image.clone())
+}
+
+/// Decides what to roll. `may_probe` false (a paused cluster) starts nothing.
+pub async fn gate(
+    client: &Client,
+    sc: &StudioCluster,
+    obs: &Observed,
+    may_probe: bool,
+) -> Result<Gate> {
+    let desired = sc.spec.image.clone();
+    let prev = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.upgrade.clone())
+        .filter(|u| u.target_image == desired);
+    let running = match running_image(sc, obs) {
+        Some(r) if r != desired => r,
+        // Nothing to change, or a new cluster: keep the record of this image's rollout.
+        _ => {
+            return Ok(Gate {
+                image: desired,
+                kind: prev.as_ref().and_then(|u| u.kind),
+                upgrade: prev,
+                held: None,
+                event: None,
+            });
+        }
+    };
+    let hold = |upgrade: UpgradeStatus, event| {
+        let held = upgrade.message.clone();
+        Gate {
+            image: running.clone(),
+            upgrade: Some(upgrade),
+            kind: None,
+            held,
+            event,
+        }
+    };
+    // Decided before (the status write that moved status.image may have been lost).
+    if let Some(u) = &prev
+        && let Some(kind) = u.kind
+    {
+        if kind == UpgradeKind::Refused {
+            return Ok(hold(u.clone(), None));
+        }
+        return Ok(Gate {
+            image: desired,
+            kind: Some(kind),
+            upgrade: prev.clone(),
+            held: None,
+            event: None,
+        });
+    }
+    let mut up = UpgradeStatus {
+        target_image: desired.clone(),
+        ..Default::default()
+    };
+    let known = prev.as_ref().and_then(|u| {
+        Some(ImageRevision {
+            schema_revision: u.schema_revision?,
+            min_compatible_revision: u.min_compatible_revision?,
+        })
+    });
+    let rev = match known {
+        Some(r) => r,
+        None if !may_probe => {
+            up.message = Some(format!(
+                "{desired} is not rolled while the cluster is paused"
+            ));
+            return Ok(hold(up, None));
+        }
+        None => match probe::probe(client, sc, &desired).await? {
+            Probe::Pending(msg) => {
+                up.message = Some(msg);
+                return Ok(hold(up, None));
+            }
+            Probe::Failed(why) => {
+                up.kind = Some(UpgradeKind::Refused);
+                up.message = Some(format!("upgrade refused: {why}"));
+                let note = up.message.clone().unwrap_or_default();
+                return Ok(hold(up, Some((true, "UpgradeRefused", note))));
+            }
+            Probe::Done(r) => r,
+        },
+    };
+    up.schema_revision = Some(rev.schema_revision);
+    up.min_compatible_revision = Some(rev.min_compatible_revision);
+    let silent: Vec<&str> = obs
+        .members
+        .iter()
+        .filter(|m| !m.terminating && m.node.is_none())
+        .map(|m| m.name.as_str())
+        .collect();
+    let data = DataRevisions::of(obs.members.iter().filter_map(|m| m.node.as_ref()));
+    let data = match data {
+        Some(d) if silent.is_empty() => d,
+        _ => {
+            up.message = Some(format!(
+                "{desired} is at schema revision {}: waiting for every member to report the revision of its data{}",
+                rev.schema_revision,
+                if silent.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (no answer from {})", silent.join(", "))
+                }
+            ));
+            return Ok(hold(up, None));
+        }
+    };
+    let (kind, why) = decide::decide(&desired, data, rev);
+    up.from_revision = Some(data.lowest);
+    up.kind = Some(kind);
+    up.message = Some(why.clone());
+    let event = match kind {
+        UpgradeKind::Online => (false, "UpgradeOnline", why),
+        UpgradeKind::Compatible => (false, "UpgradeCompatible", why),
+        UpgradeKind::Offline => (true, "UpgradeOffline", why),
+        UpgradeKind::Refused => (true, "UpgradeRefused", why),
+    };
+    if kind == UpgradeKind::Refused {
+        return Ok(hold(up, Some(event)));
+    }
+    Ok(Gate {
+        image: desired,
+        upgrade: Some(up),
+        kind: Some(kind),
+        held: None,
+        event: Some(event),
+    })
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and helm
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
+# (and the test tool studio-health, tests/health)
 # from the Go module proxy into a cache outside the repository. Each binary set is keyed
 # by its pinned version, so a rebuild happens only when tests/controlplane/versions.env
 # changes. Prints the bin directory on success.
@@ -48,5 +49,14 @@ if ! fresh helm "$HELM_VERSION" || [ ! -x "$bin/helm" ]; then
   log "building helm $HELM_VERSION"
   (cd "$cp_dir/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
   mark helm "$HELM_VERSION"
+fi
+
+# The GitOps health checker of the e2e suite (kstatus + the shipped Argo CD Lua check).
+health_dir="$here/tests/health"
+health_key=$(cat "$health_dir/go.mod" "$health_dir/go.sum" "$health_dir/main.go" | sha256sum | cut -c1-12)
+if [ ! -x "$bin/studio-health" ] || [ "$(cat "$cache/stamps/health" 2>/dev/null)" != "$health_key" ]; then
+  log "building studio-health (kstatus + Argo CD health)"
+  (cd "$health_dir" && go build -trimpath -o "$bin/studio-health" .)
+  echo "$health_key" >"$cache/stamps/health"
 fi
 echo "$bin"

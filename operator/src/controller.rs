@@ -929,17 +929,19 @@ async fn update_status(
         obs.data().filter(|m| m.ready && !m.terminating).count() as i32,
         plan.phase == Phase::Ready,
     );
+    let mut conditions = plan::cluster_conditions(
+        sc,
+        plan.phase,
+        &plan.message,
+        Some(&plan.write_quorum),
+        sc.status.as_ref(),
+    );
+    upgrade::mark_stalled(&mut conditions, gate, sc.status.as_ref());
     let status = StudioClusterStatus {
         observed_generation: sc.metadata.generation,
         phase: Some(plan.phase),
         message: Some(plan.message.clone()),
-        conditions: plan::cluster_conditions(
-            sc,
-            plan.phase,
-            &plan.message,
-            Some(&plan.write_quorum),
-            sc.status.as_ref(),
-        ),
+        conditions,
         current_primary: primary.or(if plan.phase == Phase::Paused {
             prev.current_primary.clone()
         } else {

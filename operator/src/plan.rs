@@ -437,6 +437,14 @@ fn plan_steps(sc: &StudioCluster, obs: &Observed) -> Plan {
             Phase::Degraded
         } else if ready < desired || arbiter_missing {
             message = format!("{ready} of {desired} data nodes ready");
+            let unready: Vec<&str> = obs
+                .data()
+                .filter(|m| !m.ready || m.terminating)
+                .map(|m| m.name.as_str())
+                .collect();
+            if !unready.is_empty() {
+                message.push_str(&format!(" ({} not ready)", unready.join(", ")));
+            }
             if arbiter_missing {
                 message.push_str(", arbiter not ready");
             }
@@ -642,13 +650,18 @@ pub fn cluster_conditions(
     prev: Option<&StudioClusterStatus>,
 ) -> Vec<Condition> {
     let gen_ = sc.metadata.generation;
-    let (mut ready, progressing, mut degraded, stalled) = match phase {
-        Phase::Ready => ("True", "False", "False", "False"),
-        Phase::Creating | Phase::Scaling | Phase::Upgrading => ("False", "True", "False", "False"),
-        Phase::WaitingForUser => ("False", "True", "False", "False"),
-        Phase::Degraded => ("False", "False", "True", "False"),
-        Phase::Invalid => ("False", "False", "True", "True"),
-        Phase::Paused => ("Unknown", "False", "False", "False"),
+    // kstatus reads only Reconciling and Stalled (and observedGeneration): Reconciling
+    // is True whenever the cluster is not where the spec wants it and the operator is
+    // working on it (creating, scaling, upgrading, recovering a member or the write
+    // quorum), so that GitOps tools do not call a degraded cluster healthy.
+    let (mut ready, progressing, mut degraded, mut reconciling, stalled) = match phase {
+        Phase::Ready => ("True", "False", "False", "False", "False"),
+        Phase::Creating | Phase::Scaling | Phase::Upgrading | Phase::WaitingForUser => {
+            ("False", "True", "False", "True", "False")
+        }
+        Phase::Degraded => ("False", "False", "True", "True", "False"),
+        Phase::Invalid => ("False", "False", "True", "False", "True"),
+        Phase::Paused => ("Unknown", "False", "False", "False", "False"),
     };
     let reason = phase.as_str();
     let no_writes = write_quorum.filter(|q| !q.ok());
@@ -656,6 +669,9 @@ pub fn cluster_conditions(
         ready = "False";
         if phase != Phase::Creating {
             degraded = "True";
+        }
+        if phase != Phase::Paused {
+            reconciling = "True";
         }
     }
     let prev_conds: BTreeMap<String, Condition> = prev
@@ -668,7 +684,11 @@ pub fn cluster_conditions(
         .unwrap_or_default();
     let now = Time(Timestamp::now());
     let quorum_why = |t: &str| match no_writes {
-        Some(q) if t == conditions::READY || (t == conditions::DEGRADED && degraded == "True") => {
+        Some(q)
+            if t == conditions::READY
+                || (t == conditions::DEGRADED && degraded == "True")
+                || (t == conditions::RECONCILING && reconciling == "True") =>
+        {
             Some((write_quorum::READY_REASON, q.message.as_str()))
         }
         _ => None,
@@ -677,7 +697,7 @@ pub fn cluster_conditions(
         (conditions::READY, ready),
         (conditions::PROGRESSING, progressing),
         (conditions::DEGRADED, degraded),
-        (conditions::RECONCILING, progressing),
+        (conditions::RECONCILING, reconciling),
         (conditions::STALLED, stalled),
     ]
     .into_iter()

@@ -10,8 +10,10 @@
 pub mod decide;
 pub mod probe;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use studio_crds::{StudioCluster, UpgradeKind, UpgradeStatus};
+use studio_crds::{StudioCluster, StudioClusterStatus, UpgradeKind, UpgradeStatus, conditions};
 
 use self::decide::{DataRevisions, ImageRevision};
 use self::probe::Probe;
@@ -31,6 +33,9 @@ pub struct Gate {
     pub held: Option<String>,
     /// An Event for a decision made in this reconcile: (warning, reason, note).
     pub event: Option<(bool, &'static str, String)>,
+    /// Why the cluster cannot reach its spec without the user (the `Stalled`
+    /// condition's reason and message).
+    pub stalled: Option<(&'static str, String)>,
 }
 
 impl Gate {
@@ -69,23 +74,35 @@ pub async fn gate(
         Some(r) if r != desired => r,
         // Nothing to change, or a new cluster: keep the record of this image's rollout.
         _ => {
+            // A probe still running for an image spec.image no longer names.
+            if let Some(u) = sc.status.as_ref().and_then(|s| s.upgrade.as_ref())
+                && u.kind.is_none()
+                && u.target_image != desired
+                && may_probe
+            {
+                probe::cancel(client, sc, &u.target_image).await?;
+            }
             return Ok(Gate {
                 image: desired,
                 kind: prev.as_ref().and_then(|u| u.kind),
                 upgrade: prev,
                 held: None,
                 event: None,
+                stalled: None,
             });
         }
     };
     let hold = |upgrade: UpgradeStatus, event| {
         let held = upgrade.message.clone();
+        let stalled = (upgrade.kind == Some(UpgradeKind::Refused))
+            .then(|| ("UpgradeRefused", held.clone().unwrap_or_default()));
         Gate {
             image: running.clone(),
             upgrade: Some(upgrade),
             kind: None,
             held,
             event,
+            stalled,
         }
     };
     // Decided before (the status write that moved status.image may have been lost).
@@ -101,6 +118,7 @@ pub async fn gate(
             upgrade: prev.clone(),
             held: None,
             event: None,
+            stalled: None,
         });
     }
     let mut up = UpgradeStatus {
@@ -131,6 +149,12 @@ pub async fn gate(
                 up.message = Some(format!("upgrade refused: {why}"));
                 let note = up.message.clone().unwrap_or_default();
                 return Ok(hold(up, Some((true, "UpgradeRefused", note))));
+            }
+            Probe::Stuck(why) => {
+                up.message = Some(why.clone());
+                let mut g = hold(up, None);
+                g.stalled = Some(("ImageUnavailable", why));
+                return Ok(g);
             }
             Probe::Done(r) => r,
         },
@@ -178,5 +202,29 @@ pub async fn gate(
         kind: Some(kind),
         held: None,
         event: Some(event),
+        stalled: None,
     })
+}
+
+/// An image change that cannot go on without the user (refused, or the image cannot
+/// be pulled) stalls the cluster: kstatus `Stalled`, with the reason. `prev` keeps the
+/// condition's transition time.
+pub fn mark_stalled(conditions: &mut [Condition], gate: &Gate, prev: Option<&StudioClusterStatus>) {
+    let Some((reason, message)) = &gate.stalled else {
+        return;
+    };
+    let since = prev
+        .into_iter()
+        .flat_map(|p| p.conditions.iter())
+        .find(|c| c.type_ == conditions::STALLED && c.status == "True")
+        .map(|c| c.last_transition_time.clone());
+    if let Some(c) = conditions
+        .iter_mut()
+        .find(|c| c.type_ == conditions::STALLED)
+    {
+        c.status = "True".into();
+        c.reason = (*reason).into();
+        c.message = message.clone();
+        c.last_transition_time = since.unwrap_or_else(|| Time(Timestamp::now()));
+    }
 }

@@ -18,8 +18,6 @@ use crate::error::{Error, Result};
 /// Label on the probe Job and its pod (value: the cluster), distinct from the
 /// members' labels so a probe pod is never taken for a member.
 pub const PROBE_LABEL: &str = "studio.cms.io/version-probe";
-/// A probe that cannot finish (image not pullable, crash loop) fails after this long.
-const DEADLINE_SECONDS: i64 = 300;
 
 /// Where a probe stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +27,8 @@ pub enum Probe {
     Done(ImageRevision),
     /// The image could not tell (it failed, or printed no revision).
     Failed(String),
+    /// The image cannot be pulled (yet): nothing happens until it can.
+    Stuck(String),
 }
 
 /// `<cluster>-version-<8 hex of sha256(image)>`: one Job per image, stable across
@@ -61,7 +61,6 @@ pub fn build_job(sc: &StudioCluster, image: &str) -> Result<Job> {
         },
         spec: Some(JobSpec {
             backoff_limit: Some(1),
-            active_deadline_seconds: Some(DEADLINE_SECONDS),
             ttl_seconds_after_finished: Some(600),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -132,6 +131,18 @@ pub async fn probe(client: &Client, sc: &StudioCluster, image: &str) -> Result<P
     let cluster = sc.name_any();
     let name = job_name(&cluster, image);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // Probes of images spec.image no longer names (e.g. stuck pulling) go.
+    let all = jobs
+        .list(&ListParams::default().labels(&format!("{PROBE_LABEL}={cluster}")))
+        .await?;
+    for old in all
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .filter(|n| *n != name)
+    {
+        remove(&jobs, &old).await?;
+    }
     let Some(job) = jobs.get_opt(&name).await? else {
         jobs.create(&PostParams::default(), &build_job(sc, image)?)
             .await?;
@@ -189,6 +200,10 @@ pub async fn probe(client: &Client, sc: &StudioCluster, image: &str) -> Result<P
                 .map(|w| format!("; {w}"))
                 .unwrap_or_default()
         ))
+    } else if let Some(w) = waiting_reason(&list.items).filter(|w| image_unavailable(w)) {
+        // The kubelet keeps retrying: the Job stays, and the probe finishes by itself
+        // once the image can be pulled.
+        return Ok(Probe::Stuck(format!("{image} cannot be pulled: {w}")));
     } else {
         return Ok(Probe::Pending(format!(
             "reading the schema revision of {image} (Job {name}{})",
@@ -197,25 +212,48 @@ pub async fn probe(client: &Client, sc: &StudioCluster, image: &str) -> Result<P
                 .unwrap_or_default()
         )));
     };
-    jobs.delete(
-        &name,
-        &DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..Default::default()
-        },
-    )
-    .await
-    .map(|_| ())
-    .or_else(|e| match e {
-        kube::Error::Api(s) if s.code == 404 => Ok(()),
-        e => Err(e),
-    })?;
+    remove(&jobs, &name).await?;
     Ok(match outcome {
         Probe::Failed(why) if why.is_empty() => Probe::Pending(format!(
             "reading the schema revision of {image} again (Job {name})"
         )),
         o => o,
     })
+}
+
+/// Deletes a probe Job and its pod (gone already is fine).
+async fn remove(jobs: &Api<Job>, name: &str) -> Result<()> {
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match jobs.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the probe Job of `image` if one runs (spec.image moved back before it
+/// finished).
+pub async fn cancel(client: &Client, sc: &StudioCluster, image: &str) -> Result<()> {
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    remove(&jobs, &job_name(&sc.name_any(), image)).await
+}
+
+/// A waiting reason that will not go away by itself (the kubelet's image errors).
+fn image_unavailable(reason: &str) -> bool {
+    [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+    ]
+    .iter()
+    .any(|r| reason.starts_with(r))
 }
 
 /// Why the probe's container is not running, e.g. `ErrImagePull: ...`.

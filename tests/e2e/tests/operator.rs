@@ -1071,34 +1071,6 @@ async fn a_role_label_disagreeing_with_the_lease_is_repaired() -> anyhow::Result
     env.pass().await
 }
 
-/// Processes held with SIGSTOP; continued on drop.
-struct Stopped(Vec<i32>);
-
-impl Stopped {
-    fn new(pids: Vec<i32>) -> anyhow::Result<Stopped> {
-        ensure!(!pids.is_empty(), "no processes to stop");
-        for pid in &pids {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGSTOP,
-            )
-            .with_context(|| format!("SIGSTOP {pid}"))?;
-        }
-        Ok(Stopped(pids))
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-        }
-    }
-}
-
 /// The shipped supervised-upgrades example: on an image change the replicas are
 /// restarted and the operator waits (WaitingForUser) with the primary untouched;
 /// `kubectl studio promote` finishes the upgrade (switchover, then the old primary).

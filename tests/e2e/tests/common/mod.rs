@@ -931,3 +931,31 @@ pub async fn pod_table(
         })
         .collect())
 }
+
+/// Processes held with SIGSTOP; continued on drop.
+pub struct Stopped(Vec<i32>);
+
+impl Stopped {
+    pub fn new(pids: Vec<i32>) -> anyhow::Result<Stopped> {
+        ensure!(!pids.is_empty(), "no processes to stop");
+        for pid in &pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .with_context(|| format!("SIGSTOP {pid}"))?;
+        }
+        Ok(Stopped(pids))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}

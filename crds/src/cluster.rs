@@ -34,15 +34,33 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(
         name = "Ready",
-        type_ = "integer",
-        json_path = ".status.readyNodes",
-        description = "Data nodes ready"
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition"
+    ),
+    printcolumn(
+        name = "Members",
+        type_ = "string",
+        json_path = ".status.membersReady",
+        description = "Members ready / members (data nodes and arbiter)"
     ),
     printcolumn(
         name = "Primary",
         type_ = "string",
         json_path = ".status.currentPrimary",
         description = "Pod holding the primary role"
+    ),
+    printcolumn(
+        name = "Writable",
+        type_ = "boolean",
+        json_path = ".status.writable",
+        description = "Whether a write can succeed now (the WriteQuorum condition)"
+    ),
+    printcolumn(
+        name = "Max-Lag",
+        type_ = "integer",
+        json_path = ".status.maxLag",
+        description = "Journal entries the most lagging member is behind the primary"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -427,6 +445,15 @@ pub struct StudioClusterStatus {
     /// Revision of the data StatefulSet the pods are being moved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// Members ready / members, e.g. `4/4` (data nodes and the arbiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_ready: Option<String>,
+    /// Whether a write can succeed now (see the `WriteQuorum` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writable: Option<bool>,
+    /// Journal entries the most lagging member is behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<i64>,
     /// The image the StatefulSets run: `spec.image` once the operator has checked that
     /// the data can be upgraded to it (see `upgrade`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -788,6 +788,7 @@ pub fn same_but_positions(a: &StudioClusterStatus, b: &StudioClusterStatus) -> b
             m.seq = None;
             m.lag = None;
         }
+        s.max_lag = None;
         s.message = s.message.as_deref().map(without_durations);
         for c in &mut s.conditions {
             c.message = without_durations(&c.message);

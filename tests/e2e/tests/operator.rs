@@ -164,7 +164,8 @@ async fn example_three_nodes_with_arbiter_becomes_ready() -> anyhow::Result<()> 
     )
     .await?;
 
-    // `kubectl get studioclusters`: Nodes 3, Ready 3, the primary, phase Ready.
+    // `kubectl get studioclusters`: Nodes 3, Ready True, 4/4 members, the primary,
+    // writable, a max lag, phase Ready.
     let table = env.kubectl(["get", "studioclusters"])?;
     eprintln!("{table}");
     let header: Vec<&str> = table
@@ -174,7 +175,11 @@ async fn example_three_nodes_with_arbiter_becomes_ready() -> anyhow::Result<()> 
         .split_whitespace()
         .collect();
     ensure!(
-        header == ["NAME", "NODES", "READY", "PRIMARY", "PHASE", "AGE"],
+        header
+            == [
+                "NAME", "NODES", "READY", "MEMBERS", "PRIMARY", "WRITABLE", "MAX-LAG", "PHASE",
+                "AGE"
+            ],
         "printer columns: {header:?}"
     );
     let row: Vec<&str> = table
@@ -184,7 +189,9 @@ async fn example_three_nodes_with_arbiter_becomes_ready() -> anyhow::Result<()> 
         .split_whitespace()
         .collect();
     ensure!(
-        row.get(1..5) == Some(&["3", "3", primary.as_str(), "Ready"][..]),
+        row.get(1..6) == Some(&["3", "True", "4/4", primary.as_str(), "true"][..])
+            && row.get(6).is_some_and(|lag| lag.parse::<u64>().is_ok())
+            && row.get(7) == Some(&"Ready"),
         "kubectl get studioclusters row: {row:?} (primary {primary})"
     );
     eprintln!(

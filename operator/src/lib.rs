@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cli;
 pub mod controller;
+pub mod crd_install;
 pub mod error;
 pub mod metrics;
 pub mod node_client;

@@ -65,6 +65,11 @@ struct Args {
     /// Lease duration in seconds; the standby takes over this long after the leader stops renewing.
     #[arg(long, env = "STUDIO_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
+
+    /// Apply the StudioCluster CRD of this build (server-side), wait until it is
+    /// Established, and exit (the chart's pre-install/pre-upgrade hook).
+    #[arg(long)]
+    apply_crds: bool,
 }
 
 fn init_logs(args: &Args) {
@@ -85,6 +90,16 @@ fn init_logs(args: &Args) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args);
+    if args.apply_crds {
+        let client = Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        let name =
+            studio_operator::crd_install::apply_crd(client, std::time::Duration::from_secs(60))
+                .await?;
+        info!(crd = %name, "CRD applied and Established");
+        return Ok(());
+    }
     let identity = args
         .identity
         .clone()

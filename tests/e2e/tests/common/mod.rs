@@ -116,30 +116,8 @@ async fn install(c: &'static Cluster) -> anyhow::Result<()> {
 
 fn install_locked(c: &Cluster) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Helm installs CRDs only when absent; apply the chart's CRD so the schema under
-    // test is the committed one.
-    let crd = c
-        .repo
-        .join("charts/studio-operator/crds/studiocluster.yaml");
-    kubectl(
-        c,
-        [
-            "apply".as_ref(),
-            "--server-side".as_ref(),
-            "--force-conflicts".as_ref(),
-            "-f".as_ref(),
-            crd.as_os_str(),
-        ],
-    )?;
-    kubectl(
-        c,
-        [
-            "wait",
-            "--for=condition=Established",
-            "crd/studioclusters.studio.cms.io",
-            "--timeout=60s",
-        ],
-    )?;
+    // No CRD workaround: the chart's pre-install/pre-upgrade hook applies the CRD of
+    // the operator build under test (Helm alone installs crds/ only when absent).
     let chart = c.repo.join("charts/studio-operator");
     helm(
         c,

@@ -445,6 +445,9 @@ pub struct StudioClusterStatus {
     /// Revision of the data StatefulSet the pods are being moved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
+    /// The switchover in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverRecord>,
     /// Members ready / members, e.g. `4/4` (data nodes and the arbiter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members_ready: Option<String>,
@@ -583,6 +586,19 @@ pub struct MemberStatus {
     /// primary does not report its quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_connected: Option<bool>,
+}
+
+/// A switchover the operator asked a primary for and has not seen completed yet. Kept
+/// in the status (not in the operator's memory) so that an operator leader that takes
+/// over mid-switchover neither asks again nor records the change as a failover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverRecord {
+    pub from: String,
+    pub to: String,
+    /// `requested`, `scale-down` or `upgrade`.
+    pub reason: String,
+    pub started: Time,
 }
 
 /// The last change of primary the operator observed.

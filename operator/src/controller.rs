@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use studio_crds::{
     FIELD_MANAGER, FINALIZER, FailoverRecord, Phase, PvcRetention, StudioCluster,
-    StudioClusterStatus, annotations, labels, names, secret_keys,
+    StudioClusterStatus, SwitchoverRecord, annotations, labels, names, secret_keys,
 };
 use tracing::{info, warn};
 
@@ -34,6 +34,7 @@ use crate::build::{self, Owned};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node_client::{NodeClient, SWITCHOVER_TIMEOUT};
+use crate::plan::switchover_record;
 use crate::plan::{self, Observed, Plan, Reason, Step};
 use crate::upgrade;
 
@@ -307,7 +308,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         plan.message = format!("{}; spec.image held back: {held}", plan.message);
     }
     if sc.spec.paused {
-        update_status(&ctx, &sc, &obs, &plan, &gate).await?;
+        update_status(&ctx, &sc, &obs, &plan, &gate, None).await?;
         let requeue = if plan.write_quorum.ok() {
             Duration::from_secs(60)
         } else {
@@ -334,7 +335,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
             .unwrap_or(false)
     };
     if terminating(&data_sts) || (sc.spec.arbiter.enabled && terminating(&arbiter_sts)) {
-        update_status(&ctx, &sc, &obs, &plan, &gate).await?;
+        update_status(&ctx, &sc, &obs, &plan, &gate, None).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
 
@@ -435,16 +436,17 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if !plan.write_quorum.ok() {
         requeue = requeue.min(NO_WRITES_POLL);
     }
+    let mut started = None;
     if let Some(step) = &plan.step {
         requeue = Duration::from_secs(2);
-        execute(&ctx, &sc, &obs, step, token.as_deref()).await?;
+        started = execute(&ctx, &sc, &obs, step, token.as_deref()).await?;
     }
     if gate.held.is_some() && gate.upgrade.as_ref().and_then(|u| u.kind).is_none() {
         // Probing the new image: look again soon.
         requeue = requeue.min(Duration::from_secs(2));
     }
 
-    update_status(&ctx, &sc, &obs, &plan, &gate).await?;
+    update_status(&ctx, &sc, &obs, &plan, &gate, started).await?;
     Ok(Action::requeue(requeue))
 }
 

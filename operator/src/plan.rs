@@ -19,6 +19,7 @@ use studio_crds::{
 };
 
 mod steps;
+pub mod switchover_record;
 mod write_quorum_check;
 use steps::{best_candidate, upgrade_step, user_switchover};
 pub use write_quorum_check::*;

@@ -3,13 +3,15 @@
 
 use super::*;
 
+/// Runs `step`; returns the switchover it started, if any (already recorded in the
+/// status).
 pub(super) async fn execute(
     ctx: &Context,
     sc: &StudioCluster,
     obs: &Observed,
     step: &Step,
     token: Option<&str>,
-) -> Result<()> {
+) -> Result<Option<SwitchoverRecord>> {
     let ns = sc
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -18,23 +20,35 @@ pub(super) async fn execute(
     match step {
         Step::Switchover { from, to, reason } => {
             let Some(primary) = obs.member(from) else {
-                return Ok(());
+                return Ok(None);
             };
             // A hand-over already asked for moments ago is still under way: let it finish
             // (the node answers for up to SWITCHOVER_TIMEOUT) instead of asking again.
+            // Asked by this replica (memory, fresher than the cached status) or by the
+            // leader before it (the status).
+            let window = SWITCHOVER_TIMEOUT + Duration::from_secs(5);
             let in_flight = ctx
                 .switchovers
                 .lock()
                 .ok()
                 .and_then(|s| s.get(&key(sc)).cloned())
-                .map(|(t, at)| {
-                    &t == to && at.elapsed() < SWITCHOVER_TIMEOUT + Duration::from_secs(5)
-                })
-                .unwrap_or(false);
+                .map(|(t, at)| &t == to && at.elapsed() < window)
+                .unwrap_or(false)
+                || switchover_record::in_flight(
+                    sc.status.as_ref().and_then(|s| s.switchover.as_ref()),
+                    to,
+                    Timestamp::now(),
+                    window,
+                );
             if in_flight {
                 info!(cluster = %key(sc), %to, "switchover in progress");
-                return Ok(());
+                return Ok(None);
             }
+            // Recorded before the node is asked: a leader taking over from here knows.
+            let record = switchover_record::start(from, to, reason.as_str(), Timestamp::now());
+            let mut recorded = sc.status.clone().unwrap_or_default();
+            recorded.switchover = Some(record.clone());
+            patch_status(&ctx.client, sc, &recorded).await?;
             info!(cluster = %key(sc), %from, %to, reason = reason.as_str(), "switchover");
             ctx.event(
                 sc,
@@ -73,6 +87,7 @@ pub(super) async fn execute(
                         .await?;
                     }
                     info!(cluster = %key(sc), %to, %msg, "switchover accepted");
+                    return Ok(Some(record));
                 }
                 Err(e) => {
                     // Not in flight any more: the retry (after the back-off) asks again.
@@ -134,7 +149,7 @@ pub(super) async fn execute(
             clear_switchover_request(&scs, sc, &format!("{target}: done")).await?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 pub(super) async fn clear_switchover_request(

@@ -9,8 +9,11 @@ pub(super) async fn update_status(
     obs: &Observed,
     plan: &Plan,
     gate: &upgrade::Gate,
+    started: Option<SwitchoverRecord>,
 ) -> Result<()> {
     let prev = sc.status.clone().unwrap_or_default();
+    // The switchover in progress: started by this reconcile, else as recorded.
+    let recorded = started.or(prev.switchover.clone());
     let primary = obs.primary().map(|m| m.name.clone());
     let seen = ctx
         .last_primary
@@ -33,13 +36,15 @@ pub(super) async fn update_status(
         && old != new
         && !already_seen
     {
-        let planned = ctx
+        let in_memory = ctx
             .switchovers
             .lock()
             .ok()
             .and_then(|mut s| s.remove(&key(sc)))
-            .map(|(to, at)| &to == new && at.elapsed() < Duration::from_secs(120))
+            .map(|(to, at)| &to == new && at.elapsed() < switchover_record::EXPLAINS_FOR)
             .unwrap_or(false);
+        let planned =
+            in_memory || switchover_record::explains(recorded.as_ref(), new, Timestamp::now());
         let kind = if planned { "switchover" } else { "failover" };
         last_failover = Some(FailoverRecord {
             time: Time(Timestamp::now()),
@@ -96,6 +101,7 @@ pub(super) async fn update_status(
         obs.data().filter(|m| m.ready && !m.terminating).count() as i32,
         plan.phase == Phase::Ready,
     );
+    let primary_now = primary.clone();
     let mut conditions = plan::cluster_conditions(
         sc,
         plan.phase,
@@ -122,6 +128,7 @@ pub(super) async fn update_status(
             .and_then(|n| n.cluster_id.clone())
             .or(prev.cluster_id.clone()),
         update_revision: obs.update_revision.clone(),
+        switchover: switchover_record::carry(recorded, primary_now.as_deref(), Timestamp::now()),
         members_ready: Some(format!(
             "{}/{}",
             members.iter().filter(|m| m.ready).count(),

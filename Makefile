@@ -7,7 +7,7 @@ export STUDIO_CLUSTER_DIR ?= $(REPO)/.cache/cluster
 export STUDIO_TARGET_DIR ?= $(REPO)/target/debug
 CARGO ?= cargo
 
-.PHONY: help deps controlplane bins cluster-up cluster-down kubeconfig lint crd-check test unit e2e demo bench fmt
+.PHONY: help deps controlplane bins cluster-up cluster-down kubeconfig lint crd-check chart-check test unit e2e demo bench fmt
 
 help:
 	@echo "make demo          build everything, start the local cluster, run the demo"
@@ -39,7 +39,7 @@ kubeconfig:
 fmt:
 	$(CARGO) fmt --all
 
-lint: crd-check
+lint: crd-check chart-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -51,6 +51,12 @@ crd-check:
 	  || { echo "deploy/crds/studiocluster.yaml drifted: run 'cargo run -p studio-operator --bin crdgen > deploy/crds/studiocluster.yaml'" >&2; exit 1; }
 	@diff -u deploy/crds/studiocluster.yaml charts/studio-operator/crds/studiocluster.yaml \
 	  || { echo "charts/studio-operator/crds/studiocluster.yaml differs from deploy/crds/" >&2; exit 1; }
+
+# The Helm chart: lint, template snapshot, values schema; the alert rules with
+# promtool (built from the Go module proxy on first use).
+chart-check:
+	@scripts/test-chart.sh
+	@scripts/test-alerts.sh
 
 unit:
 	$(CARGO) test --workspace --exclude studio-e2e

@@ -475,13 +475,13 @@ pub struct UpgradeStatus {
     pub target_image: String,
     /// Schema revision the new image writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema_revision: Option<u32>,
+    pub schema_revision: Option<i64>,
     /// Oldest revision the new image still replicates with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_compatible_revision: Option<u32>,
+    pub min_compatible_revision: Option<i64>,
     /// Schema revision of the data before the upgrade (the members' lowest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_revision: Option<u32>,
+    pub from_revision: Option<i64>,
     /// How the image is rolled (absent while its revision is being learned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<UpgradeKind>,

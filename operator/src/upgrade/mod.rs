@@ -127,8 +127,8 @@ pub async fn gate(
     };
     let known = prev.as_ref().and_then(|u| {
         Some(ImageRevision {
-            schema_revision: u.schema_revision?,
-            min_compatible_revision: u.min_compatible_revision?,
+            schema_revision: u32::try_from(u.schema_revision?).ok()?,
+            min_compatible_revision: u32::try_from(u.min_compatible_revision?).ok()?,
         })
     });
     let rev = match known {
@@ -159,8 +159,8 @@ pub async fn gate(
             Probe::Done(r) => r,
         },
     };
-    up.schema_revision = Some(rev.schema_revision);
-    up.min_compatible_revision = Some(rev.min_compatible_revision);
+    up.schema_revision = Some(i64::from(rev.schema_revision));
+    up.min_compatible_revision = Some(i64::from(rev.min_compatible_revision));
     let silent: Vec<&str> = obs
         .members
         .iter()
@@ -184,7 +184,7 @@ pub async fn gate(
         }
     };
     let (kind, why) = decide::decide(&desired, data, rev);
-    up.from_revision = Some(data.lowest);
+    up.from_revision = Some(i64::from(data.lowest));
     up.kind = Some(kind);
     up.message = Some(why.clone());
     let event = match kind {

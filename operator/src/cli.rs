@@ -151,6 +151,28 @@ pub fn check_promote(sc: &StudioCluster, pod: &str) -> Result<(), String> {
     }
 }
 
+/// The members' logs merged into one timeline, each line prefixed with its pod. Lines
+/// are ordered by the JSON `timestamp` studio-node writes; a line without one (a
+/// panic message, a plain line) stays right after the previous line of its pod.
+pub fn merge_logs(logs: &[(String, String)]) -> Vec<String> {
+    let mut lines: Vec<(Option<k8s_openapi::jiff::Timestamp>, usize, usize, String)> = Vec::new();
+    for (pod_ix, (pod, text)) in logs.iter().enumerate() {
+        let mut last = None;
+        for (line_ix, line) in text.lines().enumerate() {
+            let ts = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("timestamp")?.as_str()?.parse().ok());
+            if ts.is_some() {
+                last = ts;
+            }
+            lines.push((last, pod_ix, line_ix, format!("{pod} {line}")));
+        }
+    }
+    // Lines before any timestamp sort first; then by time, pod, position.
+    lines.sort_by_key(|l| (l.0, l.1, l.2));
+    lines.into_iter().map(|l| l.3).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +282,36 @@ status:
         assert!(check_promote(&sc, "demo-2").is_err_and(|e| e.contains("not ready")));
         assert!(check_promote(&sc, "demo-arbiter-0").is_err_and(|e| e.contains("arbiter")));
         assert!(check_promote(&sc, "demo-7").is_err_and(|e| e.contains("not a member")));
+    }
+
+    #[test]
+    fn logs_merge_by_timestamp_and_keep_plain_lines_with_their_pod() {
+        let a = "{\"timestamp\":\"2026-11-30T08:00:01.5Z\",\"message\":\"a1\"}\n\
+                 thread panicked\n\
+                 {\"timestamp\":\"2026-11-30T08:00:03Z\",\"message\":\"a2\"}";
+        let b = "{\"timestamp\":\"2026-11-30T08:00:02.25Z\",\"message\":\"b1\"}\n\
+                 {\"timestamp\":\"2026-11-30T08:00:00.1Z\",\"message\":\"b0\"}";
+        let merged = merge_logs(&[("p-0".into(), a.into()), ("p-1".into(), b.into())]);
+        let order: Vec<String> = merged
+            .iter()
+            .map(|l| {
+                let (pod, rest) = l.split_once(' ').unwrap_or_default();
+                let msg = serde_json::from_str::<serde_json::Value>(rest)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(String::from))
+                    .unwrap_or_else(|| rest.to_string());
+                format!("{pod}:{msg}")
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "p-1:b0",
+                "p-0:a1",
+                "p-0:thread panicked",
+                "p-1:b1",
+                "p-0:a2"
+            ]
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node_client;
 pub mod plan;
 pub mod server;
+pub mod support_bundle;
 pub mod upgrade;
 
 /// The StudioCluster CRD as YAML, as committed under `deploy/crds/`.

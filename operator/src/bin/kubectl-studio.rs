@@ -1,13 +1,16 @@
-//! `kubectl studio`: status of a StudioCluster and planned switchover.
+//! `kubectl studio`: status of a StudioCluster, planned switchover, merged logs and a
+//! support bundle.
 //!
-//! Install by putting `kubectl-studio` on the PATH; then `kubectl studio status demo`,
-//! `kubectl studio promote demo demo-2`.
+//! Install by putting `kubectl-studio` on the PATH (or `kubectl krew install --manifest
+//! deploy/krew/studio.yaml`); then `kubectl studio status demo`, `kubectl studio
+//! promote demo demo-2`, `kubectl studio logs demo`, `kubectl studio report demo`.
 
 use clap::{Parser, Subcommand};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, Config, ResourceExt};
-use studio_crds::{StudioCluster, annotations};
-use studio_operator::cli;
+use studio_crds::{StudioCluster, annotations, labels};
+use studio_operator::{cli, support_bundle};
 
 /// Inspect and operate Studio clusters.
 #[derive(Debug, Parser)]
@@ -40,6 +43,29 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
     },
+    /// Every member's log, merged by time, each line prefixed with its pod.
+    Logs {
+        /// StudioCluster name.
+        cluster: String,
+        /// Lines per member (from the end).
+        #[arg(long, default_value_t = 200)]
+        tail: i64,
+        /// Only lines newer than this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        since: Option<i64>,
+    },
+    /// A support bundle (.tar.gz): the cluster, its status, Events, pods, StatefulSets,
+    /// Lease, each member's own view and recent log.
+    Report {
+        /// StudioCluster name.
+        cluster: String,
+        /// Output file (default `<cluster>-report-<unix time>.tar.gz`).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        /// Log lines per member.
+        #[arg(long, default_value_t = 2000)]
+        tail: i64,
+    },
 }
 
 #[tokio::main]
@@ -60,8 +86,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config)?;
-    let api: Api<StudioCluster> = Api::namespaced(client, &ns);
+    let api: Api<StudioCluster> = Api::namespaced(client.clone(), &ns);
     match args.command {
+        Command::Logs {
+            cluster,
+            tail,
+            since,
+        } => {
+            api.get(&cluster).await?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let list = pods
+                .list(&ListParams::default().labels(&format!("{}={cluster}", labels::CLUSTER)))
+                .await?;
+            let mut logs = Vec::new();
+            for p in &list.items {
+                let lp = LogParams {
+                    container: Some(studio_operator::build::CONTAINER.into()),
+                    tail_lines: Some(tail),
+                    since_seconds: since,
+                    ..Default::default()
+                };
+                match pods.logs(&p.name_any(), &lp).await {
+                    Ok(l) => logs.push((p.name_any(), l)),
+                    Err(e) => eprintln!("{}: {e}", p.name_any()),
+                }
+            }
+            for line in cli::merge_logs(&logs) {
+                println!("{line}");
+            }
+        }
+        Command::Report {
+            cluster,
+            output,
+            tail,
+        } => {
+            let entries = support_bundle::collect(&client, &ns, &cluster, tail).await?;
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let prefix = format!("{cluster}-report-{stamp}");
+            let path = output.unwrap_or_else(|| format!("{prefix}.tar.gz").into());
+            let bytes = support_bundle::tar_gz(&prefix, &entries)?;
+            std::fs::write(&path, &bytes)?;
+            println!(
+                "wrote {} ({} files, {} bytes)",
+                path.display(),
+                entries.len(),
+                bytes.len()
+            );
+        }
         Command::Status { cluster, json } => {
             let sc = api.get(&cluster).await?;
             if json {

@@ -60,6 +60,7 @@ chart-check:
 
 unit:
 	$(CARGO) test --workspace --exclude studio-e2e
+	@scripts/test-krew.sh
 
 # End-to-end suites share one local cluster; the harness starts it if none is up.
 # The teardown suite takes that cluster down and checks nothing is left: it runs last.

@@ -57,6 +57,20 @@ fn running_image(sc: &StudioCluster, obs: &Observed) -> Option<String> {
         .or_else(|| obs.sts_image.clone())
 }
 
+/// How the rollout of the image that runs goes on. Its kind matters only until every
+/// member runs the target revision: a later template change (resources, say) is an
+/// ordinary rolling restart, never an offline one.
+fn rollout_kind(prev: Option<&UpgradeStatus>, obs: &Observed) -> Option<UpgradeKind> {
+    let up = prev?;
+    let rev = up.schema_revision?;
+    let done = obs.members.iter().all(|m| {
+        m.node
+            .as_ref()
+            .is_some_and(|n| i64::from(n.schema_revision.max(1)) == rev)
+    });
+    up.kind.filter(|_| !done)
+}
+
 /// Decides what to roll. `may_probe` false (a paused cluster) starts nothing.
 pub async fn gate(
     client: &Client,
@@ -84,7 +98,7 @@ pub async fn gate(
             }
             return Ok(Gate {
                 image: desired,
-                kind: prev.as_ref().and_then(|u| u.kind),
+                kind: rollout_kind(prev.as_ref(), obs),
                 upgrade: prev,
                 held: None,
                 event: None,
@@ -226,5 +240,54 @@ pub fn mark_stalled(conditions: &mut [Condition], gate: &Gate, prev: Option<&Stu
         c.reason = (*reason).into();
         c.message = message.clone();
         c.last_transition_time = since.unwrap_or_else(|| Time(Timestamp::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Member;
+    use studio_crds::node_api::ClusterStatus;
+
+    fn member(name: &str, rev: Option<u32>) -> Member {
+        let node = rev.and_then(|r| {
+            serde_json::from_value::<ClusterStatus>(serde_json::json!({
+                "clusterId": null, "nodeId": name, "role": "replica", "term": 1, "seq": 1,
+                "schemaRevision": r, "minCompatibleRevision": r,
+            }))
+            .ok()
+        });
+        Member {
+            name: name.into(),
+            ordinal: None,
+            arbiter: false,
+            role_label: None,
+            ready: true,
+            terminating: false,
+            ip: None,
+            revision: None,
+            node,
+        }
+    }
+
+    #[test]
+    fn an_offline_rollout_stays_offline_until_every_member_runs_the_target_revision() {
+        let up = UpgradeStatus {
+            target_image: "i:2".into(),
+            schema_revision: Some(2),
+            kind: Some(UpgradeKind::Offline),
+            ..Default::default()
+        };
+        let mut obs = Observed {
+            members: vec![member("a", Some(1)), member("b", None)],
+            ..Default::default()
+        };
+        assert_eq!(rollout_kind(Some(&up), &obs), Some(UpgradeKind::Offline));
+        obs.members = vec![member("a", Some(2)), member("b", None)];
+        assert_eq!(rollout_kind(Some(&up), &obs), Some(UpgradeKind::Offline));
+        // Done: a later template change rolls as usual.
+        obs.members = vec![member("a", Some(2)), member("b", Some(2))];
+        assert_eq!(rollout_kind(Some(&up), &obs), None);
+        assert_eq!(rollout_kind(None, &obs), None);
     }
 }

@@ -1,5 +1,5 @@
 //! Helm as users upgrade: a cluster at the previous chart version (0.1.0, commit
-//! e4e0b68: CRD from `crds/`, no upgrade hook) is upgraded with `helm upgrade` to this
+//! e4e0b68, packaged in tests/helm: CRD from `crds/`, no upgrade hook) is upgraded with `helm upgrade` to this
 //! chart, and the CRD in the cluster changes with it (the chart's pre-upgrade hook runs
 //! `studio-operator --apply-crds`). Exclusive: it moves the shared operator install.
 
@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
@@ -15,8 +15,8 @@ use studio_harness::{TestEnv, wait_for};
 
 use common::*;
 
-/// The commit of the previous chart release (chart version 0.1.0).
-const PREVIOUS_CHART_COMMIT: &str = "e4e0b68";
+/// The previous chart release (chart version 0.1.0, commit e4e0b68), packaged.
+const PREVIOUS_CHART: &str = "tests/helm/studio-operator-0.1.0.tgz";
 const CRD: &str = "studioclusters.studio.cms.io";
 
 /// The printer columns of the CRD in the cluster.
@@ -61,28 +61,17 @@ async fn helm_upgrade_from_the_previous_chart_upgrades_the_crd() -> anyhow::Resu
     let repo = env.cluster.repo.clone();
     let scratch = env.cluster.dir.join("scratch").join(&env.ns);
     std::fs::create_dir_all(&scratch)?;
-    // The previous chart, as released.
-    let archive = std::process::Command::new("git")
-        .current_dir(&repo)
-        .args(["archive", PREVIOUS_CHART_COMMIT, "charts/studio-operator"])
-        .output()
-        .context("git archive of the previous chart")?;
-    ensure!(
-        archive.status.success(),
-        "git archive {PREVIOUS_CHART_COMMIT}: {}",
-        String::from_utf8_lossy(&archive.stderr)
-    );
-    let tar = scratch.join("previous.tar");
-    std::fs::write(&tar, &archive.stdout)?;
+    // The previous chart as released (`helm package` of commit e4e0b68, kept in the
+    // repository so that a shallow clone can run this test).
+    let previous = repo.join(PREVIOUS_CHART);
     let untar = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
+        .arg("-xzf")
+        .arg(&previous)
         .arg("-C")
         .arg(&scratch)
         .status()?;
-    ensure!(untar.success(), "tar -xf {}", tar.display());
-    let previous = scratch.join("charts/studio-operator");
-    let chart_yaml = std::fs::read_to_string(previous.join("Chart.yaml"))?;
+    ensure!(untar.success(), "tar -xzf {}", previous.display());
+    let chart_yaml = std::fs::read_to_string(scratch.join("studio-operator/Chart.yaml"))?;
     ensure!(
         chart_yaml.contains("version: 0.1.0"),
         "not the 0.1.0 chart: {chart_yaml}"
@@ -92,7 +81,7 @@ async fn helm_upgrade_from_the_previous_chart_upgrades_the_crd() -> anyhow::Resu
     helm_upgrade(&env, &previous)?;
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
     let mut prev_crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(
-        previous.join("crds/studiocluster.yaml"),
+        scratch.join("studio-operator/crds/studiocluster.yaml"),
     )?)?;
     prev_crd.metadata.resource_version = crds.get(CRD).await?.metadata.resource_version;
     crds.replace(CRD, &PostParams::default(), &prev_crd).await?;

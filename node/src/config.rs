@@ -72,6 +72,19 @@ pub struct Config {
     #[arg(long = "jwt-secret", env = "STUDIO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Required `iss` of user JWTs (not checked when unset).
+    #[arg(long, env = "STUDIO_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of user JWTs (a token's `aud` must contain it; not checked when
+    /// unset).
+    #[arg(long, env = "STUDIO_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf` of user JWTs, in seconds.
+    #[arg(long = "jwt-leeway", env = "STUDIO_JWT_LEEWAY", value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_seconds: u64,
+
     /// File holding the bearer token for internal/admin endpoints.
     #[arg(long, env = "STUDIO_CLUSTER_TOKEN_FILE", value_name = "FILE")]
     pub cluster_token_file: Option<PathBuf>,

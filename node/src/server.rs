@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cluster::{Role, RoleInfo, RoleState};
 use crate::config::{Config, LogFormat, RoleArg};
 use crate::http::ApiState;
-use crate::http::auth::Auth;
+use crate::http::auth::{Auth, TokenRules};
 use crate::node::Node;
 use crate::replication::Replication;
 use crate::storage::Store;
@@ -68,10 +68,15 @@ pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> 
             "no cluster token configured: internal/admin API authentication is DISABLED"
         );
     }
+    let rules = TokenRules {
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        leeway_seconds: config.jwt_leeway_seconds,
+    };
     let info = initial_role(&config, &store)?;
     let outgoing = token.clone().and_then(|t| String::from_utf8(t).ok());
     let repl = Replication::new(store, config, RoleState::new(info), outgoing)?;
-    Ok((repl, Auth::new(jwt, token)))
+    Ok((repl, Auth::new(jwt, token, &rules)))
 }
 
 fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {

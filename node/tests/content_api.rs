@@ -624,9 +624,15 @@ async fn authentication_and_roles() {
         .unwrap()
     };
     let hs256 = jsonwebtoken::Algorithm::HS256;
-    let as_text = sign(hs256, json!({"sub": "t", "roles": "reader editor"}));
+    let as_text = sign(
+        hs256,
+        json!({"sub": "t", "roles": "reader editor", "exp": now_secs() + 600}),
+    );
     assert_eq!(put(Some(as_text)).await.unwrap().status(), StatusCode::OK);
-    let single = sign(hs256, json!({"sub": "t", "role": "reader"}));
+    let single = sign(
+        hs256,
+        json!({"sub": "t", "role": "reader", "exp": now_secs() + 600}),
+    );
     assert_eq!(
         put(Some(single)).await.unwrap().status(),
         StatusCode::FORBIDDEN
@@ -634,13 +640,13 @@ async fn authentication_and_roles() {
     // Another algorithm is refused even with the right key.
     let hs512 = sign(
         jsonwebtoken::Algorithm::HS512,
-        json!({"sub": "t", "roles": ["admin"]}),
+        json!({"sub": "t", "roles": ["admin"], "exp": now_secs() + 600}),
     );
     assert_eq!(
         put(Some(hs512)).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-    let no_sub = sign(hs256, json!({"roles": ["admin"]}));
+    let no_sub = sign(hs256, json!({"roles": ["admin"], "exp": now_secs() + 600}));
     assert_eq!(
         put(Some(no_sub)).await.unwrap().status(),
         StatusCode::UNAUTHORIZED

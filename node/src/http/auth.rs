@@ -77,16 +77,47 @@ impl Claims {
     }
 }
 
+/// What a user JWT must satisfy besides its signature.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required member of `aud`, if any.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl TokenRules {
+    /// `exp` is required (a token that never expires is refused), `nbf` is checked when
+    /// present, `iss` and `aud` when configured.
+    fn validation(&self) -> Validation {
+        let mut v = Validation::new(Algorithm::HS256);
+        let mut required = vec!["exp"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        v.set_required_spec_claims(&required);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = self.leeway_seconds;
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+}
+
 impl Auth {
-    pub fn new(jwt_secret: Option<Vec<u8>>, cluster_token: Option<Vec<u8>>) -> Auth {
-        let jwt = jwt_secret.map(|s| {
-            let mut v = Validation::new(Algorithm::HS256);
-            // `exp` is checked when present but not required.
-            v.required_spec_claims.clear();
-            v.validate_exp = true;
-            v.leeway = 30;
-            (DecodingKey::from_secret(&s), v)
-        });
+    pub fn new(
+        jwt_secret: Option<Vec<u8>>,
+        cluster_token: Option<Vec<u8>>,
+        rules: &TokenRules,
+    ) -> Auth {
+        let jwt = jwt_secret.map(|s| (DecodingKey::from_secret(&s), rules.validation()));
         Auth { jwt, cluster_token }
     }
 
@@ -148,15 +179,19 @@ impl Auth {
     }
 }
 
-fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
     use jsonwebtoken::errors::ErrorKind::*;
     match e.kind() {
-        ExpiredSignature => "expired",
-        InvalidSignature => "bad signature",
-        InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed (HS256 only)",
-        ImmatureSignature => "not yet valid",
-        InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed",
-        _ => "rejected",
+        MissingRequiredClaim(c) if c == "exp" => "no expiry (exp is required)".into(),
+        MissingRequiredClaim(c) => format!("the {c} claim is required"),
+        InvalidIssuer => "wrong issuer".into(),
+        InvalidAudience => "wrong audience".into(),
+        ExpiredSignature => "expired".into(),
+        InvalidSignature => "bad signature".into(),
+        InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed (HS256 only)".into(),
+        ImmatureSignature => "not yet valid".into(),
+        InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed".into(),
+        _ => "rejected".into(),
     }
 }
 

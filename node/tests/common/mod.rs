@@ -196,19 +196,30 @@ mod plain_http {
     }
 }
 
-/// An HS256 JWT for `sub` with `roles`, optionally expiring at `exp` (unix s).
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// An HS256 JWT for `sub` with `roles`, expiring at `exp` (unix s; default an hour from
+/// now: the node requires `exp`).
 pub fn token(sub: &str, roles: &[&str], exp: Option<i64>) -> String {
     token_with_secret(sub, roles, exp, JWT_SECRET)
 }
 
 pub fn token_with_secret(sub: &str, roles: &[&str], exp: Option<i64>, secret: &str) -> String {
-    let mut claims = json!({"sub": sub, "roles": roles});
-    if let Some(exp) = exp {
-        claims["exp"] = json!(exp);
-    }
+    let claims = json!({"sub": sub, "roles": roles, "exp": exp.unwrap_or(now_secs() + 3600)});
+    sign_claims(&claims, secret)
+}
+
+/// An HS256 JWT with exactly these claims.
+pub fn sign_claims(claims: &Value, secret: &str) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()

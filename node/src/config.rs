@@ -72,6 +72,23 @@ pub struct Config {
     #[arg(long = "jwt-secret", env = "STUDIO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// JWKS URL of an OpenID Connect identity provider (e.g.
+    /// `https://idp/realms/cms/protocol/openid-connect/certs`): user JWTs signed with
+    /// its keys (RS256, ES256, ...) are accepted; the keys are cached and fetched again
+    /// when a token names one the cache lacks (key rotation needs no restart).
+    #[arg(long, env = "STUDIO_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
+    /// Claim holding the role names, as a dotted path (`realm_access.roles` for
+    /// Keycloak).
+    #[arg(
+        long,
+        env = "STUDIO_JWT_ROLES_CLAIM",
+        default_value = "roles",
+        value_name = "PATH"
+    )]
+    pub jwt_roles_claim: String,
+
     /// Required `iss` of user JWTs (not checked when unset).
     #[arg(long, env = "STUDIO_JWT_ISSUER", value_name = "ISSUER")]
     pub jwt_issuer: Option<String>,

@@ -18,6 +18,7 @@ use crate::cluster::{Role, RoleInfo, RoleState};
 use crate::config::{Config, LogFormat, RoleArg};
 use crate::http::ApiState;
 use crate::http::auth::{Auth, TokenRules};
+use crate::http::jwks::Jwks;
 use crate::node::Node;
 use crate::replication::Replication;
 use crate::storage::Store;
@@ -48,19 +49,25 @@ pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> 
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let jwt = config.jwt_secret()?;
     let token = config.cluster_token()?;
-    if (jwt.is_none() || token.is_none()) && !config.insecure_no_auth {
+    let jwks = config
+        .jwks_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .map(Jwks::new)
+        .transpose()?;
+    if ((jwt.is_none() && jwks.is_none()) || token.is_none()) && !config.insecure_no_auth {
         anyhow::bail!(
-            "no {} configured: pass --jwt-secret-file and --cluster-token-file (or \
-             STUDIO_JWT_SECRET / STUDIO_CLUSTER_TOKEN), or --insecure-no-auth to run without \
-             authentication",
-            if jwt.is_none() {
+            "no {} configured: pass --jwt-secret-file (or --jwks-url) and --cluster-token-file \
+             (or STUDIO_JWT_SECRET / STUDIO_JWKS_URL / STUDIO_CLUSTER_TOKEN), or \
+             --insecure-no-auth to run without authentication",
+            if jwt.is_none() && jwks.is_none() {
                 "JWT secret"
             } else {
                 "cluster token"
             }
         );
     }
-    if jwt.is_none() {
+    if jwt.is_none() && jwks.is_none() {
         tracing::warn!("no JWT secret configured: content API authentication is DISABLED");
     }
     if token.is_none() {
@@ -72,11 +79,17 @@ pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> 
         issuer: config.jwt_issuer.clone(),
         audience: config.jwt_audience.clone(),
         leeway_seconds: config.jwt_leeway_seconds,
+        roles_claim: config
+            .jwt_roles_claim
+            .split('.')
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect(),
     };
     let info = initial_role(&config, &store)?;
     let outgoing = token.clone().and_then(|t| String::from_utf8(t).ok());
     let repl = Replication::new(store, config, RoleState::new(info), outgoing)?;
-    Ok((repl, Auth::new(jwt, token, &rules)))
+    Ok((repl, Auth::new(jwt, jwks, token, rules)))
 }
 
 fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {

@@ -1,5 +1,6 @@
-//! Authentication: user JWTs (HS256) for content, a cluster token for internal and
-//! admin routes. Secrets and tokens are never logged.
+//! Authentication: user JWTs for content (HS256 with the shared secret, or RS256/ES256
+//! signed by an OpenID Connect provider whose keys come from its JWKS), a cluster
+//! token for internal and admin routes. Secrets and tokens are never logged.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -7,10 +8,11 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::ApiState;
 use super::error::ApiError;
+use super::jwks::Jwks;
 
 /// A role level; each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,53 +34,49 @@ impl Level {
 
 /// Verification material.
 pub struct Auth {
-    jwt: Option<(DecodingKey, Validation)>,
+    /// HS256 key for tokens signed with the shared secret.
+    secret: Option<DecodingKey>,
+    /// The identity provider's keys, for RS256/ES256/... tokens.
+    jwks: Option<Jwks>,
+    rules: TokenRules,
     cluster_token: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("jwt", &self.jwt.is_some())
+            .field("secret", &self.secret.is_some())
+            .field("jwks", &self.jwks)
             .field("cluster_token", &self.cluster_token.is_some())
             .finish()
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    /// `["reader", "editor"]`, or one string of space/comma separated roles.
-    #[serde(default)]
-    roles: Roles,
-    /// A single role (accepted as well).
-    #[serde(default)]
-    role: Option<String>,
+/// The role names a token's claims grant: the claim at the configured path (an array
+/// of strings, or one string of space/comma separated names), plus a single `role`
+/// claim.
+fn role_names<'a>(claims: &'a Value, path: &[String]) -> Vec<&'a str> {
+    let at = path.iter().try_fold(claims, |v, k| v.get(k));
+    let mut out: Vec<&str> = match at {
+        Some(Value::Array(l)) => l.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(t)) => t.split([' ', ',']).filter(|r| !r.is_empty()).collect(),
+        _ => Vec::new(),
+    };
+    out.extend(claims.get("role").and_then(Value::as_str));
+    out
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(untagged)]
-enum Roles {
-    #[default]
-    None,
-    List(Vec<String>),
-    Text(String),
-}
-
-impl Claims {
-    fn role_names(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = match &self.roles {
-            Roles::None => Vec::new(),
-            Roles::List(l) => l.iter().map(String::as_str).collect(),
-            Roles::Text(t) => t.split([' ', ',']).filter(|r| !r.is_empty()).collect(),
-        };
-        out.extend(self.role.as_deref());
-        out
-    }
+/// Signature algorithms an identity provider's keys may use.
+fn asymmetric(alg: Algorithm) -> bool {
+    use Algorithm::*;
+    matches!(
+        alg,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
+    )
 }
 
 /// What a user JWT must satisfy besides its signature.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TokenRules {
     /// Required `iss`, if any.
     pub issuer: Option<String>,
@@ -86,13 +84,27 @@ pub struct TokenRules {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_seconds: u64,
+    /// Where the role names are: a dotted claim path (`roles`, or
+    /// `realm_access.roles` for Keycloak).
+    pub roles_claim: Vec<String>,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        TokenRules {
+            issuer: None,
+            audience: None,
+            leeway_seconds: 30,
+            roles_claim: vec!["roles".into()],
+        }
+    }
 }
 
 impl TokenRules {
     /// `exp` is required (a token that never expires is refused), `nbf` is checked when
     /// present, `iss` and `aud` when configured.
-    fn validation(&self) -> Validation {
-        let mut v = Validation::new(Algorithm::HS256);
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
         let mut required = vec!["exp"];
         required.extend(self.issuer.as_ref().map(|_| "iss"));
         required.extend(self.audience.as_ref().map(|_| "aud"));
@@ -114,15 +126,56 @@ impl TokenRules {
 impl Auth {
     pub fn new(
         jwt_secret: Option<Vec<u8>>,
+        jwks: Option<Jwks>,
         cluster_token: Option<Vec<u8>>,
-        rules: &TokenRules,
+        rules: TokenRules,
     ) -> Auth {
-        let jwt = jwt_secret.map(|s| (DecodingKey::from_secret(&s), rules.validation()));
-        Auth { jwt, cluster_token }
+        Auth {
+            secret: jwt_secret.map(|s| DecodingKey::from_secret(&s)),
+            jwks,
+            rules,
+            cluster_token,
+        }
     }
 
     pub fn jwt_enabled(&self) -> bool {
-        self.jwt.is_some()
+        self.secret.is_some() || self.jwks.is_some()
+    }
+
+    /// The key and algorithm a token must be verified with.
+    async fn key_for(&self, token: &str) -> Result<(DecodingKey, Algorithm), ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", describe(&e))))?;
+        let alg = header.alg;
+        if alg == Algorithm::HS256 {
+            return match &self.secret {
+                Some(k) => Ok((k.clone(), alg)),
+                None => Err(ApiError::unauthorized(
+                    "invalid token: HS256 is not accepted (tokens come from the identity provider)",
+                )),
+            };
+        }
+        let Some(jwks) = self.jwks.as_ref().filter(|_| asymmetric(alg)) else {
+            return Err(ApiError::unauthorized(format!(
+                "invalid token: algorithm {alg:?} not allowed"
+            )));
+        };
+        let Some(kid) = header.kid else {
+            return Err(ApiError::unauthorized(
+                "invalid token: it names no signing key (kid)",
+            ));
+        };
+        let key = jwks
+            .key(&kid)
+            .await
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        if key.algorithm != alg {
+            return Err(ApiError::unauthorized(format!(
+                "invalid token: signed with {alg:?}, its key is for {:?}",
+                key.algorithm
+            )));
+        }
+        Ok((key.key, alg))
     }
 
     pub fn cluster_token_enabled(&self) -> bool {
@@ -130,19 +183,24 @@ impl Auth {
     }
 
     /// Checks a user bearer token; returns the caller.
-    pub fn verify_user(&self, header: Option<&str>) -> Result<Caller, ApiError> {
-        let Some((key, validation)) = &self.jwt else {
+    pub async fn verify_user(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        if !self.jwt_enabled() {
             return Ok(Caller {
                 sub: "anonymous".into(),
                 level: Some(Level::Admin),
             });
-        };
+        }
         let token = bearer(header)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+        let (key, alg) = self.key_for(token).await?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &self.rules.validation(alg))
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {}", describe(&e))))?;
-        let level = data
+        let sub = data
             .claims
-            .role_names()
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let level = role_names(&data.claims, &self.rules.roles_claim)
             .into_iter()
             .filter_map(|r| match r {
                 "reader" => Some(Level::Reader),
@@ -151,13 +209,10 @@ impl Auth {
                 _ => None,
             })
             .max();
-        if data.claims.sub.is_empty() {
-            return Err(ApiError::unauthorized("invalid token: empty subject"));
+        if sub.is_empty() {
+            return Err(ApiError::unauthorized("invalid token: no subject (sub)"));
         }
-        Ok(Caller {
-            sub: data.claims.sub,
-            level,
-        })
+        Ok(Caller { sub, level })
     }
 
     /// Checks the cluster token (constant-time comparison).
@@ -188,7 +243,7 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         InvalidAudience => "wrong audience".into(),
         ExpiredSignature => "expired".into(),
         InvalidSignature => "bad signature".into(),
-        InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed (HS256 only)".into(),
+        InvalidAlgorithm | InvalidAlgorithmName => "algorithm not allowed".into(),
         ImmatureSignature => "not yet valid".into(),
         InvalidToken | Base64(_) | Json(_) | Utf8(_) => "malformed".into(),
         _ => "rejected".into(),
@@ -248,7 +303,7 @@ impl FromRequestParts<ApiState> for Caller {
                 "authorization header is not valid text",
             ));
         }
-        state.auth.verify_user(header)
+        state.auth.verify_user(header).await
     }
 }
 

@@ -9,6 +9,7 @@ pub mod content;
 pub mod error;
 pub mod forward;
 pub mod internal;
+pub mod jwks;
 pub mod openapi;
 
 use std::ops::Deref;

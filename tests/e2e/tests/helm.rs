@@ -34,26 +34,6 @@ async fn columns(env: &TestEnv) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn helm_upgrade(env: &TestEnv, chart: &std::path::Path) -> anyhow::Result<String> {
-    helm(
-        env.cluster,
-        [
-            "upgrade".as_ref(),
-            RELEASE.as_ref(),
-            chart.as_os_str(),
-            "--namespace".as_ref(),
-            OPERATOR_NS.as_ref(),
-            "--set".as_ref(),
-            "image.repository=local/studio-operator".as_ref(),
-            "--set".as_ref(),
-            "image.tag=dev".as_ref(),
-            "--wait".as_ref(),
-            "--timeout".as_ref(),
-            "180s".as_ref(),
-        ],
-    )
-}
-
 #[tokio::test]
 async fn helm_upgrade_from_the_previous_chart_upgrades_the_crd() -> anyhow::Result<()> {
     operator().await?;
@@ -78,7 +58,7 @@ async fn helm_upgrade_from_the_previous_chart_upgrades_the_crd() -> anyhow::Resu
     );
 
     // A cluster at the previous release: its chart, and the CRD its crds/ installed.
-    helm_upgrade(&env, &previous)?;
+    helm_upgrade_operator(env.cluster, &previous)?;
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
     let mut prev_crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(
         scratch.join("studio-operator/crds/studiocluster.yaml"),
@@ -92,7 +72,7 @@ async fn helm_upgrade_from_the_previous_chart_upgrades_the_crd() -> anyhow::Resu
     );
 
     // The upgrade users run.
-    let out = helm_upgrade(&env, &repo.join("charts/studio-operator"))?;
+    let out = helm_upgrade_operator(env.cluster, &repo.join("charts/studio-operator"))?;
     eprintln!(
         "[helm] {}",
         out.lines().take(3).collect::<Vec<_>>().join(" | ")

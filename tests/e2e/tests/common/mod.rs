@@ -114,11 +114,9 @@ async fn install(c: &'static Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_locked(c: &Cluster) -> anyhow::Result<()> {
-    let started = Instant::now();
-    // No CRD workaround: the chart's pre-install/pre-upgrade hook applies the CRD of
-    // the operator build under test (Helm alone installs crds/ only when absent).
-    let chart = c.repo.join("charts/studio-operator");
+/// `helm upgrade --install` of the operator release from `chart` (a directory or a
+/// packaged .tgz), with the locally built operator image, waiting until it is ready.
+pub fn helm_upgrade_operator(c: &Cluster, chart: &Path) -> anyhow::Result<String> {
     helm(
         c,
         [
@@ -137,7 +135,14 @@ fn install_locked(c: &Cluster) -> anyhow::Result<()> {
             "--timeout".as_ref(),
             "180s".as_ref(),
         ],
-    )?;
+    )
+}
+
+fn install_locked(c: &Cluster) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // No CRD workaround: the chart's pre-install/pre-upgrade hook applies the CRD of
+    // the operator build under test (Helm alone installs crds/ only when absent).
+    helm_upgrade_operator(c, &c.repo.join("charts/studio-operator"))?;
     // Pods started before the binary was last built run old code: restart them.
     let built = std::fs::metadata(c.target_dir.join("studio-operator"))
         .and_then(|m| m.modified())

@@ -2,8 +2,10 @@
 
 pub mod cluster;
 pub mod node_api;
+pub mod status;
 
 pub use cluster::*;
+pub use status::*;
 
 /// API group of every Studio resource.
 pub const GROUP: &str = "studio.cms.io";

@@ -87,8 +87,11 @@ fn crd_identity_and_printer_columns() {
         cols,
         vec![
             ("Nodes", ".spec.nodes"),
-            ("Ready", ".status.readyNodes"),
+            ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
+            ("Members", ".status.membersReady"),
             ("Primary", ".status.currentPrimary"),
+            ("Writable", ".status.writable"),
+            ("Max-Lag", ".status.maxLag"),
             ("Phase", ".status.phase"),
             ("Age", ".metadata.creationTimestamp"),
         ]

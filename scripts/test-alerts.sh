@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the chart's monitoring kit:
-#   1. builds promtool (tests/promtool, pinned in go.mod/go.sum) into the cache bin
-#      directory of scripts/build-controlplane.sh, once per go.mod+go.sum;
+#   1. builds promtool (scripts/build-prometheus.sh: tests/promtool, pinned in
+#      go.mod/go.sum, into the cache bin directory), once per go.mod+go.sum;
 #   2. `promtool check rules` on charts/studio-operator/files/studio-alerts.yaml (the
 #      file the chart's PrometheusRule embeds with .Files.Get);
 #   3. `promtool test rules` on tests/promtool/alerts_test.yaml (a firing and a quiet
@@ -17,33 +17,11 @@ chart="$here/charts/studio-operator"
 rules="$chart/files/studio-alerts.yaml"
 dashboard="$chart/files/studio-dashboard.json"
 tests="$here/tests/promtool/alerts_test.yaml"
-mod="$here/tests/promtool"
-
-command -v go >/dev/null || { echo "error: go is not installed (need Go >= 1.26)" >&2; exit 1; }
-export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
-
-cache=${STUDIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/studio}
-bin="$cache/bin"
-mkdir -p "$bin" "$cache/stamps"
 log() { echo "[alerts] $*" >&2; }
 fail() { echo "[alerts] FAIL: $*" >&2; exit 1; }
 
 # --- promtool ---------------------------------------------------------------------
-# The Prometheus module is tagged v0.3XX.Y for Prometheus 3.XX.Y.
-modver=$(cd "$mod" && go list -m -f '{{.Version}}' github.com/prometheus/prometheus)
-promver=$(echo "$modver" | sed -E 's/^v0\.3([0-9]{2})\.([0-9]+).*/3.\1.\2/; s/^3\.0([0-9])\./3.\1./')
-key="$modver-$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)"
-if [ ! -x "$bin/promtool" ] || [ "$(cat "$cache/stamps/promtool" 2>/dev/null)" != "$key" ]; then
-  log "building promtool $promver ($modver; cold build takes a few minutes on 2 cores)"
-  start=$(date +%s)
-  # remove_all_sd: leave out the cloud service-discovery plugins (AWS, Azure, GCE, ...);
-  # rule checking and rule unit tests do not use them.
-  (cd "$mod" && go build -trimpath -tags remove_all_sd \
-     -ldflags "-s -w -X github.com/prometheus/common/version.Version=$promver -X github.com/prometheus/common/version.Branch=$modver" \
-     -o "$bin/promtool" github.com/prometheus/prometheus/cmd/promtool)
-  echo "$key" >"$cache/stamps/promtool"
-  log "built promtool in $(( $(date +%s) - start ))s"
-fi
+bin=$("$here/scripts/build-prometheus.sh")
 promtool="$bin/promtool"
 log "$("$promtool" --version 2>&1 | head -1)"
 

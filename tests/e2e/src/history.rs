@@ -656,11 +656,38 @@ pub async fn lost_writes(
 }
 
 /// Every member's content digest (`/internal/v1/admin/digest`), by name.
+/// Every member's journal position (`seq@last_term`, from the cheap status route): the
+/// members have converged when these agree; the digests then prove the content does.
+pub async fn positions(members: &[(String, Ipv4Addr)]) -> anyhow::Result<BTreeMap<String, String>> {
+    let http = client(Duration::from_secs(5))?;
+    let mut out = BTreeMap::new();
+    for (m, ip) in members {
+        let v: Value = http
+            .get(format!("http://{ip}:{NODE_PORT}/api/v1/cluster/status"))
+            .send()
+            .await
+            .with_context(|| format!("status of {m}"))?
+            .error_for_status()
+            .with_context(|| format!("status of {m}"))?
+            .json()
+            .await
+            .with_context(|| format!("status of {m}"))?;
+        out.insert(
+            m.clone(),
+            format!("{}@{}", v["seq"].as_u64().unwrap_or(0), v["lastTerm"].as_u64().unwrap_or(0)),
+        );
+    }
+    Ok(out)
+}
+
+/// Every member's content digest. Hashing the whole store takes time proportional to
+/// the data (seconds per 100k writes in a debug build), hence the caller's `timeout`.
 pub async fn digests(
     token: &str,
     members: &[(String, Ipv4Addr)],
+    timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let http = client(Duration::from_secs(5))?;
+    let http = client(timeout)?;
     let mut out = BTreeMap::new();
     for (m, ip) in members {
         let v: Value = http

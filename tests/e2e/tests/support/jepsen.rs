@@ -48,8 +48,15 @@ pub const PROBE: Duration = Duration::from_secs(2);
 /// How long the status may lag what the nodes can do: the operator re-reads a healthy
 /// cluster every 5 s, plus one Ready poll.
 pub const STATUS_REACTION: Duration = Duration::from_secs(6);
-/// After the final heal, every member's digest equals the primary's within this.
+/// After the final heal, every member's journal reaches the primary's position within
+/// this (issue 9's bound).
 pub const CONVERGE: Duration = Duration::from_secs(30);
+
+/// How long hashing every member's store may take: 30 s plus 1 s per 5,000 acknowledged
+/// writes (a debug build hashes roughly that much per second per member, 4 members).
+fn digest_budget(acked: usize) -> Duration {
+    Duration::from_secs(30 + (acked / 5_000) as u64)
+}
 
 /// The seed: `NEMESIS_SEED`, or a fresh one.
 pub fn seed() -> u64 {
@@ -440,6 +447,7 @@ impl Jepsen {
         end: Instant,
     ) {
         let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut unmeasured: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut points: Vec<(Instant, &'static str, String)> = journal
             .iter()
             .filter_map(|r| r.healed.map(|t| (t, r.kind, r.target.clone())))
@@ -459,10 +467,19 @@ impl Jepsen {
                 .min()
                 .unwrap_or(end);
             let rec = h.recovery_after(t);
-            let secs = rec.map_or(f64::INFINITY, |d| d.as_secs_f64());
-            let e = worst.entry(kind).or_insert(0.0);
-            *e = e.max(secs);
-            let judged = next_fault.saturating_duration_since(t) > BOUND;
+            let window = next_fault.saturating_duration_since(t);
+            let judged = window > BOUND;
+            // A heal whose next fault came before writes resumed measures that fault,
+            // not this one (a flap healed at the instant a 2|2 split began once showed
+            // up as a 23.5 s "flap" recovery): it is left out of the numbers too.
+            let measured = judged || rec.is_some_and(|d| d <= window);
+            if measured {
+                let secs = rec.map_or(f64::INFINITY, |d| d.as_secs_f64());
+                let e = worst.entry(kind).or_insert(0.0);
+                *e = e.max(secs);
+            } else {
+                *unmeasured.entry(kind).or_insert(0) += 1;
+            }
             match rec {
                 Some(d) if d <= BOUND => {}
                 _ if !judged => {}
@@ -495,6 +512,11 @@ impl Jepsen {
             self.seed,
             per_kind.join(" ")
         );
+        if !unmeasured.is_empty() {
+            eprintln!(
+                "NEMESIS-RECOVERY heals not measured (the next fault began before writes resumed): {unmeasured:?}"
+            );
+        }
     }
 
     /// Finds the final primary, waits for every member's digest to equal it, reads back
@@ -514,24 +536,44 @@ impl Jepsen {
                 return (0, 0);
             }
         };
+        // Convergence (the bound of issue 9) is the journals reaching the same position;
+        // the digests then verify the content, with a budget that grows with the data
+        // because hashing a store is linear in it.
         let t0 = Instant::now();
         let converged = wait_for(
-            "every member's digest to equal the primary's",
+            "every member's journal position to equal the primary's",
             CONVERGE,
             || async {
-                let d = history::digests(&self.token, &members).await?;
-                anyhow::ensure!(history::digests_agree(&d), "digests {d:?}");
+                let p = history::positions(&members).await?;
+                let distinct: std::collections::BTreeSet<&String> = p.values().collect();
+                anyhow::ensure!(distinct.len() <= 1, "positions {p:?}");
                 Ok(())
             },
         )
         .await;
         match converged {
             Ok(()) => self.note(format!(
-                "every member converged to the primary {} {:.1}s after the writers stopped",
+                "every member reached the primary {}'s position {:.1}s after the writers stopped",
                 primary.name,
                 t0.elapsed().as_secs_f64()
             )),
             Err(e) => self.fail(format!("convergence: {e:#}")),
+        }
+        let budget = digest_budget(h.counts().0);
+        let t1 = Instant::now();
+        let verified = wait_for("every member's digest to equal the primary's", budget, || async {
+            let d = history::digests(&self.token, &members, budget).await?;
+            anyhow::ensure!(history::digests_agree(&d), "digests {d:?}");
+            Ok(())
+        })
+        .await;
+        match verified {
+            Ok(()) => self.note(format!(
+                "every member's content digest equals the primary's (verified in {:.1}s, budget {}s)",
+                t1.elapsed().as_secs_f64(),
+                budget.as_secs()
+            )),
+            Err(e) => self.fail(format!("digest verification: {e:#}")),
         }
         let ips: Vec<Ipv4Addr> = members.iter().map(|(_, ip)| *ip).collect();
         match history::lost_writes(h, &self.jwt, &self.token, primary.ip, &ips, self.async_mode)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
-# (and the test tool studio-health, tests/health)
+# (and the test tools studio-health, tests/health, and prometheus/promtool,
+# scripts/build-prometheus.sh)
 # from the Go module proxy into a cache outside the repository. Each binary set is keyed
 # by its pinned version, so a rebuild happens only when tests/controlplane/versions.env
 # changes. Prints the bin directory on success.
@@ -59,4 +60,7 @@ if [ ! -x "$bin/studio-health" ] || [ "$(cat "$cache/stamps/health" 2>/dev/null)
   (cd "$health_dir" && go build -trimpath -o "$bin/studio-health" .)
   echo "$health_key" >"$cache/stamps/health"
 fi
+
+# Prometheus (server + promtool) for the monitoring suite and the alert-rule tests.
+STUDIO_CACHE="$cache" "$here/scripts/build-prometheus.sh" >/dev/null
 echo "$bin"

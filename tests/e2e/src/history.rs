@@ -674,7 +674,11 @@ pub async fn positions(members: &[(String, Ipv4Addr)]) -> anyhow::Result<BTreeMa
             .with_context(|| format!("status of {m}"))?;
         out.insert(
             m.clone(),
-            format!("{}@{}", v["seq"].as_u64().unwrap_or(0), v["lastTerm"].as_u64().unwrap_or(0)),
+            format!(
+                "{}@{}",
+                v["seq"].as_u64().unwrap_or(0),
+                v["lastTerm"].as_u64().unwrap_or(0)
+            ),
         );
     }
     Ok(out)

@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod nemesis;
+pub mod prometheus;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 

@@ -561,11 +561,15 @@ impl Jepsen {
         }
         let budget = digest_budget(h.counts().0);
         let t1 = Instant::now();
-        let verified = wait_for("every member's digest to equal the primary's", budget, || async {
-            let d = history::digests(&self.token, &members, budget).await?;
-            anyhow::ensure!(history::digests_agree(&d), "digests {d:?}");
-            Ok(())
-        })
+        let verified = wait_for(
+            "every member's digest to equal the primary's",
+            budget,
+            || async {
+                let d = history::digests(&self.token, &members, budget).await?;
+                anyhow::ensure!(history::digests_agree(&d), "digests {d:?}");
+                Ok(())
+            },
+        )
         .await;
         match verified {
             Ok(()) => self.note(format!(

@@ -63,6 +63,13 @@ pub struct Config {
     #[arg(long, env = "STUDIO_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
 
+    /// Serve TLS (and call other members over TLS, presenting this certificate) from
+    /// a directory laid out as a Kubernetes TLS Secret: tls.crt, tls.key and ca.crt
+    /// (the cluster CA). The files are re-read when they change. Without it the node
+    /// speaks plain HTTP.
+    #[arg(long, env = "STUDIO_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
     /// File holding the HS256 secret that signs user JWTs.
     #[arg(long, env = "STUDIO_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
@@ -301,12 +308,22 @@ impl Config {
         if let Some(u) = &self.advertise_url {
             return u.trim_end_matches('/').to_string();
         }
+        let scheme = self.scheme();
         if let Ok(ip) = std::env::var("POD_IP")
             && !ip.is_empty()
         {
-            return format!("http://{ip}:{}", self.listen.port());
+            return format!("{scheme}://{ip}:{}", self.listen.port());
         }
-        format!("http://{}", self.listen)
+        format!("{scheme}://{}", self.listen)
+    }
+
+    /// `https` when the node serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Kubernetes mode: neither `--standalone` nor `--follow` (coordination decides).

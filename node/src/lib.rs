@@ -6,7 +6,8 @@
 //! divergence, role changes, switchover) → [`coordination`] (the only code that talks
 //! to Kubernetes; implements the write fence) → [`node`] (the composition: the write
 //! path) → [`http`] (every route, thin handlers) → [`server`] (start-up, supervision,
-//! shutdown order). [`config`] and [`metrics`] are leaves used by all.
+//! shutdown order). [`config`], [`metrics`] and [`tls`] (certificates, rustls
+//! configurations) are leaves used by all.
 
 pub mod cluster;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use config::Config;
 pub use node::Node;

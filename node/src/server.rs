@@ -7,8 +7,8 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use crate::http::listener::{NodeListener, Peer};
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
@@ -154,24 +154,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id = %repl.node_id, role = ?info.role, term = info.term, seq = pos.seq,
         listen = %listen, data_dir = %repl.config.data_dir.display(), "studio-node starting"
     );
-    // TCP_NODELAY: replication streams and acks are small writes that must leave at
-    // once; with Nagle's algorithm a stream chunk waits for the previous one's
-    // (delayed) ACK, which showed up as tens of milliseconds of replication lag.
-    let listener = tokio::net::TcpListener::bind(listen)
+    let tcp = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {listen}"))?
-        .tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            if let Err(e) = detect_dead_peers(tcp) {
-                tracing::debug!(error = %e, "cannot set TCP keepalive / user timeout");
-            }
-        });
+        .with_context(|| format!("binding {listen}"))?;
     let mut tasks: Vec<Task> = crate::replication::tasks(&repl)
         .into_iter()
         .map(|(name, f)| (name, f.map(Ok).boxed()))
         .collect();
+    // With TLS only TLS is spoken on the port: a plaintext client fails its handshake.
+    let listener = match &repl.tls {
+        Some(tls) => {
+            tasks.push(("tls-reload", tls.clone().reload_loop().map(Ok).boxed()));
+            NodeListener::tls(tcp, tune_socket, tls.server_config()?)?
+        }
+        None => NodeListener::plain(tcp, tune_socket),
+    };
     tasks.push(("compaction", compaction_loop(repl.clone()).map(Ok).boxed()));
     let node = if repl.config.kubernetes_mode() {
         let (coordinator, coord_tasks) = crate::coordination::start(&repl).await?;
@@ -185,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: std::sync::Arc::new(auth),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(listener, app)
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             let _ = stop_rx.changed().await;
         })
@@ -254,6 +251,18 @@ pub async fn first_to_end(set: &mut JoinSet<(&'static str, String)>) -> String {
         Some(Ok((name, why))) => format!("background task {name} stopped: {why}"),
         Some(Err(e)) => format!("the supervisor of a background task failed: {e}"),
         None => std::future::pending().await,
+    }
+}
+
+/// Every accepted socket: TCP_NODELAY (replication streams and acks are small writes
+/// that must leave at once; with Nagle's algorithm a stream chunk waits for the
+/// previous one's delayed ACK, tens of milliseconds of lag) and dead-peer detection.
+fn tune_socket(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    if let Err(e) = detect_dead_peers(tcp) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive / user timeout");
     }
 }
 

@@ -48,7 +48,7 @@ impl Coordinator {
         if ip.is_empty() {
             return None;
         }
-        Some(crate::replication::base_url(ip, self.s.port))
+        Some(crate::replication::base_url(self.s.scheme, ip, self.s.port))
     }
 
     pub(super) fn is_arbiter_pod(p: &Pod) -> bool {

@@ -116,8 +116,7 @@ pub async fn start(state: &Replication) -> anyhow::Result<(Arc<Coordinator>, Vec
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let ns = s.namespace.clone();
     let (pods, writer) = reflector::store::<Pod>();
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = crate::replication::internal_client(state.tls.as_ref())?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_millis(1500))
         .build()

@@ -15,6 +15,8 @@ pub struct Settings {
     pub namespace: String,
     pub pod_name: String,
     pub port: u16,
+    /// `http` or `https` (the members serve TLS when the node does).
+    pub scheme: &'static str,
     pub timing: Timing,
     pub policy: Policy,
     /// M: members holding the journal (data nodes + arbiter); None = from the
@@ -57,6 +59,7 @@ impl Settings {
             namespace,
             pod_name: c.node_id(),
             port: c.listen.port(),
+            scheme: c.scheme(),
             timing,
             policy,
             members: c.members.map(|m| m as usize),

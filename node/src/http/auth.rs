@@ -2,7 +2,7 @@
 //! signed by an OpenID Connect provider whose keys come from its JWKS), a cluster
 //! token for internal and admin routes. Secrets and tokens are never logged.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::ApiState;
 use super::error::ApiError;
 use super::jwks::Jwks;
+use super::listener::Peer;
 
 /// A role level; each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -307,12 +308,20 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
-/// Middleware guarding internal/admin routes with the cluster token.
+/// Middleware guarding internal/admin routes: a client certificate from the cluster
+/// CA (verified at the TLS handshake: members and the operator), or the cluster token.
 pub async fn require_cluster_token(
     State(state): State<ApiState>,
     req: Request,
     next: Next,
 ) -> Response {
+    let member = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .is_some_and(|c| c.0.client_cert);
+    if member {
+        return next.run(req).await;
+    }
     let header = req
         .headers()
         .get(AUTHORIZATION)

@@ -10,6 +10,7 @@ pub mod error;
 pub mod forward;
 pub mod internal;
 pub mod jwks;
+pub mod listener;
 pub mod openapi;
 
 use std::ops::Deref;

@@ -58,6 +58,7 @@ use crate::cluster::RoleState;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::Store;
+use crate::tls::Tls;
 
 /// Idle streams send a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -97,12 +98,18 @@ pub struct Replication {
     pub stream_http: reqwest::Client,
     /// The cluster token for outgoing internal calls.
     token: Option<Arc<str>>,
+    /// TLS material (`--tls-dir`): the listener serves it, the clients present it.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Why the internal HTTP clients could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("building the internal HTTP client: {0}")]
-pub struct ClientBuildError(#[from] reqwest::Error);
+pub enum ClientBuildError {
+    #[error("building the internal HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
 
 impl Replication {
     pub fn new(
@@ -113,8 +120,14 @@ impl Replication {
     ) -> Result<Replication, ClientBuildError> {
         let node_id: Arc<str> = config.node_id().into();
         let advertise_url: Arc<str> = config.advertise_url().into();
-        let http = internal_client().timeout(CALL_TIMEOUT).build()?;
-        let stream_http = internal_client().build()?;
+        let tls = match &config.tls_dir {
+            Some(dir) => Some(Tls::load(dir)?),
+            None => None,
+        };
+        let http = internal_client(tls.as_ref())?
+            .timeout(CALL_TIMEOUT)
+            .build()?;
+        let stream_http = internal_client(tls.as_ref())?.build()?;
         let metrics = Arc::new(Metrics::new());
         let pos = store.position();
         metrics.journal_seq.set(pos.seq as i64);
@@ -130,6 +143,7 @@ impl Replication {
             http,
             stream_http,
             token: token.map(Into::into),
+            tls,
         })
     }
 
@@ -148,9 +162,10 @@ impl Replication {
     }
 }
 
-/// The settings both internal clients share: no proxy, bounded connect, small writes
-/// leave at once, dead peers detected by the kernel in seconds.
-fn internal_client() -> reqwest::ClientBuilder {
+/// The settings every internal client shares: no proxy, bounded connect, small writes
+/// leave at once, dead peers detected by the kernel in seconds; with TLS, the member's
+/// certificate presented and peers verified against the cluster CA.
+pub fn internal_client(tls: Option<&Arc<Tls>>) -> Result<reqwest::ClientBuilder, ClientBuildError> {
     let b = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(CONNECT_TIMEOUT)
@@ -160,7 +175,10 @@ fn internal_client() -> reqwest::ClientBuilder {
         .tcp_keepalive_retries(TCP_KEEPALIVE_RETRIES);
     #[cfg(target_os = "linux")]
     let b = b.tcp_user_timeout(TCP_USER_TIMEOUT);
-    b
+    Ok(match tls {
+        Some(t) => b.use_preconfigured_tls(t.client_config()?),
+        None => b,
+    })
 }
 
 /// The background tasks of replication, for the server's supervisor: the follower
@@ -180,11 +198,11 @@ pub fn tasks(state: &Replication) -> Vec<(&'static str, futures::future::BoxFutu
     ]
 }
 
-/// A base URL for `ip:port`, with IPv6 addresses in brackets.
-pub fn base_url(ip: &str, port: u16) -> String {
+/// A base URL for `ip:port` (`scheme` http or https), IPv6 addresses in brackets.
+pub fn base_url(scheme: &str, ip: &str, port: u16) -> String {
     match ip.parse::<std::net::IpAddr>() {
-        Ok(addr) => format!("http://{}", std::net::SocketAddr::new(addr, port)),
-        Err(_) => format!("http://{ip}:{port}"),
+        Ok(addr) => format!("{scheme}://{}", std::net::SocketAddr::new(addr, port)),
+        Err(_) => format!("{scheme}://{ip}:{port}"),
     }
 }
 
@@ -194,8 +212,11 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_are_bracketed() {
-        assert_eq!(base_url("10.0.0.7", 8080), "http://10.0.0.7:8080");
-        assert_eq!(base_url("fd00::7", 8080), "http://[fd00::7]:8080");
-        assert_eq!(base_url("node-0.studio", 8080), "http://node-0.studio:8080");
+        assert_eq!(base_url("http", "10.0.0.7", 8080), "http://10.0.0.7:8080");
+        assert_eq!(base_url("https", "fd00::7", 8080), "https://[fd00::7]:8080");
+        assert_eq!(
+            base_url("http", "node-0.studio", 8080),
+            "http://node-0.studio:8080"
+        );
     }
 }

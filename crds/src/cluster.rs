@@ -77,6 +77,9 @@ use crate::status::StudioClusterStatus;
 #[x_kube(validation = Rule::new(
     "!has(self.election) || !has(self.election.priorities) || self.election.priorities.exists(k, self.election.priorities[k] > 0)"
 ).message("spec.election.priorities must leave at least one data node with a priority above 0").field_path(".election.priorities"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.tls) && self.tls.enabled) == (has(oldSelf.tls) && oldSelf.tls.enabled)"
+).message("spec.tls.enabled is chosen when the cluster is created and cannot change (members with and without TLS cannot replicate to each other)").field_path(".tls.enabled"))]
 pub struct StudioClusterSpec {
     /// Number of data nodes (primary + replicas).
     #[serde(default = "default_nodes")]
@@ -128,6 +131,10 @@ pub struct StudioClusterSpec {
     /// Credentials of the cluster (JWT signing key, cluster token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// TLS on every port of the nodes, members authenticated by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 
     /// Stop reconciling: the operator leaves every object as it is (status still updated).
     #[serde(default)]
@@ -413,7 +420,54 @@ pub struct AuthSpec {
     pub existing_secret: Option<String>,
 }
 
+/// TLS: the operator keeps a CA per cluster (Secret `<name>-ca`) and a certificate for
+/// the members (Secret `<name>-tls`: `tls.crt`, `tls.key`, `ca.crt`), renewed
+/// `renewBeforeSeconds` before it expires; the nodes re-read it without a restart.
+/// The certificate is valid for the headless Service's pod names
+/// (`*.<name>-nodes.<namespace>.svc`) and the cluster's Services; members reach each
+/// other by pod IP and check that the peer's chain leads to the cluster CA. Internal
+/// routes need a certificate from that CA (members and the operator have one).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.renewBeforeSeconds < self.certificateDurationSeconds").message("spec.tls.renewBeforeSeconds must be less than spec.tls.certificateDurationSeconds").field_path(".renewBeforeSeconds"))]
+pub struct TlsSpec {
+    /// Serve TLS only (plain HTTP is refused).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Validity of the members' certificate (default 90 days).
+    #[serde(default = "default_certificate_duration")]
+    #[schemars(range(min = 120, max = 315_360_000))]
+    pub certificate_duration_seconds: i64,
+    /// Renew the certificate this long before it expires (default 7 days).
+    #[serde(default = "default_renew_before")]
+    #[schemars(range(min = 60, max = 315_360_000))]
+    pub renew_before_seconds: i64,
+}
+
+fn default_certificate_duration() -> i64 {
+    90 * 24 * 3600
+}
+
+fn default_renew_before() -> i64 {
+    7 * 24 * 3600
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            enabled: false,
+            certificate_duration_seconds: default_certificate_duration(),
+            renew_before_seconds: default_renew_before(),
+        }
+    }
+}
+
 impl StudioCluster {
+    /// The TLS settings when TLS is on.
+    pub fn tls(&self) -> Option<&TlsSpec> {
+        self.spec.tls.as_ref().filter(|t| t.enabled)
+    }
+
     /// Whether an arbiter is requested.
     pub fn arbiter_enabled(&self) -> bool {
         self.spec.arbiter.enabled

@@ -74,6 +74,8 @@ pub mod annotations {
     pub const WRITE_QUORUM: &str = "studio.cms.io/write-quorum";
     /// On the Secret: the operator generated it (so it is never regenerated).
     pub const GENERATED: &str = "studio.cms.io/generated";
+    /// On the CA and TLS Secrets: when the certificate expires (RFC 3339).
+    pub const NOT_AFTER: &str = "studio.cms.io/not-after";
     /// On the data pods' template: hash of the settings that require a restart.
     pub const CONFIG_HASH: &str = "studio.cms.io/config-hash";
 }
@@ -84,6 +86,15 @@ pub mod secret_keys {
     pub const JWT_KEY: &str = "jwt-key";
     /// Shared token nodes (and the operator) present on internal/admin calls.
     pub const CLUSTER_TOKEN: &str = "cluster-token";
+}
+
+/// Keys of the TLS Secrets (the `kubernetes.io/tls` layout plus the CA).
+pub mod tls_keys {
+    pub const CERT: &str = "tls.crt";
+    pub const KEY: &str = "tls.key";
+    pub const CA: &str = "ca.crt";
+    /// Only in the CA Secret, never mounted into pods.
+    pub const CA_KEY: &str = "ca.key";
 }
 
 /// Condition types on `StudioCluster.status.conditions`.
@@ -149,6 +160,14 @@ pub mod names {
         format!("{cluster}-auth")
     }
     /// ServiceAccount, Role and RoleBinding of the nodes.
+    /// The cluster CA (`ca.crt`, `ca.key`) when TLS is on.
+    pub fn ca_secret(cluster: &str) -> String {
+        format!("{cluster}-ca")
+    }
+    /// The members' certificate (`tls.crt`, `tls.key`, `ca.crt`) when TLS is on.
+    pub fn tls_secret(cluster: &str) -> String {
+        format!("{cluster}-tls")
+    }
     pub fn service_account(cluster: &str) -> String {
         format!("{cluster}-node")
     }

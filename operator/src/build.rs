@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
     PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
-    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -366,15 +366,22 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
     if arbiter {
         v.push(env("STUDIO_ROLE", roles::ARBITER));
     }
+    if sc.tls().is_some() {
+        v.push(env("STUDIO_TLS_DIR", TLS_DIR));
+    }
     v
 }
 
-fn http_probe(path: &str, period: i32, failures: i32, initial: i32) -> Probe {
+/// Where the members' certificate Secret is mounted (spec.tls).
+pub const TLS_DIR: &str = "/etc/studio/tls";
+const TLS_VOLUME: &str = "tls";
+
+fn http_probe(path: &str, period: i32, failures: i32, initial: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(HTTP_PORT),
-            scheme: Some("HTTP".into()),
+            scheme: Some(if tls { "HTTPS" } else { "HTTP" }.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -391,6 +398,27 @@ fn container(
     arbiter: bool,
     resources: Option<ResourceRequirements>,
 ) -> Container {
+    let tls = sc.tls().is_some();
+    let mut mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    if tls {
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     Container {
         name: CONTAINER.into(),
         image: Some(sc.spec.image.clone()),
@@ -408,21 +436,10 @@ fn container(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe(studio_crds::node_api::READYZ, 2, 3, 1)),
-        liveness_probe: Some(http_probe(studio_crds::node_api::HEALTHZ, 10, 3, 10)),
+        readiness_probe: Some(http_probe(studio_crds::node_api::READYZ, 2, 3, 1, tls)),
+        liveness_probe: Some(http_probe(studio_crds::node_api::HEALTHZ, 10, 3, 10, tls)),
         resources,
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: TMP_VOLUME.into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             run_as_non_root: Some(true),
@@ -457,6 +474,28 @@ pub fn default_affinity(cluster: &str) -> Affinity {
         }),
         ..Default::default()
     }
+}
+
+/// The pod's volumes besides the PVC: /tmp, and the members' certificate with TLS.
+fn pod_volumes(sc: &StudioCluster, cluster: &str) -> Vec<Volume> {
+    let mut v = vec![Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if sc.tls().is_some() {
+        v.push(Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names::tls_secret(cluster)),
+                // Readable by the pod's fsGroup (the node runs as a non-root user).
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    v
 }
 
 fn pod_template(
@@ -494,11 +533,7 @@ fn pod_template(
             automount_service_account_token: Some(true),
             termination_grace_period_seconds: Some(30),
             containers: vec![container(sc, m.name, arbiter, resources)],
-            volumes: Some(vec![Volume {
-                name: TMP_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            }]),
+            volumes: Some(pod_volumes(sc, m.name)),
             affinity: Some(
                 overrides
                     .affinity
@@ -644,6 +679,33 @@ pub fn build_secret(sc: &StudioCluster, random: &[u8; 64]) -> Result<Secret, Err
                 ByteString(hex::encode(&random[32..]).into_bytes()),
             ),
         ])),
+        ..Default::default()
+    })
+}
+
+/// A Secret of the cluster's TLS material (`kind`: the CA or the members' certificate),
+/// owned by the StudioCluster, with the certificate's expiry in an annotation.
+pub fn build_tls_secret(
+    sc: &StudioCluster,
+    name: String,
+    type_: &str,
+    data: BTreeMap<String, String>,
+    not_after: &str,
+) -> Result<Secret, Error> {
+    let m = meta_of(sc)?;
+    let mut meta = object_meta(&m, name, BTreeMap::new());
+    meta.annotations = Some(BTreeMap::from([(
+        annotations::NOT_AFTER.to_string(),
+        not_after.to_string(),
+    )]));
+    Ok(Secret {
+        metadata: meta,
+        type_: Some(type_.into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
         ..Default::default()
     })
 }

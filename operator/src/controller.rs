@@ -42,11 +42,13 @@ mod execute;
 mod secret;
 mod status;
 mod storage;
+mod tls;
 
 use self::execute::execute;
 use self::secret::ensure_secret;
 use self::status::{patch_status, update_status};
 use self::storage::grow_storage;
+use self::tls::ensure_tls;
 
 /// A cluster's primary as our last status update saw it, with its last change.
 #[derive(Clone, Debug)]
@@ -79,6 +81,8 @@ pub struct Context {
     /// are decided from the status in the object; this only keeps a cached object that
     /// lags behind our own write from announcing the same change twice.
     pub written_quorum: Mutex<HashMap<String, &'static str>>,
+    /// With spec.tls: the operator's mutual-TLS client per cluster (see `tls.rs`).
+    pub tls_clients: Mutex<HashMap<String, tls::ClusterClient>>,
 }
 
 /// Minimum interval between status writes that only move journal positions.
@@ -109,7 +113,21 @@ impl Context {
             last_primary: Mutex::new(HashMap::new()),
             status_writes: Mutex::new(HashMap::new()),
             written_quorum: Mutex::new(HashMap::new()),
+            tls_clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The client for calls to `sc`'s nodes: mutual TLS when spec.tls is on (an
+    /// unusable plain client until its certificates exist), plain HTTP otherwise.
+    pub fn nodes_for(&self, sc: &StudioCluster) -> NodeClient {
+        if sc.tls().is_none() {
+            return self.nodes.clone();
+        }
+        self.tls_clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key(sc)).map(|c| c.client.clone()))
+            .unwrap_or_else(|| self.nodes.clone())
     }
 
     async fn event(&self, sc: &StudioCluster, type_: EventType, reason: &str, note: String) {
@@ -282,7 +300,9 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
         .filter(|h| !h.is_empty());
-    ctx.nodes.fill_status(&mut obs.members).await;
+    // TLS material first: the calls to the nodes below need the operator's certificate.
+    let renew_in = ensure_tls(&ctx, &sc).await?;
+    ctx.nodes_for(&sc).fill_status(&mut obs.members).await;
 
     // Build and decide.
     obs.had_primary = sc
@@ -435,6 +455,9 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     };
     if !plan.write_quorum.ok() {
         requeue = requeue.min(NO_WRITES_POLL);
+    }
+    if let Some(r) = renew_in {
+        requeue = requeue.min(r);
     }
     let mut started = None;
     if let Some(step) = &plan.step {

@@ -37,6 +37,9 @@ pub enum Error {
     #[error("random source failed: {0}")]
     Random(String),
 
+    #[error("TLS: {0}")]
+    Tls(String),
+
     #[error("serialization error: {0}")]
     Json(#[from] serde_json::Error),
 
@@ -72,6 +75,7 @@ impl Error {
             Error::NodeUnreachable { .. } => "node_unreachable",
             Error::SecretKey(..) => "secret_key",
             Error::Random(_) => "random",
+            Error::Tls(_) => "tls",
             Error::Json(_) => "json",
             Error::Poisoned => "poisoned",
             Error::Waiting(_) => "waiting",

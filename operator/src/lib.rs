@@ -11,6 +11,7 @@ pub mod node_client;
 pub mod plan;
 pub mod server;
 pub mod support_bundle;
+pub mod tls;
 pub mod upgrade;
 
 /// The StudioCluster CRD as YAML, as committed under `deploy/crds/`.

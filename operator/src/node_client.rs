@@ -15,6 +15,7 @@ pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl Default for NodeClient {
@@ -30,15 +31,44 @@ impl NodeClient {
             .timeout(SWITCHOVER_TIMEOUT + Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        NodeClient { http }
+        NodeClient {
+            http,
+            scheme: "http",
+        }
     }
 
-    fn base(m: &Member) -> Option<String> {
+    /// A client for a cluster with spec.tls: trusts only the cluster CA and presents
+    /// the operator's certificate. Nodes are reached by pod IP, which their
+    /// certificate cannot name (it exists before the pod has an address), so the
+    /// chain to the cluster's own CA is what is checked, not the host name.
+    pub fn tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeClient> {
+        let tls_err = |e: reqwest::Error| Error::Tls(e.to_string());
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(tls_err)?;
+        let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())
+            .map_err(tls_err)?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .danger_accept_invalid_hostnames(true)
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(SWITCHOVER_TIMEOUT + Duration::from_secs(5))
+            .build()
+            .map_err(tls_err)?;
+        Ok(NodeClient {
+            http,
+            scheme: "https",
+        })
+    }
+
+    fn base(&self, m: &Member) -> Option<String> {
+        let scheme = self.scheme;
         m.ip.as_ref().map(|ip| {
             if ip.contains(':') {
-                format!("http://[{ip}]:{HTTP_PORT}")
+                format!("{scheme}://[{ip}]:{HTTP_PORT}")
             } else {
-                format!("http://{ip}:{HTTP_PORT}")
+                format!("{scheme}://{ip}:{HTTP_PORT}")
             }
         })
     }
@@ -47,7 +77,9 @@ impl NodeClient {
     /// not answer within a second keep `None`).
     pub async fn fill_status(&self, members: &mut [Member]) {
         let futs = members.iter().map(|m| {
-            let url = Self::base(m).map(|b| format!("{b}{}", node_api::CLUSTER_STATUS));
+            let url = self
+                .base(m)
+                .map(|b| format!("{b}{}", node_api::CLUSTER_STATUS));
             let http = self.http.clone();
             async move {
                 let url = url?;
@@ -76,7 +108,9 @@ impl NodeClient {
         target: &str,
         token: Option<&str>,
     ) -> Result<String> {
-        let base = Self::base(primary).ok_or(Error::MissingField("status.podIP of the primary"))?;
+        let base = self
+            .base(primary)
+            .ok_or(Error::MissingField("status.podIP of the primary"))?;
         let body = SwitchoverRequest {
             target: target.to_string(),
             timeout_ms: Some(SWITCHOVER_TIMEOUT.as_millis() as u64),

@@ -525,3 +525,54 @@ fn committed_crd_yaml_matches_the_types() {
         );
     }
 }
+
+#[test]
+fn with_tls_every_member_mounts_the_certificate_and_is_probed_over_https() {
+    let (_, o) = owned("tls.yaml");
+    let arbiter = o.arbiter.as_ref().expect("arbiter");
+    for sts in [&o.statefulset, arbiter] {
+        let c = container(sts);
+        assert_eq!(
+            env_value(c, "STUDIO_TLS_DIR").as_deref(),
+            Some(build::TLS_DIR)
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == build::TLS_DIR)
+            .expect("the TLS mount");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.volumes.as_ref())
+            .and_then(|v| v.iter().find(|v| v.name == mount.name))
+            .expect("the TLS volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("secure-tls")
+        );
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let scheme = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.scheme.as_deref());
+            assert_eq!(scheme, Some("HTTPS"));
+        }
+    }
+    // Without spec.tls nothing of it.
+    let (_, plain) = owned("single-node.yaml");
+    let c = container(&plain.statefulset);
+    assert_eq!(env_value(c, "STUDIO_TLS_DIR"), None);
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != build::TLS_DIR)
+    );
+}

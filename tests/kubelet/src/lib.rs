@@ -22,7 +22,10 @@
 //! - **Volumes** ([`volumes`]): no mount namespaces; every `mountPath` standing as a
 //!   whole path in args, command and env values is rewritten to the volume's host
 //!   directory (`--data-dir=/data` → `--data-dir=<state>/volumes/pvc-<uid>`), see the
-//!   module. Secret/ConfigMap/projected/downwardAPI volumes are written as files.
+//!   module. Secret/ConfigMap/projected/downwardAPI volumes are written in the real
+//!   kubelet's AtomicWriter layout (`key -> ..data/key`, `..data -> ..<timestamp>`)
+//!   and resynced every `--volume-resync-seconds` (10 s): a changed Secret or
+//!   ConfigMap appears in running pods through an atomic swap of `..data`.
 //! - **PVCs** ([`provisioner`]): `<state-dir>/volumes/pvc-<pvc-uid>`, a hostPath PV made
 //!   by the built-in provisioner; survives pod restarts and re-creation, removed with the
 //!   PVC.
@@ -54,6 +57,7 @@
 //! - **Deletion**: SIGTERM to the process group, wait the grace period, SIGKILL, remove
 //!   the netns, then delete the pod with grace 0.
 
+pub mod atomic_writer;
 pub mod env;
 pub mod events;
 pub mod image;
@@ -134,6 +138,10 @@ pub struct Args {
     /// Maximum container restart back-off in seconds.
     #[arg(long, default_value_t = 30)]
     pub backoff_max_seconds: u64,
+    /// How often secret, configMap, downwardAPI and projected volumes of running pods
+    /// are compared with their sources and updated, in seconds.
+    #[arg(long, default_value_t = volumes::DEFAULT_RESYNC_SECONDS)]
+    pub volume_resync_seconds: u64,
     /// Port of the HTTPS log endpoint on the host IP (for `kubectl logs`); 0 disables it.
     #[arg(long, default_value_t = server::KUBELET_PORT)]
     pub kubelet_port: u16,
@@ -260,6 +268,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone()),
         backoff_base: Duration::from_millis(args.backoff_base_ms.max(1)),
         backoff_max: Duration::from_secs(args.backoff_max_seconds.max(1)),
+        volume_resync: Duration::from_secs(args.volume_resync_seconds.max(1)),
     };
     let mut background = Vec::new();
     for n in &args.nodes {
@@ -362,5 +371,18 @@ mod tests {
         assert_eq!(a.nodes, vec!["local-1", "local-2", "local-3"]);
         assert_eq!(a.bridge, "studiobr0");
         assert_eq!(a.gateway, Ipv4Addr::new(10, 213, 0, 1));
+        assert_eq!(a.volume_resync_seconds, 10);
+        let b = Args::try_parse_from([
+            "studio-kubelet",
+            "--kubeconfig=/k",
+            "--nodes=n",
+            "--api-server=https://h:6443",
+            "--ca-file=/ca",
+            "--bin-dir=/b",
+            "--state-dir=/s",
+            "--volume-resync-seconds=3",
+        ])
+        .unwrap();
+        assert_eq!(b.volume_resync_seconds, 3);
     }
 }

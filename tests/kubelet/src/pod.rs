@@ -45,6 +45,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How often secret/configMap/downwardAPI/projected volumes are resynced.
+    pub volume_resync: Duration,
 }
 
 /// State shared by all pod workers.
@@ -771,6 +773,8 @@ struct Sandbox {
     netns: String,
     ip: Ipv4Addr,
     volume_dirs: HashMap<String, PathBuf>,
+    /// Handed to the volume resync task once the sandbox is up.
+    synced_volumes: Vec<volumes::SyncedVolume>,
     kubeconfig: PathBuf,
     token_tasks: Vec<JoinHandle<()>>,
 }
@@ -813,7 +817,8 @@ async fn setup_sandbox(sh: &Arc<Shared>, pod: &Pod, dir: &Path) -> Result<Sandbo
         pod_ip: ip.to_string(),
         host_ip: cfg.host_ip.to_string(),
     };
-    let (volume_dirs, mut targets) = volumes::prepare(&sh.client, pod, dir, &facts).await?;
+    let prepared = volumes::prepare(&sh.client, pod, dir, &facts).await?;
+    let mut targets = prepared.tokens;
     let token_file = dir.join("token");
     targets.insert(
         0,
@@ -854,7 +859,8 @@ async fn setup_sandbox(sh: &Arc<Shared>, pod: &Pod, dir: &Path) -> Result<Sandbo
         short,
         netns,
         ip,
-        volume_dirs,
+        volume_dirs: prepared.dirs,
+        synced_volumes: prepared.synced,
         kubeconfig,
         token_tasks,
     })
@@ -1095,7 +1101,7 @@ pub async fn run_pod(
             None => break None,
         }
     };
-    let Some(sandbox) = sandbox else {
+    let Some(mut sandbox) = sandbox else {
         let stop = wait_stop(&mut pod_rx, &mut kstop).await;
         let latest = pod_rx.borrow().clone().unwrap_or(pod);
         finish(&sh, &uid, &dir, stop, latest, None, &status_task).await;
@@ -1124,6 +1130,24 @@ pub async fn run_pod(
     let spec = pod.spec.clone().unwrap_or_default();
     let policy = RestartMode::of(spec.restart_policy.as_deref().unwrap_or("Always"));
     let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
+    // Secret/configMap/downwardAPI/projected volumes follow their sources until the
+    // pod stops (the same stop signal as the containers; awaited below).
+    let mut resync = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(volumes::resync_loop(
+            sh.client.clone(),
+            pod_rx.clone(),
+            PodFacts {
+                pod_ip: sandbox.ip.to_string(),
+                host_ip: sh.settings.host_ip.to_string(),
+            },
+            std::mem::take(&mut sandbox.synced_volumes),
+            sh.settings.volume_resync,
+            async move {
+                let _ = stop.wait_for(|s| s.is_some()).await;
+            },
+        ))
+    };
     let runner = {
         let ctx = ctx.clone();
         let rt = rt.clone();
@@ -1203,6 +1227,16 @@ pub async fn run_pod(
     {
         tracing::warn!(pod = %label, "containers did not stop in time");
         runner.abort();
+    }
+    // The resync task saw the stop: it returns at once, or once the volume write in
+    // progress is done (so nothing is written into the pod directory after `finish`
+    // cleans it).
+    if tokio::time::timeout(Duration::from_secs(10), &mut resync)
+        .await
+        .is_err()
+    {
+        tracing::warn!(pod = %label, "volume resync did not stop in time");
+        resync.abort();
     }
     for t in &sandbox.token_tasks {
         t.abort();
@@ -1324,6 +1358,7 @@ mod tests {
             state_dir: dir.to_path_buf(),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            volume_resync: Duration::from_secs(10),
         };
         let cidr = settings.cidr;
         let sh = Arc::new(Shared {

@@ -587,6 +587,46 @@ pub async fn cluster_events(env: &TestEnv, cluster: &str) -> anyhow::Result<Vec<
 pub struct Content {
     pub http: reqwest::Client,
     pub token: String,
+    /// `https` for a cluster with spec.tls (its CA trusted), else `http`.
+    pub scheme: &'static str,
+}
+
+/// A client of a cluster's nodes: with TLS (Secret `<cluster>-tls` exists) it trusts
+/// only the cluster CA and, as members and the operator do, checks the chain and not
+/// the name (pods are reached by IP). `identity`: a client certificate to present.
+pub async fn node_client(
+    env: &TestEnv,
+    cluster: &str,
+    identity: Option<reqwest::Identity>,
+) -> anyhow::Result<(reqwest::Client, &'static str)> {
+    let b = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(8));
+    let tls = env
+        .api::<Secret>()
+        .get_opt(&format!("{cluster}-tls"))
+        .await
+        .with_context(|| format!("get secret {cluster}-tls"))?;
+    let Some(tls) = tls else {
+        return Ok((b.build()?, "http"));
+    };
+    let ca = tls
+        .data
+        .unwrap_or_default()
+        .get("ca.crt")
+        .map(|b| b.0.clone())
+        .ok_or_else(|| anyhow!("Secret {cluster}-tls has no ca.crt"))?;
+    let mut b = b
+        .use_rustls_tls()
+        .tls_info(true)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .danger_accept_invalid_hostnames(true);
+    if let Some(id) = identity {
+        b = b.identity(id);
+    }
+    Ok((b.build()?, "https"))
 }
 
 impl Content {
@@ -603,14 +643,11 @@ impl Content {
             .map(|b| b.0.clone())
             .ok_or_else(|| anyhow!("Secret {cluster}-auth has no jwt-key"))?;
         let key = String::from_utf8_lossy(&key).trim().to_string();
+        let (http, scheme) = node_client(env, cluster, None).await?;
         Ok(Content {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(8))
-                .build()
-                .context("building an HTTP client")?,
+            http,
             token: jwt::token(key.as_bytes(), "e2e", &["editor"]),
+            scheme,
         })
     }
 
@@ -621,7 +658,7 @@ impl Content {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, String)> {
-        let url = format!("http://{ip}:{NODE_PORT}/api/v1/content/{path}");
+        let url = format!("{}://{ip}:{NODE_PORT}/api/v1/content/{path}", self.scheme);
         let mut req = self
             .http
             .request(method.clone(), &url)

@@ -29,6 +29,9 @@ pub mod labels {
     pub const APP_INSTANCE: &str = "app.kubernetes.io/instance";
     pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
     pub const APP_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// `true` on the pods of a cluster with spec.tls: they serve HTTPS only (the chart's
+    /// PodMonitor scrapes them with `https` from it).
+    pub const TLS: &str = "studio.cms.io/tls";
     /// Label the StatefulSet controller stamps on each pod with its revision.
     pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
     /// Label the StatefulSet controller stamps on each pod with its name.

@@ -511,6 +511,9 @@ fn pod_template(
     pod_labels.extend(common_labels(m.name));
     pod_labels.extend(selector_labels(m.name, component));
     pod_labels.insert(labels::APP_COMPONENT.into(), component.into());
+    if sc.tls().is_some() {
+        pod_labels.insert(labels::TLS.into(), "true".into());
+    }
     if arbiter {
         pod_labels.insert(labels::ROLE.into(), roles::ARBITER.into());
     } else {

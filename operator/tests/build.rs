@@ -531,6 +531,17 @@ fn with_tls_every_member_mounts_the_certificate_and_is_probed_over_https() {
     let (_, o) = owned("tls.yaml");
     let arbiter = o.arbiter.as_ref().expect("arbiter");
     for sts in [&o.statefulset, arbiter] {
+        let pod_labels = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .expect("pod labels");
+        // The chart's PodMonitor scrapes these pods with https because of it.
+        assert_eq!(
+            pod_labels.get(labels::TLS).map(String::as_str),
+            Some("true")
+        );
         let c = container(sts);
         assert_eq!(
             env_value(c, "STUDIO_TLS_DIR").as_deref(),

@@ -212,6 +212,18 @@ fn scrape_config(job: String, sd: Value, ep: &Value, relabel: Vec<Value>) -> any
             c[to] = v.clone();
         }
     }
+    if let Some(t) = ep.get("tlsConfig") {
+        let mut tls = serde_json::Map::new();
+        for (k, v) in t.as_object().into_iter().flatten() {
+            let key = match k.as_str() {
+                "insecureSkipVerify" => "insecure_skip_verify",
+                "serverName" => "server_name",
+                other => bail!("tlsConfig field {other} is not translated"),
+            };
+            tls.insert(key.to_string(), v.clone());
+        }
+        c["tls_config"] = Value::Object(tls);
+    }
     if let Some(m) = ep["metricRelabelings"].as_array() {
         let translated: anyhow::Result<Vec<Value>> = m.iter().map(relabeling).collect();
         c["metric_relabel_configs"] = Value::Array(translated?);

@@ -418,6 +418,38 @@ pub struct AuthSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub existing_secret: Option<String>,
+    /// User tokens from an OpenID Connect provider, besides the HS256 key of the
+    /// Secret: RS256/ES256 tokens verified against the provider's JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcSpec>,
+}
+
+/// An OpenID Connect identity provider whose tokens the nodes accept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcSpec {
+    /// The provider's JWKS (e.g. Keycloak:
+    /// `https://idp/realms/cms/protocol/openid-connect/certs`); keys are cached five
+    /// minutes and fetched again for an unknown key id, so key rotation needs no
+    /// restart.
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub jwks_url: String,
+    /// Required `iss` of the tokens (recommended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub issuer: Option<String>,
+    /// Required member of the tokens' `aud` (recommended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: Option<String>,
+    /// Dotted path of the claim holding the role names (`realm_access.roles` for
+    /// Keycloak realm roles); default `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+    )]
+    pub roles_claim: Option<String>,
 }
 
 /// TLS: the operator keeps a CA per cluster (Secret `<name>-ca`) and a certificate for

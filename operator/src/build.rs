@@ -369,6 +369,18 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
     if sc.tls().is_some() {
         v.push(env("STUDIO_TLS_DIR", TLS_DIR));
     }
+    if let Some(o) = s.auth.as_ref().and_then(|a| a.oidc.as_ref()) {
+        v.push(env("STUDIO_JWKS_URL", o.jwks_url.clone()));
+        if let Some(i) = &o.issuer {
+            v.push(env("STUDIO_JWT_ISSUER", i.clone()));
+        }
+        if let Some(a) = &o.audience {
+            v.push(env("STUDIO_JWT_AUDIENCE", a.clone()));
+        }
+        if let Some(r) = &o.roles_claim {
+            v.push(env("STUDIO_JWT_ROLES_CLAIM", r.clone()));
+        }
+    }
     v
 }
 

@@ -576,6 +576,21 @@ fn with_tls_every_member_mounts_the_certificate_and_is_probed_over_https() {
             assert_eq!(scheme, Some("HTTPS"));
         }
     }
+    // spec.auth.oidc reaches every member.
+    for sts in [&o.statefulset, arbiter] {
+        let c = container(sts);
+        for (k, v) in [
+            (
+                "STUDIO_JWKS_URL",
+                "https://idp.example/realms/cms/protocol/openid-connect/certs",
+            ),
+            ("STUDIO_JWT_ISSUER", "https://idp.example/realms/cms"),
+            ("STUDIO_JWT_AUDIENCE", "studio"),
+            ("STUDIO_JWT_ROLES_CLAIM", "realm_access.roles"),
+        ] {
+            assert_eq!(env_value(c, k).as_deref(), Some(v), "{k}");
+        }
+    }
     // Without spec.tls nothing of it.
     let (_, plain) = owned("single-node.yaml");
     let c = container(&plain.statefulset);

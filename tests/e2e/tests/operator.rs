@@ -250,6 +250,14 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
             "spec.election.leaseDurationSeconds",
         ),
         (
+            json!({"image": img, "tls": {"enabled": true, "certificateDurationSeconds": 600, "renewBeforeSeconds": 600}}),
+            "spec.tls.renewBeforeSeconds",
+        ),
+        (
+            json!({"image": img, "auth": {"oidc": {"jwksUrl": "ftp://idp/certs"}}}),
+            "spec.auth.oidc.jwksUrl",
+        ),
+        (
             json!({"image": img, "election": {"priorities": {"x-0": 1}, "eligiblePattern": "x-.*"}}),
             "spec.election",
         ),

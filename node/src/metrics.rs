@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Streams and snapshots refused (either side) because the peer's schema revision
     /// is incompatible with this node's.
     pub schema_refused: Counter,
+    /// When the certificate the node serves expires (Unix seconds); 0 without TLS.
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
         write_quorum_available.set(1);
         let stale_streams_refused = Counter::default();
         let schema_refused = Counter::default();
+        let tls_certificate_expiry = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests served",
@@ -147,6 +150,11 @@ impl Metrics {
             "Replication streams and snapshots refused because the peer's schema revision is incompatible",
             schema_refused.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate the node serves expires (Unix time; 0 without TLS)",
+            tls_certificate_expiry.clone(),
+        );
         Metrics {
             sync_timeouts,
             write_quorum_available,
@@ -162,6 +170,7 @@ impl Metrics {
             replication_lag_entries,
             replication_lag_seconds,
             quarantined,
+            tls_certificate_expiry,
         }
     }
 

@@ -164,7 +164,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // With TLS only TLS is spoken on the port: a plaintext client fails its handshake.
     let listener = match &repl.tls {
         Some(tls) => {
-            tasks.push(("tls-reload", tls.clone().reload_loop().map(Ok).boxed()));
+            let metrics = repl.metrics.clone();
+            metrics.tls_certificate_expiry.set(tls.not_after());
+            let reloaded = move |t| {
+                metrics.tls_certificate_expiry.set(t);
+            };
+            tasks.push((
+                "tls-reload",
+                tls.clone().reload_loop(reloaded).map(Ok).boxed(),
+            ));
             NodeListener::tls(tcp, tune_socket, tls.server_config()?)?
         }
         None => NodeListener::plain(tcp, tune_socket),

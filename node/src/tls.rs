@@ -53,6 +53,8 @@ pub enum TlsError {
 /// One consistent reading of the directory.
 struct Material {
     digest: [u8; 32],
+    /// When the served certificate expires (Unix seconds).
+    not_after: i64,
     key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     client_verifier: Arc<dyn ClientCertVerifier>,
@@ -92,6 +94,9 @@ fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError
         .key_provider
         .load_private_key(key)
         .map_err(|e| invalid(&key_path, format!("unusable key: {e}")))?;
+    let not_after = x509_parser::parse_x509_certificate(&certs[0])
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .map_err(|e| invalid(&cert_path, format!("unreadable certificate: {e}")))?;
     let key = CertifiedKey::new(certs, signing);
     key.keys_match()
         .map_err(|e| invalid(&key_path, format!("does not match {CERT_FILE}: {e}")))?;
@@ -118,6 +123,7 @@ fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError
     }
     Ok(Material {
         digest: h.finalize().into(),
+        not_after,
         key: Arc::new(key),
         roots,
         client_verifier,
@@ -157,8 +163,14 @@ impl Tls {
         Ok(true)
     }
 
-    /// Checks the files every [`RELOAD_EVERY`] (file reads on the blocking pool).
-    pub async fn reload_loop(self: Arc<Self>) {
+    /// When the certificate served now expires (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.now().not_after
+    }
+
+    /// Checks the files every [`RELOAD_EVERY`] (file reads on the blocking pool);
+    /// `reloaded` gets the new certificate's expiry after each change.
+    pub async fn reload_loop(self: Arc<Self>, reloaded: impl Fn(i64) + Send + 'static) {
         let mut tick = tokio::time::interval(RELOAD_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -166,7 +178,8 @@ impl Tls {
             let tls = self.clone();
             match tokio::task::spawn_blocking(move || tls.reload()).await {
                 Ok(Ok(true)) => {
-                    tracing::info!(dir = %self.dir.display(), "TLS certificate or CA reloaded")
+                    tracing::info!(dir = %self.dir.display(), "TLS certificate or CA reloaded");
+                    reloaded(self.not_after());
                 }
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {

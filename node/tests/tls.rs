@@ -42,11 +42,13 @@ impl Ca {
         }
     }
 
-    /// (certificate PEM, key PEM) for `cn`, valid for 127.0.0.1, server and client.
-    fn issue(&self, cn: &str) -> (String, String) {
+    /// (certificate PEM, key PEM) for `cn`, valid for 127.0.0.1, server and client,
+    /// for `days` from now.
+    fn issue(&self, cn: &str, days: i64) -> (String, String) {
         let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
             .expect("params");
         p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -56,10 +58,10 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
-    /// Writes a Kubernetes-TLS-Secret-like directory for `cn`.
-    fn write_dir(&self, dir: &Path, cn: &str) {
+    /// Writes a Kubernetes-TLS-Secret-like directory for `cn`, valid `days`.
+    fn write_dir(&self, dir: &Path, cn: &str, days: i64) {
         std::fs::create_dir_all(dir).expect("mkdir");
-        let (cert, key) = self.issue(cn);
+        let (cert, key) = self.issue(cn, days);
         // The key first, then the certificate: a reader between the two writes sees a
         // mismatch and keeps the old pair.
         std::fs::write(dir.join("tls.key"), key).expect("write key");
@@ -77,7 +79,7 @@ impl Ca {
                 reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("ca pem"),
             );
         if let Some((ca, cn)) = identity {
-            let (cert, key) = ca.issue(cn);
+            let (cert, key) = ca.issue(cn, 1);
             b = b.identity(
                 reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).expect("identity"),
             );
@@ -130,6 +132,22 @@ async fn converged(member: &Client, primary: &str, replica: &str) {
     .await
 }
 
+/// `studio_tls_certificate_expiry_timestamp_seconds` from /metrics.
+async fn expiry_metric(http: &Client, url: &str) -> i64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("studio_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no expiry metric in {text}"))
+}
+
 async fn put(http: &Client, url: &str, path: &str) -> StatusCode {
     http.put(format!("{url}/api/v1/content/{path}"))
         .bearer_auth(editor())
@@ -146,8 +164,8 @@ async fn members_speak_mutual_tls_and_pick_up_a_renewed_certificate() {
     let ca = Ca::new("studio cluster CA");
     let foreign = Ca::new("another cluster's CA");
     let (p_tls, r_tls) = (tmp.path().join("p-tls"), tmp.path().join("r-tls"));
-    ca.write_dir(&p_tls, "studio-0");
-    ca.write_dir(&r_tls, "studio-1");
+    ca.write_dir(&p_tls, "studio-0", 30);
+    ca.write_dir(&r_tls, "studio-1", 30);
     let p_tls_arg = p_tls.display().to_string();
     let primary = Node::standalone(&tmp.path().join("p"), &["--tls-dir", &p_tls_arg]);
     assert!(primary.url.starts_with("https://"), "{}", primary.url);
@@ -204,7 +222,13 @@ async fn members_speak_mutual_tls_and_pick_up_a_renewed_certificate() {
 
     // Renewal: a new certificate for the primary, written in place.
     let before = served_cert(&ca, &primary.url).await;
-    ca.write_dir(&p_tls, "studio-0");
+    let expiry_before = expiry_metric(&user, &primary.url).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now + 29 * 86400..=now + 31 * 86400).contains(&expiry_before),
+        "the expiry metric says {expiry_before}, not about 30 days from now ({now})"
+    );
+    ca.write_dir(&p_tls, "studio-0", 60);
     let t0 = Instant::now();
     let mut writes = 0;
     wait_for(
@@ -233,5 +257,10 @@ async fn members_speak_mutual_tls_and_pick_up_a_renewed_certificate() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(put(&user, &primary.url, "after").await, StatusCode::CREATED);
+    let expiry_after = expiry_metric(&user, &primary.url).await;
+    assert!(
+        expiry_after > expiry_before + 29 * 86400,
+        "the expiry metric did not follow the renewal: {expiry_before} → {expiry_after}"
+    );
     converged(&member, &primary.url, &rep.url).await;
 }

@@ -105,9 +105,18 @@ pub async fn collect(
     for p in &pods {
         let name = p.name_any();
         // The member's own view, through the API server (the client need not reach
-        // pod addresses).
+        // pod addresses); `https:` for the pods of a cluster with spec.tls.
+        let scheme = if p
+            .labels()
+            .get(studio_crds::labels::TLS)
+            .is_some_and(|v| v == "true")
+        {
+            "https:"
+        } else {
+            ""
+        };
         let path = format!(
-            "/api/v1/namespaces/{ns}/pods/{name}:{}/proxy{}",
+            "/api/v1/namespaces/{ns}/pods/{scheme}{name}:{}/proxy{}",
             crate::build::HTTP_PORT,
             node_api::CLUSTER_STATUS
         );

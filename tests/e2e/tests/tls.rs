@@ -186,6 +186,30 @@ async fn tls_cluster_refuses_plaintext_and_renews_its_certificate_under_writes()
         longest_burst.as_secs_f64(),
         errors.iter().take(10).map(|(_, e)| e).collect::<Vec<_>>()
     );
+    // The support bundle reaches the TLS members through the API server's pod proxy.
+    let bundle = env.cluster.dir.join(format!("{}-report.tar.gz", env.ns));
+    let plugin = env.cluster.target_dir.join("kubectl-studio");
+    let out = std::process::Command::new(&plugin)
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["-n", &env.ns, "report", cluster, "-o"])
+        .arg(&bundle)
+        .output()
+        .with_context(|| format!("running {}", plugin.display()))?;
+    ensure!(
+        out.status.success(),
+        "kubectl studio report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("tzf")
+        .arg(&bundle)
+        .output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let _ = std::fs::remove_file(&bundle);
+    ensure!(
+        listing.contains(&format!("members/{cluster}-0/cluster-status.json")),
+        "the report has no member view over TLS: {listing}"
+    );
     env.pass().await
 }
 

@@ -186,6 +186,24 @@ async fn tls_cluster_refuses_plaintext_and_renews_its_certificate_under_writes()
         longest_burst.as_secs_f64(),
         errors.iter().take(10).map(|(_, e)| e).collect::<Vec<_>>()
     );
+    // The nodes' ServiceAccount cannot read the CA key (nor any Secret): a member can
+    // use its certificate, not mint new ones.
+    let sa = format!("system:serviceaccount:{}:{cluster}-node", env.ns);
+    for (verb, what) in [
+        ("get", format!("secret/{cluster}-ca")),
+        ("list", "secrets".to_string()),
+    ] {
+        let out = std::process::Command::new(env.cluster.tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&env.cluster.kubeconfig)
+            .args(["auth", "can-i", verb, &what, "-n", &env.ns, "--as", &sa])
+            .output()?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ensure!(
+            answer == "no",
+            "kubectl auth can-i {verb} {what} as {sa}: {answer:?}"
+        );
+    }
     // The support bundle reaches the TLS members through the API server's pod proxy.
     let bundle = env.cluster.dir.join(format!("{}-report.tar.gz", env.ns));
     let plugin = env.cluster.target_dir.join("kubectl-studio");

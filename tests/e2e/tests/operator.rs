@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Resource, api::ListParams};
 use serde_json::{Value, json};
-use studio_e2e::{is_ready, name, restart_count};
+use studio_e2e::{is_ready, name};
 use studio_harness::{TestEnv, join, pod_pids, wait_for};
 
 use common::*;
@@ -575,34 +575,8 @@ async fn killing_the_operator_leader_hands_over_to_the_standby() -> anyhow::Resu
     let _exclusive = OPERATOR_GATE.write().await;
     let env = TestEnv::new("op-leader").await?;
     let ops: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
-    let leader = wait_for("the operator's leader", Duration::from_secs(60), || {
-        operator_leader(&env.client)
-    })
-    .await?;
-    let leader_pod = ops.get(&leader).await?;
-    let pids = pod_pids(&leader_pod)?;
-    ensure!(!pids.is_empty(), "no processes found for {leader}");
-
-    // SIGKILL (no graceful release of the Lease), then remove the pod so that it is not
-    // restarted under the same identity: only another replica can take over.
     let t0 = Instant::now();
-    for pid in &pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    kubectl_ops(
-        &env,
-        [
-            "delete",
-            "pod",
-            &leader,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ],
-    )?;
+    let leader = kill_operator_leader(&env).await?;
     let cluster = "after";
     apply(
         &env,
@@ -612,12 +586,7 @@ async fn killing_the_operator_leader_hands_over_to_the_standby() -> anyhow::Resu
             json!({"nodes": 1, "arbiter": {"enabled": false}, "replication": {"mode": "async", "syncReplicas": 1}}),
         ),
     )?;
-    let new_leader = wait_for("a new operator leader", Duration::from_secs(90), || async {
-        let l = operator_leader(&env.client).await?;
-        ensure!(l != leader, "still {leader}");
-        Ok(l)
-    })
-    .await?;
+    let new_leader = wait_new_operator_leader(&env, &leader).await?;
     let took_over = t0.elapsed();
     wait_ready(&env, cluster, 1, START).await?;
     eprintln!(
@@ -640,28 +609,9 @@ async fn killing_the_operator_leader_hands_over_to_the_standby() -> anyhow::Resu
         "the new leader's /metrics ({code}) does not report studio_operator_leader 1"
     );
     // The Deployment is back to 2 Ready replicas (a standby again).
-    wait_for("2 Ready operator pods", Duration::from_secs(90), || async {
-        let pods = ops
-            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")))
-            .await?
-            .items;
-        let ready: Vec<String> = pods
-            .iter()
-            .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
-            .map(|p| format!("{} restarts={}", name(p), restart_count(p)))
-            .collect();
-        ensure!(ready.len() == 2, "ready operator pods: {ready:?}");
-        Ok(())
-    })
-    .await?;
+    wait_operator_pods_ready(&env).await?;
     remove_scratch(&env);
     env.pass().await
-}
-
-fn kubectl_ops<const N: usize>(env: &TestEnv, args: [&str; N]) -> anyhow::Result<String> {
-    let mut all = vec!["-n", OPERATOR_NS];
-    all.extend(args);
-    studio_harness::kubectl(env.cluster, all)
 }
 
 /// (f) Scale 3 → 5 → 2 under a write load: no acknowledged write is lost, and the

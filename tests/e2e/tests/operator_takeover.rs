@@ -10,12 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::ListParams;
 use serde_json::{Value, json};
-use studio_e2e::{is_ready, name};
-use studio_harness::{TestEnv, pod_pids, wait_for};
+use studio_e2e::name;
+use studio_harness::{TestEnv, wait_for};
 
 use common::*;
 
@@ -32,67 +29,6 @@ async fn recorded_switchover(env: &TestEnv, cluster: &str) -> anyhow::Result<Val
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("no switchover recorded in status within 90 s")
-}
-
-/// Kills the operator leader (SIGKILL: it records nothing more, releases nothing) and
-/// deletes its pod so that only the standby can take over. Returns the old leader.
-async fn kill_leader(env: &TestEnv) -> anyhow::Result<String> {
-    let ops: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
-    let leader = operator_leader(&env.client).await?;
-    let pids = pod_pids(&ops.get(&leader).await?)?;
-    ensure!(!pids.is_empty(), "no processes found for {leader}");
-    for pid in &pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    studio_harness::kubectl(
-        env.cluster,
-        [
-            "-n",
-            OPERATOR_NS,
-            "delete",
-            "pod",
-            &leader,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ],
-    )?;
-    Ok(leader)
-}
-
-/// Waits for a new operator leader, then for two Ready operator pods again (a standby
-/// for the next kill).
-async fn wait_new_leader(env: &TestEnv, old: &str) -> anyhow::Result<String> {
-    let new = wait_for("a new operator leader", Duration::from_secs(90), || async {
-        let l = operator_leader(&env.client).await?;
-        ensure!(l != old, "still {old}");
-        Ok(l)
-    })
-    .await?;
-    let ops: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
-    wait_for(
-        "2 Ready operator pods",
-        Duration::from_secs(120),
-        || async {
-            let pods = ops
-                .list(
-                    &ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")),
-                )
-                .await?
-                .items;
-            let ready = pods
-                .iter()
-                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
-                .count();
-            ensure!(ready == 2, "{ready} Ready operator pods");
-            Ok(())
-        },
-    )
-    .await?;
-    Ok(new)
 }
 
 /// Waits until the primary is `to`, `status.lastFailover` records the change to it as a
@@ -156,13 +92,14 @@ async fn a_new_operator_leader_finishes_switchovers_and_records_them_right() -> 
     )?;
     let rec = recorded_switchover(&env, cluster).await?;
     let t0 = Instant::now();
-    let killed = kill_leader(&env).await?;
+    let killed = kill_operator_leader(&env).await?;
     eprintln!("[takeover] leader {killed} killed right after it recorded {rec}");
     ensure!(
         rec["to"] == target.as_str() && rec["reason"] == "requested",
         "recorded {rec}, expected a requested switchover to {target}"
     );
-    let new_leader = wait_new_leader(&env, &killed).await?;
+    let new_leader = wait_new_operator_leader(&env, &killed).await?;
+    wait_operator_pods_ready(&env).await?;
     let last = wait_switchover_recorded(&env, cluster, std::slice::from_ref(&target)).await?;
     ensure!(
         last["kind"] == "switchover",
@@ -191,13 +128,14 @@ async fn a_new_operator_leader_finishes_switchovers_and_records_them_right() -> 
     patch_spec(&env, cluster, json!({"nodes": ordinal}))?;
     let rec = recorded_switchover(&env, cluster).await?;
     let t1 = Instant::now();
-    let killed = kill_leader(&env).await?;
+    let killed = kill_operator_leader(&env).await?;
     eprintln!("[takeover] leader {killed} killed right after it recorded {rec}");
     ensure!(
         rec["reason"] == "scale-down" && rec["from"] == target.as_str(),
         "recorded {rec}, expected a scale-down switchover from {target}"
     );
-    let new_leader = wait_new_leader(&env, &killed).await?;
+    let new_leader = wait_new_operator_leader(&env, &killed).await?;
+    wait_operator_pods_ready(&env).await?;
     let remaining: Vec<String> = (0..ordinal).map(|o| format!("{cluster}-{o}")).collect();
     let last = wait_switchover_recorded(&env, cluster, &remaining).await?;
     ensure!(

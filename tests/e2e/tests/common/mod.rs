@@ -37,7 +37,7 @@ use kube::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-use studio_e2e::{is_ready, name, pod_ip, ready_endpoints};
+use studio_e2e::{is_ready, name, pod_ip, ready_endpoints, restart_count};
 use studio_harness::{Cluster, TestEnv, join, kubectl, wait_for};
 use tokio::sync::{OnceCell, RwLock};
 
@@ -978,4 +978,73 @@ impl Drop for Stopped {
             );
         }
     }
+}
+
+/// Kills the operator's leader: SIGKILL (no graceful release of the Lease), then the
+/// pod is force-deleted so that it is not restarted under the same identity and only
+/// another replica can take over. Returns the old leader's pod name.
+pub async fn kill_operator_leader(env: &TestEnv) -> anyhow::Result<String> {
+    let ops: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    let leader = wait_for("the operator's leader", Duration::from_secs(60), || {
+        operator_leader(&env.client)
+    })
+    .await?;
+    let pids = studio_harness::pod_pids(&ops.get(&leader).await?)?;
+    ensure!(!pids.is_empty(), "no processes found for {leader}");
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    studio_harness::kubectl(
+        env.cluster,
+        [
+            "-n",
+            OPERATOR_NS,
+            "delete",
+            "pod",
+            &leader,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ],
+    )?;
+    Ok(leader)
+}
+
+/// Waits until a pod other than `old` holds the operator's Lease; returns it.
+pub async fn wait_new_operator_leader(env: &TestEnv, old: &str) -> anyhow::Result<String> {
+    wait_for("a new operator leader", Duration::from_secs(90), || async {
+        let l = operator_leader(&env.client).await?;
+        ensure!(l != old, "still {old}");
+        Ok(l)
+    })
+    .await
+}
+
+/// Waits until the operator Deployment has 2 Ready pods again (a standby for the next
+/// leader loss).
+pub async fn wait_operator_pods_ready(env: &TestEnv) -> anyhow::Result<()> {
+    let ops: Api<Pod> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    wait_for(
+        "2 Ready operator pods",
+        Duration::from_secs(120),
+        || async {
+            let pods = ops
+                .list(
+                    &ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")),
+                )
+                .await?
+                .items;
+            let ready: Vec<String> = pods
+                .iter()
+                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .map(|p| format!("{} restarts={}", name(p), restart_count(p)))
+                .collect();
+            ensure!(ready.len() == 2, "ready operator pods: {ready:?}");
+            Ok(())
+        },
+    )
+    .await
 }

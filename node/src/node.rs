@@ -80,7 +80,24 @@ impl Node {
     }
 
     /// Planned hand-over to `target` (node id, pod name or base URL).
+    ///
+    /// The hand-over fences this primary first, so it runs in its own task, to its end
+    /// (handed over, or writes reopened), whatever happens to the caller: dropped
+    /// half-way with an HTTP request whose client went away (an operator leader killed
+    /// mid-switchover), it left the primary read-only for good.
     pub async fn switchover(
+        &self,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<AdminResponse, SwitchoverError> {
+        let node = self.clone();
+        let target = target.to_string();
+        tokio::spawn(async move { node.switchover_to_the_end(&target, timeout).await })
+            .await
+            .map_err(|e| SwitchoverError::Task(e.to_string()))?
+    }
+
+    async fn switchover_to_the_end(
         &self,
         target: &str,
         timeout: Duration,

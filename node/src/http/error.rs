@@ -173,6 +173,9 @@ impl From<SwitchoverError> for ApiError {
             SwitchoverError::TransferFailed { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "switchover_failed", msg)
             }
+            SwitchoverError::Task(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "switchover_failed", msg)
+            }
         }
     }
 }

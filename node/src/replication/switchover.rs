@@ -46,6 +46,8 @@ pub enum SwitchoverError {
     },
     #[error("handing over to {target} failed ({reason}); writes resumed here")]
     TransferFailed { target: String, reason: String },
+    #[error("the switchover task failed: {0}")]
+    Task(String),
 }
 
 /// Hands the primary role to a target that holds everything this primary wrote.

@@ -655,33 +655,51 @@ pub async fn lost_writes(
     Ok(report)
 }
 
-/// Every member's content digest (`/internal/v1/admin/digest`), by name.
+/// GET `path` from every member (bearer `token` if given) and summarise each answer.
+async fn from_each_member(
+    members: &[(String, Ipv4Addr)],
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    summarise: fn(&Value) -> String,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let http = client(timeout)?;
+    let mut out = BTreeMap::new();
+    for (m, ip) in members {
+        let mut req = http.get(format!("http://{ip}:{NODE_PORT}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let v: Value = req
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("{path} of {m}"))?
+            .json()
+            .await
+            .with_context(|| format!("{path} of {m}"))?;
+        out.insert(m.clone(), summarise(&v));
+    }
+    Ok(out)
+}
+
 /// Every member's journal position (`seq@last_term`, from the cheap status route): the
 /// members have converged when these agree; the digests then prove the content does.
 pub async fn positions(members: &[(String, Ipv4Addr)]) -> anyhow::Result<BTreeMap<String, String>> {
-    let http = client(Duration::from_secs(5))?;
-    let mut out = BTreeMap::new();
-    for (m, ip) in members {
-        let v: Value = http
-            .get(format!("http://{ip}:{NODE_PORT}/api/v1/cluster/status"))
-            .send()
-            .await
-            .with_context(|| format!("status of {m}"))?
-            .error_for_status()
-            .with_context(|| format!("status of {m}"))?
-            .json()
-            .await
-            .with_context(|| format!("status of {m}"))?;
-        out.insert(
-            m.clone(),
+    from_each_member(
+        members,
+        "/api/v1/cluster/status",
+        None,
+        Duration::from_secs(5),
+        |v| {
             format!(
                 "{}@{}",
                 v["seq"].as_u64().unwrap_or(0),
                 v["lastTerm"].as_u64().unwrap_or(0)
-            ),
-        );
-    }
-    Ok(out)
+            )
+        },
+    )
+    .await
 }
 
 /// Every member's content digest. Hashing the whole store takes time proportional to
@@ -691,30 +709,20 @@ pub async fn digests(
     members: &[(String, Ipv4Addr)],
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let http = client(timeout)?;
-    let mut out = BTreeMap::new();
-    for (m, ip) in members {
-        let v: Value = http
-            .get(format!("http://{ip}:{NODE_PORT}/internal/v1/admin/digest"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("digest of {m}"))?
-            .error_for_status()
-            .with_context(|| format!("digest of {m}"))?
-            .json()
-            .await
-            .with_context(|| format!("digest of {m}"))?;
-        out.insert(
-            m.clone(),
+    from_each_member(
+        members,
+        "/internal/v1/admin/digest",
+        Some(token),
+        timeout,
+        |v| {
             format!(
                 "{} @ seq {}",
                 v["digest"].as_str().unwrap_or("?"),
                 v["seq"].as_u64().unwrap_or(0)
-            ),
-        );
-    }
-    Ok(out)
+            )
+        },
+    )
+    .await
 }
 
 /// Do all the digests agree (ignoring the position suffix)?

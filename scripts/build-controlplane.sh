@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
-# (and the test tools studio-health, tests/health, and prometheus/promtool,
-# scripts/build-prometheus.sh)
+# (and the test tools studio-health, tests/health, prometheus/promtool,
+# scripts/build-prometheus.sh, and the cert-manager controller, scripts/build-cert-manager.sh)
 # from the Go module proxy into a cache outside the repository. Each binary set is keyed
 # by its pinned version, so a rebuild happens only when tests/controlplane/versions.env
 # changes. Prints the bin directory on success.
@@ -63,4 +63,6 @@ fi
 
 # Prometheus (server + promtool) for the monitoring suite and the alert-rule tests.
 STUDIO_CACHE="$cache" "$here/scripts/build-prometheus.sh" >/dev/null
+# The cert-manager controller and its CRDs for the certificates suite.
+STUDIO_CACHE="$cache" "$here/scripts/build-cert-manager.sh" >/dev/null
 echo "$bin"

@@ -121,26 +121,39 @@ print(f"{head}.{body}.{enc(sig)}")')
 path=sites/demo/pages/home
 stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 item=$(printf '{"type":"page","properties":{"title":"Hello from make demo","written":"%s"}}' "$stamp")
-http() { curl -sS --noproxy '*' --connect-timeout 2 --max-time 10 -H "Authorization: Bearer $token" "$@"; }
-echo "PUT http://$primary_ip:8080/api/v1/content/$path"
-out=$(http -w '\n%{http_code}' -X PUT -H 'content-type: application/json' --data "$item" \
-  "http://$primary_ip:8080/api/v1/content/$path") || die "the write to the primary failed"
+# Every port speaks TLS (spec.tls): trust the cluster's CA (from Secret $name-tls) and
+# reach the pods under the names their certificate carries (--resolve maps the name to
+# the address found above; no DNS needed).
+ca="$DIR/$NS-$name-ca.crt"
+kubectl -n "$NS" get secret "$name-tls" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$ca"
+[ -s "$ca" ] || die "Secret $name-tls has no ca.crt"
+http() { curl -sS --noproxy '*' --connect-timeout 2 --max-time 10 --cacert "$ca" -H "Authorization: Bearer $token" "$@"; }
+primary_host="$name-primary.$NS.svc"
+primary_url="https://$primary_host:8080"
+echo "PUT $primary_url/api/v1/content/$path (→ $primary_ip)"
+out=$(http --resolve "$primary_host:8080:$primary_ip" -w '\n%{http_code}' -X PUT \
+  -H 'content-type: application/json' --data "$item" \
+  "$primary_url/api/v1/content/$path") || die "the write to the primary failed"
 code=${out##*$'\n'}
 echo "${out%$'\n'*}"
 case $code in 200 | 201) echo "→ $code" ;; *) die "the primary answered the write with HTTP $code" ;; esac
 
-echo "GET http://$primary_ip:8080/api/v1/content/$path"
-got=$(http "http://$primary_ip:8080/api/v1/content/$path") || die "the read from the primary failed"
+echo "GET $primary_url/api/v1/content/$path"
+got=$(http --resolve "$primary_host:8080:$primary_ip" "$primary_url/api/v1/content/$path") ||
+  die "the read from the primary failed"
 echo "$got"
 case $got in *"$stamp"*) echo "→ the primary returns what was written" ;; *) die "the primary did not return the item just written" ;; esac
 
 # Replicas serve reads too (sync mode: the write was acknowledged once 2 members had it).
-replica_ip=$(kubectl -n "$NS" get pods -l "studio.cms.io/cluster=$name,studio.cms.io/role=replica" \
-  -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
-if [ -n "$replica_ip" ]; then
+replica=$(kubectl -n "$NS" get pods -l "studio.cms.io/cluster=$name,studio.cms.io/role=replica" \
+  -o jsonpath='{.items[0].metadata.name} {.items[0].status.podIP}' 2>/dev/null || true)
+replica_ip=${replica#* }
+replica_host="${replica%% *}.$name-nodes.$NS.svc"
+if [ -n "$replica_ip" ] && [ "$replica_ip" != "$replica" ]; then
   got=""
   for _ in $(seq 1 50); do
-    got=$(http "http://$replica_ip:8080/api/v1/content/$path" 2>/dev/null || true)
+    got=$(http --resolve "$replica_host:8080:$replica_ip" \
+      "https://$replica_host:8080/api/v1/content/$path" 2>/dev/null || true)
     case $got in *"$stamp"*) break ;; esac
     sleep 0.2
   done

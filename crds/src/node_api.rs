@@ -1,11 +1,18 @@
 //! The node's admin/internal HTTP contract, shared by the operator and the nodes.
 //! Serde types and route paths only (no HTTP framework here).
 //!
-//! Authentication: every route under [`INTERNAL_PREFIX`] requires
-//! `Authorization: Bearer <cluster token>`; content routes use a user JWT.
-//! [`CLUSTER_STATUS`], [`HEALTHZ`], [`READYZ`] and [`METRICS`] need no token.
+//! Authentication: every route under [`INTERNAL_PREFIX`] requires a client certificate
+//! from the cluster CA (members and the operator; clusters with TLS) or, without TLS,
+//! `Authorization: Bearer <cluster token>`. Content routes use a user JWT.
+//! [`CLUSTER_STATUS`] takes either: a member/operator credential or a user JWT with at
+//! least the reader role. [`HEALTHZ`], [`READYZ`] and [`METRICS`] need none.
+//! A user JWT may come in [`ALT_AUTHORIZATION`] instead of `Authorization` (for clients
+//! behind a proxy that uses `Authorization` itself, such as the API server's pod proxy).
 
 use serde::{Deserialize, Serialize};
+
+/// Header carrying `Bearer <token>` when `Authorization` belongs to a proxy in between.
+pub const ALT_AUTHORIZATION: &str = "x-studio-authorization";
 
 /// Prefix of every internal (node-to-node and operator-to-node) route.
 pub const INTERNAL_PREFIX: &str = "/internal/v1";

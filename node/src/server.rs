@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cluster::{Role, RoleInfo, RoleState};
 use crate::config::{Config, LogFormat, RoleArg};
 use crate::http::ApiState;
-use crate::http::auth::{Auth, TokenRules};
+use crate::http::auth::{Auth, MemberAuth, TokenRules};
 use crate::http::jwks::Jwks;
 use crate::node::Node;
 use crate::replication::Replication;
@@ -55,24 +55,36 @@ pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> 
         .filter(|u| !u.trim().is_empty())
         .map(Jwks::new)
         .transpose()?;
-    if ((jwt.is_none() && jwks.is_none()) || token.is_none()) && !config.insecure_no_auth {
+    let tls = config.tls_dir.is_some();
+    if tls && token.is_some() {
+        // With TLS, members and the operator prove themselves by client certificate; a
+        // shared secret beside it would be a second, weaker way in.
         anyhow::bail!(
-            "no {} configured: pass --jwt-secret-file (or --jwks-url) and --cluster-token-file \
-             (or STUDIO_JWT_SECRET / STUDIO_JWKS_URL / STUDIO_CLUSTER_TOKEN), or \
-             --insecure-no-auth to run without authentication",
-            if jwt.is_none() && jwks.is_none() {
+            "a cluster token is not used with --tls-dir: members and the operator \
+             authenticate by client certificate; remove --cluster-token(-file) \
+             (STUDIO_CLUSTER_TOKEN / STUDIO_CLUSTER_TOKEN_FILE)"
+        );
+    }
+    let no_jwt = jwt.is_none() && jwks.is_none();
+    if (no_jwt || (token.is_none() && !tls)) && !config.insecure_no_auth {
+        anyhow::bail!(
+            "no {} configured: pass --jwt-secret-file (or --jwks-url) and either --tls-dir \
+             (members authenticate by certificate) or --cluster-token-file \
+             (or STUDIO_JWT_SECRET / STUDIO_JWKS_URL / STUDIO_TLS_DIR / STUDIO_CLUSTER_TOKEN), \
+             or --insecure-no-auth to run without authentication",
+            if no_jwt {
                 "JWT secret"
             } else {
-                "cluster token"
+                "member authentication"
             }
         );
     }
-    if jwt.is_none() && jwks.is_none() {
+    if no_jwt {
         tracing::warn!("no JWT secret configured: content API authentication is DISABLED");
     }
-    if token.is_none() {
+    if token.is_none() && !tls {
         tracing::warn!(
-            "no cluster token configured: internal/admin API authentication is DISABLED"
+            "neither TLS nor a cluster token configured: internal/admin API authentication is DISABLED"
         );
     }
     let rules = TokenRules {
@@ -89,7 +101,12 @@ pub fn build_replication(config: Config) -> anyhow::Result<(Replication, Auth)> 
     let info = initial_role(&config, &store)?;
     let outgoing = token.clone().and_then(|t| String::from_utf8(t).ok());
     let repl = Replication::new(store, config, RoleState::new(info), outgoing)?;
-    Ok((repl, Auth::new(jwt, jwks, token, rules)))
+    let members = if tls {
+        MemberAuth::Certificate
+    } else {
+        MemberAuth::Token(token)
+    };
+    Ok((repl, Auth::new(jwt, jwks, members, rules)))
 }
 
 fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {

@@ -1004,8 +1004,36 @@ async fn operations_endpoints() {
         StatusCode::OK
     );
     api.put("/m", page("m")).await;
+    // The cluster's state is for readers (and members), not for anyone who can connect.
+    let anonymous = http
+        .get(api.url("/api/v1/cluster/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = anonymous.json().await.unwrap();
+    assert!(body["message"].as_str().is_some(), "{body}");
+    let no_role = http
+        .get(api.url("/api/v1/cluster/status"))
+        .bearer_auth(token("nobody", &[], None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_role.status(), StatusCode::FORBIDDEN);
+    // Behind the API server's pod proxy, which owns `Authorization`.
+    let proxied = http
+        .get(api.url("/api/v1/cluster/status"))
+        .header(
+            "X-Studio-Authorization",
+            format!("Bearer {}", token("rd", &["reader"], None)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), StatusCode::OK);
     let status: Value = http
         .get(api.url("/api/v1/cluster/status"))
+        .bearer_auth(token("rd", &["reader"], None))
         .send()
         .await
         .unwrap()
@@ -1085,6 +1113,7 @@ async fn configured_through_environment_variables() {
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let status: Value = http
         .get(format!("{}/api/v1/cluster/status", node.url))
+        .bearer_auth(CLUSTER_TOKEN)
         .send()
         .await
         .unwrap()

@@ -192,7 +192,19 @@ async fn members_speak_mutual_tls_and_pick_up_a_renewed_certificate() {
         "internal route without credentials",
     );
 
-    // A member's certificate admits without the cluster token.
+    // The cluster's state: a user needs the reader role; a member's certificate will do.
+    let status_url = format!("{}{}", primary.url, node_api::CLUSTER_STATUS);
+    let r = user.get(&status_url).send().await.expect("answer");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = user
+        .get(&status_url)
+        .bearer_auth(editor())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A member's certificate admits; there is no cluster token to present instead.
     let member = ca.client(Some((&ca, "studio-operator")));
     let r = member.get(&digest_url).send().await.expect("answer");
     assert_eq!(
@@ -263,4 +275,41 @@ async fn members_speak_mutual_tls_and_pick_up_a_renewed_certificate() {
         "the expiry metric did not follow the renewal: {expiry_before} → {expiry_after}"
     );
     converged(&member, &primary.url, &rep.url).await;
+}
+
+/// With TLS, members prove themselves by certificate only: a cluster token beside
+/// `--tls-dir` is refused at start, and the error says what to remove.
+#[test]
+fn a_cluster_token_beside_tls_is_refused_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("studio cluster CA");
+    let tls_dir = tmp.path().join("tls");
+    ca.write_dir(&tls_dir, "studio-0", 30);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_studio-node"))
+        .args([
+            "--standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--tls-dir")
+        .arg(&tls_dir)
+        .env("STUDIO_JWT_SECRET", "a-jwt-secret-for-the-test")
+        .env("STUDIO_CLUSTER_TOKEN", "a-cluster-token")
+        .env_remove("STUDIO_CLUSTER_TOKEN_FILE")
+        .env_remove("STUDIO_INSECURE_NO_AUTH")
+        .output()
+        .expect("run studio-node");
+    assert!(
+        !out.status.success(),
+        "studio-node started with TLS and a token"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("STUDIO_CLUSTER_TOKEN") && stderr.contains("client certificate"),
+        "the error names the setting to remove: {stderr}"
+    );
 }

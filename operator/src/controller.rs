@@ -83,6 +83,9 @@ pub struct Context {
     pub written_quorum: Mutex<HashMap<String, &'static str>>,
     /// With spec.tls: the operator's mutual-TLS client per cluster (see `tls.rs`).
     pub tls_clients: Mutex<HashMap<String, tls::ClusterClient>>,
+    /// With spec.tls: why a cluster's certificates are not there yet, as last announced
+    /// (one Event per distinct reason).
+    pub tls_pending: Mutex<HashMap<String, String>>,
 }
 
 /// Minimum interval between status writes that only move journal positions.
@@ -114,14 +117,16 @@ impl Context {
             status_writes: Mutex::new(HashMap::new()),
             written_quorum: Mutex::new(HashMap::new()),
             tls_clients: Mutex::new(HashMap::new()),
+            tls_pending: Mutex::new(HashMap::new()),
         }
     }
 
     /// The client for calls to `sc`'s nodes: mutual TLS when spec.tls is on (an
     /// unusable plain client until its certificates exist), plain HTTP otherwise.
-    pub fn nodes_for(&self, sc: &StudioCluster) -> NodeClient {
+    /// `token`: the cluster token, presented to clusters without TLS.
+    pub fn nodes_for(&self, sc: &StudioCluster, token: Option<&str>) -> NodeClient {
         if sc.tls().is_none() {
-            return self.nodes.clone();
+            return self.nodes.clone().with_token(token.map(str::to_string));
         }
         self.tls_clients
             .lock()
@@ -301,8 +306,29 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         .and_then(|s| s.holder_identity)
         .filter(|h| !h.is_empty());
     // TLS material first: the calls to the nodes below need the operator's certificate.
-    let renew_in = ensure_tls(&ctx, &sc).await?;
-    ctx.nodes_for(&sc).fill_status(&mut obs.members).await;
+    let tls = match ensure_tls(&ctx, &sc).await {
+        Ok(t) => t,
+        Err(Error::InvalidSpec(why)) => {
+            ctx.event(&sc, EventType::Warning, "InvalidSpec", why.clone())
+                .await;
+            return invalid(client, &sc, why).await;
+        }
+        Err(e) => return Err(e),
+    };
+    // Credentials: generated once, never regenerated (the status calls
+    // below present the cluster token to clusters without TLS).
+    let token = match ensure_secret(&ctx, &sc).await {
+        Ok(t) => t,
+        Err(Error::InvalidSpec(why)) => return invalid(client, &sc, why).await,
+        Err(Error::SecretKey(secret, key)) => {
+            return invalid(client, &sc, format!("Secret {secret} lacks key {key}")).await;
+        }
+        Err(e) => return Err(e),
+    };
+
+    ctx.nodes_for(&sc, token.as_deref())
+        .fill_status(&mut obs.members)
+        .await;
 
     // Build and decide.
     obs.had_primary = sc
@@ -327,6 +353,9 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if let Some(held) = &gate.held {
         plan.message = format!("{}; spec.image held back: {held}", plan.message);
     }
+    if let Some(pending) = &tls.pending {
+        plan.message = format!("{}; {pending}", plan.message);
+    }
     if sc.spec.paused {
         update_status(&ctx, &sc, &obs, &plan, &gate, None).await?;
         let requeue = if plan.write_quorum.ok() {
@@ -336,16 +365,6 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         };
         return Ok(Action::requeue(requeue));
     }
-
-    // Credentials: generated once, never regenerated.
-    let token = match ensure_secret(&ctx, &sc).await {
-        Ok(t) => t,
-        Err(Error::InvalidSpec(why)) => return invalid(client, &sc, why).await,
-        Err(Error::SecretKey(secret, key)) => {
-            return invalid(client, &sc, format!("Secret {secret} lacks key {key}")).await;
-        }
-        Err(e) => return Err(e),
-    };
 
     // A StatefulSet being re-created (storage growth) must be gone before it is applied
     // again: wait for the garbage collector to orphan its pods.
@@ -456,7 +475,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     if !plan.write_quorum.ok() {
         requeue = requeue.min(NO_WRITES_POLL);
     }
-    if let Some(r) = renew_in {
+    if let Some(r) = tls.requeue {
         requeue = requeue.min(r);
     }
     let mut started = None;
@@ -555,6 +574,19 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
             .await
             .map(|_| ()),
     )?;
+    // spec.tls.issuerRef: the Certificates go with their owner; the Secrets cert-manager
+    // wrote for them are not owned by the StudioCluster.
+    if sc.tls().is_some_and(|t| t.issuer_ref.is_some()) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        for s in [names::tls_secret(&name), names::operator_client_secret(&name)] {
+            ignore_404(
+                secrets
+                    .delete(&s, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            )?;
+        }
+    }
     if sc.spec.storage.pvc_retention == PvcRetention::Delete {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         let lp = ListParams::default().labels(&selector);
@@ -572,6 +604,12 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         m.remove(&key(&sc));
     }
     if let Ok(mut m) = ctx.written_quorum.lock() {
+        m.remove(&key(&sc));
+    }
+    if let Ok(mut m) = ctx.tls_clients.lock() {
+        m.remove(&key(&sc));
+    }
+    if let Ok(mut m) = ctx.tls_pending.lock() {
         m.remove(&key(&sc));
     }
     ctx.event(

@@ -16,6 +16,9 @@ pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NodeClient {
     http: reqwest::Client,
     scheme: &'static str,
+    /// The cluster token, for a cluster without TLS (with TLS the client certificate
+    /// is the credential).
+    token: Option<String>,
 }
 
 impl Default for NodeClient {
@@ -34,6 +37,7 @@ impl NodeClient {
         NodeClient {
             http,
             scheme: "http",
+            token: None,
         }
     }
 
@@ -43,13 +47,20 @@ impl NodeClient {
     /// chain to the cluster's own CA is what is checked, not the host name.
     pub fn tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeClient> {
         let tls_err = |e: reqwest::Error| Error::Tls(e.to_string());
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(tls_err)?;
+        // Every certificate of `ca_pem` is trusted (a `ca.crt` may be a bundle).
+        let cas = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).map_err(tls_err)?;
+        if cas.is_empty() {
+            return Err(Error::Tls("no CA certificate to trust".into()));
+        }
         let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())
             .map_err(tls_err)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false);
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder
             .identity(identity)
             .danger_accept_invalid_hostnames(true)
             .connect_timeout(Duration::from_secs(1))
@@ -59,7 +70,21 @@ impl NodeClient {
         Ok(NodeClient {
             http,
             scheme: "https",
+            token: None,
         })
+    }
+
+    /// This client presenting the cluster token (clusters without TLS).
+    pub fn with_token(mut self, token: Option<String>) -> NodeClient {
+        self.token = token;
+        self
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     fn base(&self, m: &Member) -> Option<String> {
@@ -80,15 +105,9 @@ impl NodeClient {
             let url = self
                 .base(m)
                 .map(|b| format!("{b}{}", node_api::CLUSTER_STATUS));
-            let http = self.http.clone();
+            let req = url.map(|u| self.authorized(self.http.get(u)));
             async move {
-                let url = url?;
-                let resp = http
-                    .get(url)
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .ok()?;
+                let resp = req?.timeout(Duration::from_secs(1)).send().await.ok()?;
                 if !resp.status().is_success() {
                     return None;
                 }
@@ -102,12 +121,7 @@ impl NodeClient {
     }
 
     /// Asks the primary to hand over to `target` (a pod name, which is the node id).
-    pub async fn switchover(
-        &self,
-        primary: &Member,
-        target: &str,
-        token: Option<&str>,
-    ) -> Result<String> {
+    pub async fn switchover(&self, primary: &Member, target: &str) -> Result<String> {
         let base = self
             .base(primary)
             .ok_or(Error::MissingField("status.podIP of the primary"))?;
@@ -115,13 +129,12 @@ impl NodeClient {
             target: target.to_string(),
             timeout_ms: Some(SWITCHOVER_TIMEOUT.as_millis() as u64),
         };
-        let mut req = self
-            .http
-            .post(format!("{base}{}", node_api::ELECTION_SWITCHOVER))
+        let req = self
+            .authorized(
+                self.http
+                    .post(format!("{base}{}", node_api::ELECTION_SWITCHOVER)),
+            )
             .json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
         let resp = req.send().await.map_err(|source| Error::NodeUnreachable {
             node: primary.name.clone(),
             source,

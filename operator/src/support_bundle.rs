@@ -48,6 +48,7 @@ pub async fn collect(
     ns: &str,
     cluster: &str,
     tail: i64,
+    token: Option<&str>,
 ) -> anyhow::Result<Vec<Entry>> {
     let scs: Api<StudioCluster> = Api::namespaced(client.clone(), ns);
     let sc = scs.get(cluster).await?;
@@ -120,9 +121,16 @@ pub async fn collect(
             crate::build::HTTP_PORT,
             node_api::CLUSTER_STATUS
         );
-        match http_get(client, &path).await {
-            Ok(body) => out.push(text(format!("members/{name}/cluster-status.json"), body)),
-            Err(e) => notes.push(format!("{name} cluster status: {e}")),
+        // The API server owns `Authorization` on this path; the node also reads the
+        // reader token from `X-Studio-Authorization`.
+        match token {
+            Some(t) => match member_view(client, &path, t).await {
+                Ok(body) => out.push(text(format!("members/{name}/cluster-status.json"), body)),
+                Err(e) => notes.push(format!("{name} cluster status: {e}")),
+            },
+            None => notes.push(format!(
+                "{name} cluster status: skipped (pass --token-file with a reader token)"
+            )),
         }
         let lp = LogParams {
             container: Some(crate::build::CONTAINER.into()),
@@ -153,8 +161,10 @@ pub async fn collect(
     Ok(out)
 }
 
-async fn http_get(client: &Client, path: &str) -> anyhow::Result<String> {
-    let req = http::Request::get(path).body(Vec::new())?;
+async fn member_view(client: &Client, path: &str, token: &str) -> anyhow::Result<String> {
+    let req = http::Request::get(path)
+        .header(node_api::ALT_AUTHORIZATION, format!("Bearer {token}"))
+        .body(Vec::new())?;
     Ok(client.request_text(req).await?)
 }
 

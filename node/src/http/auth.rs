@@ -1,6 +1,7 @@
 //! Authentication: user JWTs for content (HS256 with the shared secret, or RS256/ES256
-//! signed by an OpenID Connect provider whose keys come from its JWKS), a cluster
-//! token for internal and admin routes. Secrets and tokens are never logged.
+//! signed by an OpenID Connect provider whose keys come from its JWKS); members and the
+//! operator by a client certificate from the cluster CA (with TLS) or, without TLS, by
+//! the cluster token. Secrets and tokens are never logged.
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -9,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use studio_crds::node_api;
 
 use super::ApiState;
 use super::error::ApiError;
@@ -40,7 +42,17 @@ pub struct Auth {
     /// The identity provider's keys, for RS256/ES256/... tokens.
     jwks: Option<Jwks>,
     rules: TokenRules,
-    cluster_token: Option<Vec<u8>>,
+    members: MemberAuth,
+}
+
+/// How members and the operator prove who they are on internal routes.
+#[derive(Clone)]
+pub enum MemberAuth {
+    /// A client certificate chained to the cluster CA (checked at the TLS handshake).
+    Certificate,
+    /// Without TLS: the shared cluster token (`None`: internal routes are open, which
+    /// only `--insecure-no-auth` allows).
+    Token(Option<Vec<u8>>),
 }
 
 impl std::fmt::Debug for Auth {
@@ -48,7 +60,14 @@ impl std::fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("secret", &self.secret.is_some())
             .field("jwks", &self.jwks)
-            .field("cluster_token", &self.cluster_token.is_some())
+            .field(
+                "members",
+                &match &self.members {
+                    MemberAuth::Certificate => "certificate",
+                    MemberAuth::Token(Some(_)) => "token",
+                    MemberAuth::Token(None) => "open",
+                },
+            )
             .finish()
     }
 }
@@ -128,14 +147,14 @@ impl Auth {
     pub fn new(
         jwt_secret: Option<Vec<u8>>,
         jwks: Option<Jwks>,
-        cluster_token: Option<Vec<u8>>,
+        members: MemberAuth,
         rules: TokenRules,
     ) -> Auth {
         Auth {
             secret: jwt_secret.map(|s| DecodingKey::from_secret(&s)),
             jwks,
             rules,
-            cluster_token,
+            members,
         }
     }
 
@@ -180,7 +199,7 @@ impl Auth {
     }
 
     pub fn cluster_token_enabled(&self) -> bool {
-        self.cluster_token.is_some()
+        matches!(self.members, MemberAuth::Token(Some(_)))
     }
 
     /// Checks a user bearer token; returns the caller.
@@ -216,10 +235,18 @@ impl Auth {
         Ok(Caller { sub, level })
     }
 
-    /// Checks the cluster token (constant-time comparison).
-    pub fn verify_cluster(&self, header: Option<&str>) -> Result<(), ApiError> {
-        let Some(expected) = &self.cluster_token else {
-            return Ok(());
+    /// Checks a caller of internal routes: a member certificate (`client_cert`, verified
+    /// at the handshake) with TLS, else the cluster token (constant-time comparison).
+    pub fn verify_member(&self, client_cert: bool, header: Option<&str>) -> Result<(), ApiError> {
+        let expected = match &self.members {
+            MemberAuth::Certificate if client_cert => return Ok(()),
+            MemberAuth::Certificate => {
+                return Err(ApiError::unauthorized(
+                    "internal routes need a client certificate from the cluster CA",
+                ));
+            }
+            MemberAuth::Token(None) => return Ok(()),
+            MemberAuth::Token(Some(t)) => t,
         };
         let token = bearer(header)?.as_bytes();
         let mut diff =
@@ -233,6 +260,39 @@ impl Auth {
             Err(ApiError::unauthorized("invalid cluster token"))
         }
     }
+
+    /// Checks a reader of the cluster's state: a member or the operator (as for internal
+    /// routes), or a user holding at least the reader role.
+    pub async fn verify_reader(
+        &self,
+        client_cert: bool,
+        header: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if self.verify_member(client_cert, header).is_ok() {
+            return Ok(());
+        }
+        self.verify_user(header).await?.require(Level::Reader)
+    }
+}
+
+/// The bearer credentials of a request: `Authorization`, or `X-Studio-Authorization`
+/// for clients behind a proxy that uses `Authorization` itself (the Kubernetes API
+/// server's pod proxy, as `kubectl studio report` goes). `Err` if it is not text.
+pub fn credentials(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = headers
+        .get(AUTHORIZATION)
+        .or_else(|| headers.get(node_api::ALT_AUTHORIZATION))
+    else {
+        return Ok(None);
+    };
+    v.to_str()
+        .map(Some)
+        .map_err(|_| ApiError::unauthorized("authorization header is not valid text"))
+}
+
+fn has_client_cert(ext: &axum::http::Extensions) -> bool {
+    ext.get::<ConnectInfo<Peer>>()
+        .is_some_and(|c| c.0.client_cert)
 }
 
 fn describe(e: &jsonwebtoken::errors::Error) -> String {
@@ -295,38 +355,33 @@ impl FromRequestParts<ApiState> for Caller {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if parts.headers.get(AUTHORIZATION).is_some() && header.is_none() {
-            return Err(ApiError::unauthorized(
-                "authorization header is not valid text",
-            ));
-        }
+        let header = credentials(&parts.headers)?;
         state.auth.verify_user(header).await
     }
 }
 
-/// Middleware guarding internal/admin routes: a client certificate from the cluster
-/// CA (verified at the TLS handshake: members and the operator), or the cluster token.
-pub async fn require_cluster_token(
-    State(state): State<ApiState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let member = req
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .is_some_and(|c| c.0.client_cert);
-    if member {
-        return next.run(req).await;
+/// Middleware guarding internal/admin routes: members and the operator only (see
+/// [`Auth::verify_member`]).
+pub async fn require_member(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let checked = credentials(req.headers()).and_then(|h| {
+        state
+            .auth
+            .verify_member(has_client_cert(req.extensions()), h)
+    });
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.auth.verify_cluster(header) {
+}
+
+/// Middleware guarding the cluster's state: see [`Auth::verify_reader`].
+pub async fn require_reader(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let header = match credentials(req.headers()) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let cert = has_client_cert(req.extensions());
+    match state.auth.verify_reader(cert, header).await {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }

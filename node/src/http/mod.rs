@@ -55,7 +55,7 @@ pub fn router(state: ApiState) -> Router {
             .merge(internal::router())
             .route_layer(middleware::from_fn_with_state(
                 state.clone(),
-                auth::require_cluster_token,
+                auth::require_member,
             ));
     // At most `max_concurrent_requests` content requests at once; beyond that the
     // node answers 503 + Retry-After at once instead of queueing without bound.
@@ -79,7 +79,13 @@ pub fn router(state: ApiState) -> Router {
         .route(node_api::HEALTHZ, get(healthz))
         .route(node_api::READYZ, get(readyz))
         .route(node_api::METRICS, get(metrics))
-        .route(node_api::CLUSTER_STATUS, get(cluster_status))
+        .route(
+            node_api::CLUSTER_STATUS,
+            get(cluster_status).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_reader,
+            )),
+        )
         .merge(content)
         .merge(internal)
         .fallback(fallback)

@@ -108,7 +108,7 @@ pub fn document() -> Value {
                                           "responses": with(json!({"201": ok("Stored", json!({"$ref": "#/components/schemas/Binary"})), "200": ok("Already stored", json!({"$ref": "#/components/schemas/Binary"})), "413": err("Too large")}))}},
             "/api/v1/binaries/{sha256}": {"get": {"summary": "Download a binary (Range supported)", "parameters": [p("sha256", "path", "", json!({"type": "string"})), p("Range", "header", "bytes=a-b", json!({"type": "string"}))],
                                                   "responses": with(json!({"200": {"description": "The bytes"}, "206": {"description": "A range"}, "404": err("Unknown binary"), "416": err("Range not satisfiable")}))}},
-            "/api/v1/cluster/status": {"get": {"summary": "This node's view of the cluster", "security": [], "responses": {"200": {"description": "Status"}}}},
+            "/api/v1/cluster/status": {"get": {"summary": "This node's view of the cluster (reader role, or a member/operator credential)", "responses": {"200": {"description": "Status"}, "401": {"description": "No or invalid credentials"}, "403": {"description": "The token lacks the reader role"}}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness (can serve its role)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "metrics"}}}}

@@ -226,8 +226,7 @@ pub async fn serves_as_primary(state: &Replication, url: &str) -> bool {
 /// A peer's `/api/v1/cluster/status` (short timeout; None when it does not answer).
 pub async fn status_of(state: &Replication, url: &str) -> Option<ClusterStatus> {
     let resp = state
-        .http
-        .get(format!("{url}{}", node_api::CLUSTER_STATUS))
+        .internal(state.http.get(format!("{url}{}", node_api::CLUSTER_STATUS)))
         .timeout(Duration::from_millis(1500))
         .send()
         .await

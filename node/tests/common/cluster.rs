@@ -70,6 +70,7 @@ pub async fn digest(http: &Client, url: &str) -> Option<(String, u64)> {
 pub async fn status(http: &Client, url: &str) -> Option<Value> {
     let r = http
         .get(format!("{url}{}", node_api::CLUSTER_STATUS))
+        .bearer_auth(CLUSTER_TOKEN)
         .timeout(Duration::from_secs(10))
         .send()
         .await

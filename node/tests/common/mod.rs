@@ -34,18 +34,18 @@ pub struct Node {
 }
 
 /// Writes the shared secrets into `dir` and returns the common flags.
-fn secret_args(dir: &Path) -> Vec<String> {
+/// With TLS (`tls`) members authenticate by certificate and no cluster token is given.
+fn secret_args(dir: &Path, tls: bool) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     let jwt = dir.join("jwt");
-    let token = dir.join("token");
     std::fs::write(&jwt, JWT_SECRET).unwrap();
-    std::fs::write(&token, CLUSTER_TOKEN).unwrap();
-    vec![
-        "--jwt-secret-file".into(),
-        jwt.display().to_string(),
-        "--cluster-token-file".into(),
-        token.display().to_string(),
-    ]
+    let mut args = vec!["--jwt-secret-file".into(), jwt.display().to_string()];
+    if !tls {
+        let token = dir.join("token");
+        std::fs::write(&token, CLUSTER_TOKEN).unwrap();
+        args.extend(["--cluster-token-file".into(), token.display().to_string()]);
+    }
+    args
 }
 
 impl Node {
@@ -54,16 +54,13 @@ impl Node {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
         let port = free_port();
         let secrets_dir = data_dir.with_extension("secrets");
-        let mut args = secret_args(&secrets_dir);
+        let tls = extra.contains(&"--tls-dir");
+        let mut args = secret_args(&secrets_dir, tls);
         args.extend(["--data-dir".into(), data_dir.display().to_string()]);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = data_dir.with_extension("log");
-        let scheme = if extra.contains(&"--tls-dir") {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if tls { "https" } else { "http" };
         let mut node = Node {
             child: None,
             port,

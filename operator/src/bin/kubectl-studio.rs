@@ -65,6 +65,10 @@ enum Command {
         /// Log lines per member.
         #[arg(long, default_value_t = 2000)]
         tail: i64,
+        /// A file holding a user token with the reader role: each member's own view
+        /// (`/api/v1/cluster/status`) is included only with it.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -119,8 +123,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cluster,
             output,
             tail,
+            token_file,
         } => {
-            let entries = support_bundle::collect(&client, &ns, &cluster, tail).await?;
+            let token = token_file
+                .map(|f| {
+                    std::fs::read_to_string(&f)
+                        .map(|t| t.trim().to_string())
+                        .map_err(|e| anyhow::anyhow!("reading --token-file {}: {e}", f.display()))
+                })
+                .transpose()?;
+            let entries =
+                support_bundle::collect(&client, &ns, &cluster, tail, token.as_deref()).await?;
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

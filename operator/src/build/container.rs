@@ -85,8 +85,16 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
         ),
         env("STUDIO_LOG_FORMAT", "json"),
         env_secret("STUDIO_JWT_SECRET", &secret, secret_keys::JWT_KEY),
-        env_secret("STUDIO_CLUSTER_TOKEN", &secret, secret_keys::CLUSTER_TOKEN),
     ];
+    // With TLS, members and the operator authenticate by client certificate; the shared
+    // token is only for clusters without it.
+    if sc.tls().is_none() {
+        v.push(env_secret(
+            "STUDIO_CLUSTER_TOKEN",
+            &secret,
+            secret_keys::CLUSTER_TOKEN,
+        ));
+    }
     if let Some(t) = s.replication.quorum_loss_timeout_seconds {
         v.push(env("STUDIO_QUORUM_LOSS_TIMEOUT", format!("{}s", t.max(0))));
     }

@@ -63,7 +63,7 @@ pub(super) async fn execute(
             if let Ok(mut s) = ctx.switchovers.lock() {
                 s.insert(key(sc), (to.clone(), Instant::now()));
             }
-            match ctx.nodes_for(sc).switchover(primary, to, token).await {
+            match ctx.nodes_for(sc, token).switchover(primary, to).await {
                 Ok(msg) => {
                     ctx.metrics.switchovers.inc();
                     if *reason == Reason::User {

@@ -46,12 +46,21 @@ pub(super) async fn ensure_secret(ctx: &Context, sc: &StudioCluster) -> Result<O
         }
     };
     let data = secret.data.unwrap_or_default();
-    for k in [secret_keys::JWT_KEY, secret_keys::CLUSTER_TOKEN] {
+    // The cluster token is only used without TLS.
+    let needed: &[&str] = if sc.tls().is_some() {
+        &[secret_keys::JWT_KEY]
+    } else {
+        &[secret_keys::JWT_KEY, secret_keys::CLUSTER_TOKEN]
+    };
+    for &k in needed {
         if !data.contains_key(k) {
             let why = format!("Secret {name} lacks key {k}");
             ctx.event(sc, EventType::Warning, "InvalidSpec", why).await;
             return Err(Error::SecretKey(name, k));
         }
+    }
+    if sc.tls().is_some() {
+        return Ok(None);
     }
     Ok(data
         .get(secret_keys::CLUSTER_TOKEN)

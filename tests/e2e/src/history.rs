@@ -90,8 +90,8 @@ pub struct RecorderConfig {
     pub clients: usize,
     /// Keys are `<prefix>/c<client>-<n>`.
     pub prefix: String,
-    /// A user JWT allowed to write.
-    pub jwt: String,
+    /// How to reach the nodes (scheme, clients, a user JWT allowed to write).
+    pub access: NodeAccess,
     pub pods: Api<Pod>,
     pub slices: Api<EndpointSlice>,
     /// The StudioCluster objects' API (None: no Ready condition to poll).
@@ -128,19 +128,64 @@ pub struct History {
     pub ready: Vec<ReadySample>,
 }
 
-fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(timeout)
-        .build()
-        .context("building an HTTP client")
+/// How the harness reaches a cluster's nodes, as a user and as a member would.
+#[derive(Clone)]
+pub struct NodeAccess {
+    /// `https` for a cluster with spec.tls, else `http`.
+    pub scheme: &'static str,
+    /// Trusts the cluster CA (with TLS); presents no client certificate.
+    pub user: reqwest::Client,
+    /// Presents a member certificate (with TLS) for internal routes; otherwise `user`.
+    pub member: reqwest::Client,
+    /// A user JWT (editor role).
+    pub jwt: String,
+    /// Without TLS: the cluster token internal routes take instead of a certificate.
+    pub cluster_token: Option<String>,
+}
+
+impl NodeAccess {
+    pub fn url(&self, ip: Ipv4Addr, path: &str) -> String {
+        format!("{}://{ip}:{NODE_PORT}{path}", self.scheme)
+    }
+
+    /// A user request (bearer JWT) with its own timeout.
+    pub fn as_user(
+        &self,
+        method: reqwest::Method,
+        ip: Ipv4Addr,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        self.user
+            .request(method, self.url(ip, path))
+            .bearer_auth(&self.jwt)
+            .timeout(timeout)
+    }
+
+    /// A GET of an internal route as a member (certificate, or the cluster token).
+    pub fn as_member(
+        &self,
+        ip: Ipv4Addr,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let req = self.member.get(self.url(ip, path)).timeout(timeout);
+        match &self.cluster_token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
 }
 
 /// A member's cluster status.
-pub async fn member_state(http: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<MemberState> {
-    let v: Value = http
-        .get(format!("http://{ip}:{NODE_PORT}/api/v1/cluster/status"))
+pub async fn member_state(access: &NodeAccess, ip: Ipv4Addr) -> anyhow::Result<MemberState> {
+    let v: Value = access
+        .as_user(
+            reqwest::Method::GET,
+            ip,
+            "/api/v1/cluster/status",
+            Duration::from_secs(1),
+        )
         .send()
         .await?
         .error_for_status()?
@@ -204,15 +249,15 @@ impl Recorder {
         // Every member's status, every 250 ms.
         {
             let (stop, shared) = (stop.clone(), shared.clone());
-            let http = client(Duration::from_secs(1))?;
+            let access = cfg.access.clone();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     let members = lock(&shared.member_ips).clone();
                     let polls = members.into_iter().map(|(m, ip)| {
-                        let http = http.clone();
+                        let access = &access;
                         async move {
                             let sent = Instant::now();
-                            let state = member_state(&http, ip).await.ok();
+                            let state = member_state(access, ip).await.ok();
                             MemberSample {
                                 member: m,
                                 sent,
@@ -252,8 +297,7 @@ impl Recorder {
         // The writers.
         for i in 0..cfg.clients {
             let (stop, shared) = (stop.clone(), shared.clone());
-            let http = client(Duration::from_secs(5))?;
-            let (jwt, prefix) = (cfg.jwt.clone(), cfg.prefix.clone());
+            let (access, prefix) = (cfg.access.clone(), cfg.prefix.clone());
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
@@ -266,9 +310,9 @@ impl Recorder {
                     n += 1;
                     let key = format!("{prefix}/c{i}-{n}");
                     let invoke = Instant::now();
-                    let r = http
-                        .put(format!("http://{ip}:{NODE_PORT}/api/v1/content/{key}"))
-                        .bearer_auth(&jwt)
+                    let path = format!("/api/v1/content/{key}");
+                    let r = access
+                        .as_user(reqwest::Method::PUT, ip, &path, Duration::from_secs(5))
                         .json(&json!({"type": "e2e", "properties": {"value": key}}))
                         .send()
                         .await;
@@ -578,16 +622,9 @@ pub struct LostReport {
 }
 
 /// The quarantine list of a member, as JSON text.
-pub async fn quarantine(
-    http: &reqwest::Client,
-    token: &str,
-    ip: Ipv4Addr,
-) -> anyhow::Result<String> {
-    let resp = http
-        .get(format!(
-            "http://{ip}:{NODE_PORT}/internal/v1/admin/quarantine"
-        ))
-        .bearer_auth(token)
+pub async fn quarantine(access: &NodeAccess, ip: Ipv4Addr) -> anyhow::Result<String> {
+    let resp = access
+        .as_member(ip, "/internal/v1/admin/quarantine", Duration::from_secs(10))
         .send()
         .await?;
     ensure!(resp.status().is_success(), "quarantine: {}", resp.status());
@@ -599,22 +636,24 @@ pub async fn quarantine(
 /// it, as lost otherwise.
 pub async fn lost_writes(
     h: &History,
-    jwt: &str,
-    token: &str,
+    access: &NodeAccess,
     primary: Ipv4Addr,
     members: &[Ipv4Addr],
     quarantine_ok: bool,
 ) -> anyhow::Result<LostReport> {
-    let http = client(Duration::from_secs(10))?;
     let keys: Vec<String> = h.acked().map(|o| o.key.clone()).collect();
     let mut absent = Vec::new();
     for chunk in keys.chunks(16) {
         let gets = chunk.iter().map(|k| {
-            let http = http.clone();
+            let path = format!("/api/v1/content/{k}");
             async move {
-                let r = http
-                    .get(format!("http://{primary}:{NODE_PORT}/api/v1/content/{k}"))
-                    .bearer_auth(jwt)
+                let r = access
+                    .as_user(
+                        reqwest::Method::GET,
+                        primary,
+                        &path,
+                        Duration::from_secs(10),
+                    )
                     .send()
                     .await
                     .with_context(|| format!("GET {k} from the primary {primary}"))?;
@@ -640,7 +679,7 @@ pub async fn lost_writes(
     let mut quarantines = String::new();
     if quarantine_ok {
         for ip in members {
-            if let Ok(q) = quarantine(&http, token, *ip).await {
+            if let Ok(q) = quarantine(access, *ip).await {
                 quarantines.push_str(&q);
             }
         }
@@ -655,22 +694,18 @@ pub async fn lost_writes(
     Ok(report)
 }
 
-/// GET `path` from every member (bearer `token` if given) and summarise each answer.
+/// GET `path` from every member (as a member) and summarise each answer.
 async fn from_each_member(
+    access: &NodeAccess,
     members: &[(String, Ipv4Addr)],
     path: &str,
-    token: Option<&str>,
     timeout: Duration,
     summarise: fn(&Value) -> String,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let http = client(timeout)?;
     let mut out = BTreeMap::new();
     for (m, ip) in members {
-        let mut req = http.get(format!("http://{ip}:{NODE_PORT}{path}"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let v: Value = req
+        let v: Value = access
+            .as_member(*ip, path, timeout)
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -685,11 +720,14 @@ async fn from_each_member(
 
 /// Every member's journal position (`seq@last_term`, from the cheap status route): the
 /// members have converged when these agree; the digests then prove the content does.
-pub async fn positions(members: &[(String, Ipv4Addr)]) -> anyhow::Result<BTreeMap<String, String>> {
+pub async fn positions(
+    access: &NodeAccess,
+    members: &[(String, Ipv4Addr)],
+) -> anyhow::Result<BTreeMap<String, String>> {
     from_each_member(
+        access,
         members,
         "/api/v1/cluster/status",
-        None,
         Duration::from_secs(5),
         |v| {
             format!(
@@ -705,23 +743,17 @@ pub async fn positions(members: &[(String, Ipv4Addr)]) -> anyhow::Result<BTreeMa
 /// Every member's content digest. Hashing the whole store takes time proportional to
 /// the data (seconds per 100k writes in a debug build), hence the caller's `timeout`.
 pub async fn digests(
-    token: &str,
+    access: &NodeAccess,
     members: &[(String, Ipv4Addr)],
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    from_each_member(
-        members,
-        "/internal/v1/admin/digest",
-        Some(token),
-        timeout,
-        |v| {
-            format!(
-                "{} @ seq {}",
-                v["digest"].as_str().unwrap_or("?"),
-                v["seq"].as_u64().unwrap_or(0)
-            )
-        },
-    )
+    from_each_member(access, members, "/internal/v1/admin/digest", timeout, |v| {
+        format!(
+            "{} @ seq {}",
+            v["digest"].as_str().unwrap_or("?"),
+            v["seq"].as_u64().unwrap_or(0)
+        )
+    })
     .await
 }
 

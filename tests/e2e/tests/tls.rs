@@ -204,13 +204,17 @@ async fn tls_cluster_refuses_plaintext_and_renews_its_certificate_under_writes()
             "kubectl auth can-i {verb} {what} as {sa}: {answer:?}"
         );
     }
-    // The support bundle reaches the TLS members through the API server's pod proxy.
+    // The support bundle reaches the TLS members through the API server's pod proxy;
+    // their own views need a reader token (the API server keeps `Authorization`).
     let bundle = env.cluster.dir.join(format!("{}-report.tar.gz", env.ns));
+    let token_file = scratch_file(&env, "reader-token", &content.token)?;
     let plugin = env.cluster.target_dir.join("kubectl-studio");
     let out = std::process::Command::new(&plugin)
         .env("KUBECONFIG", &env.cluster.kubeconfig)
         .args(["-n", &env.ns, "report", cluster, "-o"])
         .arg(&bundle)
+        .arg("--token-file")
+        .arg(&token_file)
         .output()
         .with_context(|| format!("running {}", plugin.display()))?;
     ensure!(

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
+use studio_e2e::history::NodeAccess;
 use studio_e2e::{is_ready, name, pod_ip};
 use studio_harness::{TestEnv, wait_for};
 
@@ -44,15 +45,10 @@ struct RevisionRecorder {
 }
 
 impl RevisionRecorder {
-    fn start(env: &TestEnv, cluster: &str) -> RevisionRecorder {
+    fn start(env: &TestEnv, cluster: &str, access: NodeAccess) -> RevisionRecorder {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, pods, cluster) = (stop.clone(), env.api(), cluster.to_string());
         let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(1))
-                .build()
-                .unwrap_or_default();
             let mut samples = Vec::new();
             while !s.load(Ordering::SeqCst) {
                 let list: Result<_, _> = pods
@@ -69,7 +65,7 @@ impl RevisionRecorder {
                         })
                     {
                         let Some(ip) = pod_ip(p) else { continue };
-                        if let Ok(v) = node_status(&http, ip).await {
+                        if let Ok(v) = node_status(&access, ip).await {
                             let writable = v["role"] == "primary" && v["readOnly"] == false;
                             let rev = v["schemaRevision"].as_u64().unwrap_or(0).max(1);
                             members.insert(name(p), (rev, writable));
@@ -90,9 +86,10 @@ impl RevisionRecorder {
     }
 }
 
-async fn node_status(http: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<Value> {
-    Ok(http
-        .get(format!("http://{ip}:{NODE_PORT}/api/v1/cluster/status"))
+async fn node_status(access: &NodeAccess, ip: Ipv4Addr) -> anyhow::Result<Value> {
+    let path = "/api/v1/cluster/status";
+    Ok(access
+        .as_user(reqwest::Method::GET, ip, path, Duration::from_secs(1))
         .send()
         .await?
         .error_for_status()?
@@ -131,10 +128,7 @@ async fn wait_upgraded(
     image: &str,
     revision: u64,
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(1))
-        .build()?;
+    let access = node_access(env, cluster).await?;
     wait_for(
         &format!("every pod on {image} at schema revision {revision}, Ready"),
         Duration::from_secs(300),
@@ -145,7 +139,7 @@ async fn wait_upgraded(
             let mut behind = Vec::new();
             for p in &pods {
                 let rev = match pod_ip(p) {
-                    Some(ip) => node_status(&http, ip).await.ok(),
+                    Some(ip) => node_status(&access, ip).await.ok(),
                     None => None,
                 }
                 .and_then(|v| v["schemaRevision"].as_u64());
@@ -322,7 +316,7 @@ async fn an_incompatible_revision_upgrades_offline_with_a_bounded_outage() -> an
     let env = OpEnv::new("up-offline").await?;
     let cluster = "skew-off";
     let (content, load) = cluster_under_load(&env, cluster).await?;
-    let revisions = RevisionRecorder::start(&env, cluster);
+    let revisions = RevisionRecorder::start(&env, cluster, node_access(&env, cluster).await?);
     let stall_stop = Arc::new(AtomicBool::new(false));
     let stall = longest_stall(load.acked.clone(), stall_stop.clone());
     let t0 = Instant::now();

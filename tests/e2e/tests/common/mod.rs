@@ -37,6 +37,7 @@ use kube::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
+use studio_e2e::history::NodeAccess;
 use studio_e2e::{is_ready, name, pod_ip, ready_endpoints, restart_count};
 use studio_harness::{Cluster, TestEnv, join, kubectl, wait_for};
 use tokio::sync::{OnceCell, RwLock};
@@ -309,11 +310,12 @@ pub fn mapped_example(repo: &Path, example: &str) -> anyhow::Result<String> {
 }
 
 /// A StudioCluster in the example's shape (3 nodes + arbiter, sync, K = 2, fast
-/// election), with `patch` merged into its spec (JSON merge: null removes).
+/// election, TLS), with `patch` merged into its spec (JSON merge: null removes).
 pub fn cluster_manifest(name: &str, patch: Value) -> String {
     let mut spec = json!({
         "nodes": 3,
         "image": NODE_IMAGE,
+        "tls": {"enabled": true},
         "arbiter": {"enabled": true},
         "storage": {"size": "1Gi", "pvcRetention": "Delete"},
         "replication": {"mode": "sync", "syncReplicas": 2},
@@ -627,6 +629,53 @@ pub async fn node_client(
         b = b.identity(id);
     }
     Ok((b.build()?, "https"))
+}
+
+/// How the harness reaches `cluster`'s nodes as a user (an editor JWT) and as a member:
+/// with TLS the members' own certificate from Secret `<cluster>-tls` (it is issued for
+/// client auth too), without TLS the cluster token from `<cluster>-auth`.
+pub async fn node_access(env: &TestEnv, cluster: &str) -> anyhow::Result<NodeAccess> {
+    let content = Content::new(env, cluster).await?;
+    let tls = env
+        .api::<Secret>()
+        .get_opt(&format!("{cluster}-tls"))
+        .await
+        .with_context(|| format!("get secret {cluster}-tls"))?;
+    let (member, cluster_token) = match tls {
+        Some(s) => {
+            let data = s.data.unwrap_or_default();
+            let pem = |k: &str| {
+                data.get(k)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .ok_or_else(|| anyhow!("Secret {cluster}-tls has no {k}"))
+            };
+            let identity = reqwest::Identity::from_pem(
+                format!("{}\n{}", pem("tls.crt")?, pem("tls.key")?).as_bytes(),
+            )?;
+            (node_client(env, cluster, Some(identity)).await?.0, None)
+        }
+        None => {
+            let secret = env
+                .api::<Secret>()
+                .get(&format!("{cluster}-auth"))
+                .await
+                .with_context(|| format!("get secret {cluster}-auth"))?;
+            let token = secret
+                .data
+                .unwrap_or_default()
+                .get("cluster-token")
+                .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+                .ok_or_else(|| anyhow!("Secret {cluster}-auth has no cluster-token"))?;
+            (content.http.clone(), Some(token))
+        }
+    };
+    Ok(NodeAccess {
+        scheme: content.scheme,
+        user: content.http,
+        member,
+        jwt: content.token,
+        cluster_token,
+    })
 }
 
 impl Content {

@@ -23,15 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, anyhow, bail};
-use k8s_openapi::api::{
-    core::v1::{Pod, Secret},
-    discovery::v1::EndpointSlice,
-};
+use anyhow::{Context, bail};
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::Api;
 use serde_json::json;
 use studio_e2e::{
-    history::{self, Gap, History, Recorder, RecorderConfig, member_state},
+    history::{self, Gap, History, NodeAccess, Recorder, RecorderConfig, member_state},
     is_ready, name,
     nemesis::{FaultRecord, Member, Nemesis},
 };
@@ -81,8 +78,7 @@ pub struct Jepsen {
     pub nemesis: Nemesis,
     pub recorder: Option<Recorder>,
     pub pods: Api<Pod>,
-    jwt: String,
-    token: String,
+    access: NodeAccess,
     failures: Vec<String>,
     notes: Vec<String>,
     /// When the first fault was injected (checks of the status start there).
@@ -141,18 +137,7 @@ impl Jepsen {
             roles_agree(&env, cluster, 3)
         })
         .await?;
-        let content = Content::new(&env, cluster).await?;
-        let secret = env
-            .api::<Secret>()
-            .get(&format!("{cluster}-auth"))
-            .await
-            .with_context(|| format!("get secret {cluster}-auth"))?;
-        let token = secret
-            .data
-            .unwrap_or_default()
-            .get("cluster-token")
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            .ok_or_else(|| anyhow!("Secret {cluster}-auth has no cluster-token"))?;
+        let access = node_access(&env, cluster).await?;
         let nemesis = if exclusive {
             Nemesis::with_api_pause(env.cluster)
         } else {
@@ -162,7 +147,7 @@ impl Jepsen {
             cluster: cluster.to_string(),
             clients: 3,
             prefix: "nemesis".into(),
-            jwt: content.token.clone(),
+            access: access.clone(),
             pods: env.api::<Pod>(),
             slices: env.api::<EndpointSlice>(),
             clusters: Some(studio_api(&env)),
@@ -176,8 +161,7 @@ impl Jepsen {
             async_mode,
             nemesis,
             recorder: Some(recorder),
-            jwt: content.token,
-            token,
+            access,
             failures: Vec::new(),
             notes: Vec::new(),
             first_fault: None,
@@ -223,10 +207,9 @@ impl Jepsen {
 
     /// The member that reports itself a writable primary, waiting up to `timeout`.
     pub async fn primary_within(&self, timeout: Duration) -> anyhow::Result<Member> {
-        let http = studio_harness::http_client()?;
         wait_for("a writable primary", timeout, || async {
             for m in self.members().await? {
-                if let Ok(s) = member_state(&http, m.ip).await
+                if let Ok(s) = member_state(&self.access, m.ip).await
                     && s.writable_primary()
                 {
                     return Ok(m);
@@ -544,7 +527,7 @@ impl Jepsen {
             "every member's journal position to equal the primary's",
             CONVERGE,
             || async {
-                let p = history::positions(&members).await?;
+                let p = history::positions(&self.access, &members).await?;
                 let distinct: std::collections::BTreeSet<&String> = p.values().collect();
                 anyhow::ensure!(distinct.len() <= 1, "positions {p:?}");
                 Ok(())
@@ -565,7 +548,7 @@ impl Jepsen {
             "every member's digest to equal the primary's",
             budget,
             || async {
-                let d = history::digests(&self.token, &members, budget).await?;
+                let d = history::digests(&self.access, &members, budget).await?;
                 anyhow::ensure!(history::digests_agree(&d), "digests {d:?}");
                 Ok(())
             },
@@ -580,9 +563,7 @@ impl Jepsen {
             Err(e) => self.fail(format!("digest verification: {e:#}")),
         }
         let ips: Vec<Ipv4Addr> = members.iter().map(|(_, ip)| *ip).collect();
-        match history::lost_writes(h, &self.jwt, &self.token, primary.ip, &ips, self.async_mode)
-            .await
-        {
+        match history::lost_writes(h, &self.access, primary.ip, &ips, self.async_mode).await {
             Ok(r) => {
                 if !r.lost.is_empty() {
                     self.fail(format!(

@@ -82,6 +82,62 @@ async fn a_switchover_whose_promote_call_hangs_fails_after_its_timeout() {
     assert!(r.status().is_success(), "{}", r.status());
 }
 
+/// The caller of a switchover goes away half-way (the operator leader killed mid-request,
+/// so its HTTP connection closes): the hand-over still runs to its end and the primary
+/// takes writes again; before, the dropped request left it fenced read-only for good.
+#[tokio::test]
+async fn a_switchover_whose_caller_goes_away_still_ends_and_writes_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Node::standalone(&dir.path().join("p"), &[]);
+    let http = reqwest::Client::new();
+    let (ghost_url, _ghost) = silent_peer();
+    let s = status(&http, &primary.url).await.unwrap();
+    let (seq, term) = (s["seq"].as_u64().unwrap(), s["lastTerm"].as_u64().unwrap());
+    let (code, _) = admin_post(
+        &http,
+        &primary.url,
+        node_api::REPLICATION_ACK,
+        json!({"node_id": "ghost", "seq": seq, "term": term, "role": "replica", "address": ghost_url}),
+    )
+    .await;
+    assert!(code.is_success(), "{code}");
+    // The caller gives up after 300 ms, while the node waits on the hung target.
+    let dropped = http
+        .post(format!("{}{}", primary.url, node_api::ADMIN_SWITCHOVER))
+        .bearer_auth(common::CLUSTER_TOKEN)
+        .json(&json!({"target": "ghost", "timeout_ms": 2000}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        dropped.is_err(),
+        "the switchover answered within 300 ms: {dropped:?}"
+    );
+    // The hand-over fails on its own timeouts and the primary is writable again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http
+            .put(format!(
+                "{}/api/v1/content/after-dropped-switchover",
+                primary.url
+            ))
+            .bearer_auth(editor())
+            .json(&json!({"type": "doc", "properties": {}}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary still refuses writes 20 s after a dropped switchover: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[test]
 fn a_background_task_that_dies_stops_the_process() {
     let dir = tempfile::tempdir().unwrap();

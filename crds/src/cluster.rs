@@ -452,16 +452,27 @@ pub struct OidcSpec {
     pub roles_claim: Option<String>,
 }
 
-/// TLS: the operator keeps a CA per cluster (Secret `<name>-ca`) and a certificate for
-/// the members (Secret `<name>-tls`: `tls.crt`, `tls.key`, `ca.crt`), renewed
-/// `renewBeforeSeconds` before it expires; the nodes re-read it without a restart.
-/// The certificate is valid for the headless Service's pod names
+/// TLS: the members' certificate (Secret `<name>-tls`: `tls.crt`, `tls.key`, `ca.crt`),
+/// renewed `renewBeforeSeconds` before it expires; the nodes re-read it without a
+/// restart. Its CA is, by default, one the operator generates per cluster (Secret
+/// `<name>-ca`); or the user's (`caSecret`); or cert-manager issues the certificates
+/// (`issuerRef`). The certificate is valid for the headless Service's pod names
 /// (`*.<name>-nodes.<namespace>.svc`) and the cluster's Services; members reach each
-/// other by pod IP and check that the peer's chain leads to the cluster CA. Internal
-/// routes need a certificate from that CA (members and the operator have one).
+/// other by pod IP and check that the peer's chain leads to the CA in `ca.crt`.
+/// Internal routes need a certificate from that CA (members and the operator have one).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.renewBeforeSeconds < self.certificateDurationSeconds").message("spec.tls.renewBeforeSeconds must be less than spec.tls.certificateDurationSeconds").field_path(".renewBeforeSeconds"))]
+#[x_kube(validation = Rule::new("!has(self.caSecret) || !has(self.issuerRef)").message("spec.tls: set either caSecret or issuerRef, not both").field_path(".issuerRef"))]
+#[x_kube(validation = Rule::new(
+    "has(self.caSecret) == has(oldSelf.caSecret) && (!has(self.caSecret) || self.caSecret == oldSelf.caSecret)"
+).message("spec.tls.caSecret is chosen when the cluster is created and cannot change (the members must keep trusting the same CA)").field_path(".caSecret"))]
+#[x_kube(validation = Rule::new(
+    "has(self.issuerRef) == has(oldSelf.issuerRef) && (!has(self.issuerRef) || self.issuerRef == oldSelf.issuerRef)"
+).message("spec.tls.issuerRef is chosen when the cluster is created and cannot change (the members must keep trusting the same CA)").field_path(".issuerRef"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.issuerRef) || (self.certificateDurationSeconds >= 3600 && self.renewBeforeSeconds >= 300)"
+).message("spec.tls.issuerRef: cert-manager needs certificateDurationSeconds of at least 3600 and renewBeforeSeconds of at least 300").field_path(".certificateDurationSeconds"))]
 pub struct TlsSpec {
     /// Serve TLS only (plain HTTP is refused).
     #[serde(default)]
@@ -474,6 +485,59 @@ pub struct TlsSpec {
     #[serde(default = "default_renew_before")]
     #[schemars(range(min = 60, max = 315_360_000))]
     pub renew_before_seconds: i64,
+    /// Bring your own CA: a Secret in the cluster's namespace holding the CA certificate
+    /// (`tls.crt`), its key (`tls.key`, unencrypted PKCS#8 PEM, `BEGIN PRIVATE KEY`:
+    /// ECDSA P-256/P-384, Ed25519 or RSA) and optionally the CA's own chain (`ca.crt`).
+    /// The operator issues the members' certificate and its own client certificate from
+    /// it instead of generating `<name>-ca`, and never writes to this Secret. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub ca_secret: Option<String>,
+    /// cert-manager issues the certificates: the operator creates the Certificates
+    /// `<name>-members` (Secret `<name>-tls`) and `<name>-operator-client` (Secret
+    /// `<name>-operator-client-tls`, its own client identity) with this issuer, which
+    /// must sign both with the same CA (a CA, Vault or similar issuer, not SelfSigned).
+    /// cert-manager renews them. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the cluster's namespace) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issuer => "Issuer",
+            Self::ClusterIssuer => "ClusterIssuer",
+        }
+    }
 }
 
 fn default_certificate_duration() -> i64 {
@@ -490,6 +554,8 @@ impl Default for TlsSpec {
             enabled: false,
             certificate_duration_seconds: default_certificate_duration(),
             renew_before_seconds: default_renew_before(),
+            ca_secret: None,
+            issuer_ref: None,
         }
     }
 }

@@ -171,6 +171,20 @@ pub mod names {
     pub fn tls_secret(cluster: &str) -> String {
         format!("{cluster}-tls")
     }
+    /// spec.tls.issuerRef: the cert-manager Certificate of the members (its Secret is
+    /// [`tls_secret`]).
+    pub fn members_certificate(cluster: &str) -> String {
+        format!("{cluster}-members")
+    }
+    /// spec.tls.issuerRef: the cert-manager Certificate of the operator's client identity.
+    pub fn operator_client_certificate(cluster: &str) -> String {
+        format!("{cluster}-operator-client")
+    }
+    /// spec.tls.issuerRef: the Secret cert-manager keeps the operator's client
+    /// certificate in.
+    pub fn operator_client_secret(cluster: &str) -> String {
+        format!("{cluster}-operator-client-tls")
+    }
     pub fn service_account(cluster: &str) -> String {
         format!("{cluster}-node")
     }

@@ -26,6 +26,7 @@ use studio_crds::{StudioCluster, annotations, components, labels, names, roles, 
 
 use crate::error::Error;
 
+pub mod certificates;
 mod container;
 
 pub use self::container::{TLS_DIR, node_env};

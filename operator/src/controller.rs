@@ -578,7 +578,10 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     // wrote for them are not owned by the StudioCluster.
     if sc.tls().is_some_and(|t| t.issuer_ref.is_some()) {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        for s in [names::tls_secret(&name), names::operator_client_secret(&name)] {
+        for s in [
+            names::tls_secret(&name),
+            names::operator_client_secret(&name),
+        ] {
             ignore_404(
                 secrets
                     .delete(&s, &DeleteParams::default())

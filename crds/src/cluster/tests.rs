@@ -335,3 +335,80 @@ fn spec_round_trips_with_defaults() {
     assert_eq!(back["coordinatorMode"], json!("CUD"));
     assert_eq!(back["replication"]["mode"], json!("async"));
 }
+
+#[test]
+fn tls_ca_secret_and_issuer_ref_are_exclusive_and_immutable() {
+    let issuer = json!({"name": "studio-ca"});
+    let with = |tls: Value| json!({"image": "s", "tls": tls});
+    // One or the other, not both.
+    assert_refused(
+        with(json!({"enabled": true, "caSecret": "my-ca", "issuerRef": issuer})),
+        None,
+        "issuerRef",
+    );
+    for tls in [
+        json!({"enabled": true, "caSecret": "my-ca"}),
+        json!({"enabled": true, "issuerRef": issuer}),
+        json!({"enabled": true, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}),
+    ] {
+        let errs = cel_errors(with(tls.clone()), None);
+        assert!(errs.is_empty(), "{tls}: {errs:?}");
+    }
+    // Chosen at creation: neither added, removed nor changed later.
+    let old = with(json!({"enabled": true, "caSecret": "my-ca"}));
+    assert_refused(
+        with(json!({"enabled": true, "caSecret": "other-ca"})),
+        Some(old.clone()),
+        "caSecret",
+    );
+    assert_refused(
+        with(json!({"enabled": true})),
+        Some(old.clone()),
+        "caSecret",
+    );
+    assert!(cel_errors(old.clone(), Some(old)).is_empty());
+    let old = with(json!({"enabled": true, "issuerRef": issuer}));
+    assert_refused(
+        with(json!({"enabled": true, "issuerRef": {"name": "other"}})),
+        Some(old.clone()),
+        "issuerRef",
+    );
+    assert_refused(
+        with(json!({"enabled": true, "issuerRef": {"name": "studio-ca", "kind": "ClusterIssuer"}})),
+        Some(old.clone()),
+        "issuerRef",
+    );
+    assert_refused(
+        with(json!({"enabled": true})),
+        Some(old.clone()),
+        "issuerRef",
+    );
+    // Added later.
+    assert_refused(
+        with(json!({"enabled": true, "issuerRef": issuer})),
+        Some(with(json!({"enabled": true}))),
+        "issuerRef",
+    );
+    assert!(cel_errors(old.clone(), Some(old)).is_empty());
+    // cert-manager's minimum duration and renewBefore.
+    assert_refused(
+        with(
+            json!({"enabled": true, "issuerRef": issuer, "certificateDurationSeconds": 600, "renewBeforeSeconds": 300}),
+        ),
+        None,
+        "certificateDurationSeconds",
+    );
+    // The issuer's kind is Issuer or ClusterIssuer, group cert-manager.io by default.
+    let spec: TlsSpec =
+        match serde_json::from_value(json!({"enabled": true, "issuerRef": {"name": "x"}})) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+    let r = spec.issuer_ref.unwrap_or_else(|| panic!("no issuerRef"));
+    assert_eq!(
+        (r.kind, r.group.as_str()),
+        (IssuerKind::Issuer, "cert-manager.io")
+    );
+    let kind = schema_at(&schema(), &["spec", "tls", "issuerRef", "kind"]).clone();
+    assert_eq!(kind["enum"], json!(["Issuer", "ClusterIssuer"]), "{kind}");
+}

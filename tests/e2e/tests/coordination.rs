@@ -11,6 +11,15 @@
 //! (its unreplicated writes end in its quarantine); a write only the arbiter holds, with
 //! a binary, surviving the loss of the primary.
 //!
+//! The suite runs with TLS and authentication on, as the operator deploys real
+//! clusters: each test cluster gets its own CA, made by the test (rcgen), and one member
+//! certificate (server and client: members call each other with it, checking the chain
+//! only, since pods are reached by IP) in Secret `<cluster>-tls`; the nodes serve HTTPS
+//! only (HTTPS readiness probes). The content and status API is called with an HS256
+//! user JWT (role admin) signed with the cluster's random key (Secret `<cluster>-auth`);
+//! internal routes (switchover, quarantine) with a client certificate from the cluster
+//! CA, which is what admits a caller there with TLS (there is no cluster token).
+//!
 //! Timings (failover: kill → first acknowledged write through the new primary's
 //! endpoint; switchover: last write acknowledged by the old primary → first by the new)
 //! are printed as p50/p99 (`COORD-BENCH` lines).
@@ -30,7 +39,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
     rbac::v1::{Role, RoleBinding},
 };
@@ -41,13 +50,21 @@ use kube::{
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use serde_json::json;
 use studio_e2e::{describe, is_ready, name, pod_ip, ready_endpoints};
-use studio_harness::{TestEnv, http_client, join, pod_pids, wait_for};
+use studio_harness::{TestEnv, join, pod_pids, wait_for};
+
+mod common;
+use common::jwt;
 
 const IMAGE: &str = "registry.studio.local/studio-node:dev";
 const PORT: u16 = 8080;
-const TOKEN: &str = "e2e-cluster-token";
+/// Where the pods mount their Secret `<cluster>-tls` (as the operator does).
+const TLS_DIR: &str = "/etc/studio/tls";
 const CLUSTER_LABEL: &str = "studio.cms.io/cluster";
 const ROLE_LABEL: &str = "studio.cms.io/role";
 const START: Duration = Duration::from_secs(180);
@@ -73,8 +90,167 @@ const FULL: Layout = Layout {
     lease_verbs: &["get", "list", "watch", "create", "update"],
 };
 
-fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
+/// A test cluster's secrets, made by the test: its own CA; the members' certificate
+/// (one for every pod, for serving and for calling other members); the test's client
+/// certificate for internal routes; the HS256 key of user JWTs.
+struct Credentials {
+    ca: String,
+    member_cert: String,
+    member_key: String,
+    /// The test's client certificate and key, PEM, one after the other.
+    client: String,
+    jwt_key: String,
+}
+
+impl Credentials {
+    /// New credentials for cluster `c` in namespace `ns`.
+    fn new(c: &str, ns: &str) -> anyhow::Result<Credentials> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("e2e {ns}/{c} CA"));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate()?;
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let issue = |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let mut p = CertificateParams::new(sans)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            p.extended_key_usages = usages;
+            let key = KeyPair::generate()?;
+            let cert = p.signed_by(&key, &issuer)?;
+            anyhow::Ok((cert.pem(), key.serialize_pem()))
+        };
+        // The names the operator gives members (every pod through the headless
+        // Service, the Services); peers check the chain only, as pods are reached by IP.
+        let mut sans = Vec::new();
+        for host in [
+            format!("*.{c}-nodes"),
+            format!("{c}-nodes"),
+            format!("{c}-primary"),
+            format!("{c}-replicas"),
+        ] {
+            sans.push(format!("{host}.{ns}"));
+            sans.push(format!("{host}.{ns}.svc"));
+            sans.push(host);
+        }
+        sans.push("localhost".into());
+        let (member_cert, member_key) = issue(
+            &format!("{c}-member"),
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        let (cert, key) = issue(
+            "studio-e2e",
+            vec!["studio-e2e".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        Ok(Credentials {
+            ca: ca_pem,
+            member_cert,
+            member_key,
+            client: format!("{cert}\n{key}"),
+            jwt_key: random_hex(32)?,
+        })
+    }
+}
+
+/// `n` random bytes, hex-encoded.
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// How the test reaches a cluster's nodes: HTTPS trusting only the cluster's CA (the
+/// chain, not the name: pods are reached by IP, as members and the operator do); the
+/// content and status API with a user JWT; internal routes with the test's client
+/// certificate from the cluster CA.
+#[derive(Clone)]
+struct Nodes {
+    /// Presents no certificate: its requests carry the JWT.
+    api: reqwest::Client,
+    /// Presents the test's client certificate.
+    member: reqwest::Client,
+    /// HS256, role admin, with `exp`.
+    token: String,
+}
+
+impl Nodes {
+    fn new(cr: &Credentials) -> anyhow::Result<Nodes> {
+        // The timeouts of the harness's plain client, so the timings stay comparable.
+        let client = |identity: Option<reqwest::Identity>| {
+            let mut b = reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(cr.ca.as_bytes())?)
+                .danger_accept_invalid_hostnames(true);
+            if let Some(id) = identity {
+                b = b.identity(id);
+            }
+            b.build().context("building an HTTPS client")
+        };
+        Ok(Nodes {
+            api: client(None)?,
+            member: client(Some(reqwest::Identity::from_pem(cr.client.as_bytes())?))?,
+            token: jwt::token(cr.jwt_key.as_bytes(), "e2e", &["admin"]),
+        })
+    }
+
+    fn url(ip: Ipv4Addr, path: &str) -> String {
+        format!("https://{ip}:{PORT}{path}")
+    }
+
+    /// A request to the API of the node at `ip`, with the user JWT.
+    fn api(&self, method: reqwest::Method, ip: Ipv4Addr, path: &str) -> reqwest::RequestBuilder {
+        self.api
+            .request(method, Self::url(ip, path))
+            .bearer_auth(&self.token)
+    }
+
+    fn get(&self, ip: Ipv4Addr, path: &str) -> reqwest::RequestBuilder {
+        self.api(reqwest::Method::GET, ip, path)
+    }
+
+    fn put(&self, ip: Ipv4Addr, path: &str) -> reqwest::RequestBuilder {
+        self.api(reqwest::Method::PUT, ip, path)
+    }
+
+    fn post(&self, ip: Ipv4Addr, path: &str) -> reqwest::RequestBuilder {
+        self.api(reqwest::Method::POST, ip, path)
+    }
+
+    /// A request to an internal route of the node at `ip`, with the client certificate.
+    fn internal(
+        &self,
+        method: reqwest::Method,
+        ip: Ipv4Addr,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.member.request(method, Self::url(ip, path))
+    }
+}
+
+fn objects(c: &str, l: &Layout, cr: &Credentials) -> anyhow::Result<Vec<serde_json::Value>> {
     let sa = format!("{c}-node");
+    let (tls_secret, auth_secret) = (format!("{c}-tls"), format!("{c}-auth"));
     let mode = if l.sync { "sync" } else { "async" };
     let container = |arbiter: bool| {
         let mut env = vec![
@@ -85,9 +261,10 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
             json!({"name": "STUDIO_REPLICATION_MODE", "value": mode}),
             json!({"name": "STUDIO_SYNC_REPLICAS", "value": "1"}),
             json!({"name": "STUDIO_SYNC_TIMEOUT", "value": "3s"}),
-            json!({"name": "STUDIO_CLUSTER_TOKEN", "value": TOKEN}),
-            // The suite writes without user JWTs; the operator always sets both secrets.
-            json!({"name": "STUDIO_INSECURE_NO_AUTH", "value": "true"}),
+            json!({"name": "STUDIO_TLS_DIR", "value": TLS_DIR}),
+            json!({"name": "STUDIO_JWT_SECRET", "valueFrom": {"secretKeyRef": {
+                "name": auth_secret, "key": "jwt-key", "optional": false
+            }}}),
             json!({"name": "STUDIO_LOG_FORMAT", "value": "text"}),
             json!({"name": "STUDIO_LOG", "value": "info"}),
         ];
@@ -101,10 +278,13 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
             "env": env,
             "ports": [{"name": "http", "containerPort": PORT}],
             "readinessProbe": {
-                "httpGet": {"path": "/readyz", "port": PORT},
+                "httpGet": {"path": "/readyz", "port": PORT, "scheme": "HTTPS"},
                 "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1, "timeoutSeconds": 1
             },
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+            "volumeMounts": [
+                {"name": "data", "mountPath": "/data"},
+                {"name": "tls", "mountPath": TLS_DIR, "readOnly": true}
+            ]
         })
     };
     let sts = |name: &str, component: &str, replicas: i32, arbiter: bool| {
@@ -121,7 +301,10 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
                     "spec": {
                         "serviceAccountName": sa,
                         "terminationGracePeriodSeconds": 10,
-                        "containers": [container(arbiter)]
+                        "containers": [container(arbiter)],
+                        "volumes": [{"name": "tls", "secret": {
+                            "secretName": tls_secret, "defaultMode": 0o440
+                        }}]
                     }
                 },
                 "volumeClaimTemplates": [{
@@ -144,6 +327,16 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
     };
     let mut v = vec![
+        // The files the node reads from its TLS directory.
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": tls_secret},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": cr.member_cert, "tls.key": cr.member_key, "ca.crt": cr.ca}
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": auth_secret},
+            "stringData": {"jwt-key": cr.jwt_key}
+        }),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
         // The same rules as examples/node-rbac.yaml.
         json!({
@@ -171,11 +364,18 @@ fn objects(c: &str, l: &Layout) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(v)
 }
 
-async fn deploy(env: &TestEnv, c: &str, l: &Layout) -> anyhow::Result<()> {
+/// Deploys cluster `c` with its own credentials; returns how to reach its nodes.
+async fn deploy(env: &TestEnv, c: &str, l: &Layout) -> anyhow::Result<Nodes> {
     let pp = PostParams::default();
-    for o in objects(c, l)? {
+    let cr = Credentials::new(c, &env.ns)?;
+    for o in objects(c, l, &cr)? {
         let kind = o["kind"].as_str().unwrap_or_default().to_string();
         match kind.as_str() {
+            "Secret" => {
+                env.api::<Secret>()
+                    .create(&pp, &serde_json::from_value(o)?)
+                    .await?;
+            }
             "ServiceAccount" => {
                 env.api::<ServiceAccount>()
                     .create(&pp, &serde_json::from_value(o)?)
@@ -204,13 +404,13 @@ async fn deploy(env: &TestEnv, c: &str, l: &Layout) -> anyhow::Result<()> {
             k => bail!("unexpected kind {k}"),
         }
     }
-    Ok(())
+    Nodes::new(&cr)
 }
 
 /// A test's own cluster, deployed and healthy.
 struct Healthy {
     env: TestEnv,
-    client: reqwest::Client,
+    client: Nodes,
     /// Its first primary: name, address, pod.
     primary: String,
     primary_ip: Ipv4Addr,
@@ -222,7 +422,7 @@ struct Healthy {
 /// Deploys cluster `c` with layout `l` in the test's namespace and waits until it is
 /// healthy.
 async fn deploy_healthy(env: TestEnv, c: &str, l: &Layout) -> anyhow::Result<Healthy> {
-    deploy(&env, c, l).await?;
+    let client = deploy(&env, c, l).await?;
     let (primary, primary_ip) = wait_healthy(&env, c, START).await?;
     let all = cluster_pods(&env.api(), c).await?;
     let primary_pod = all
@@ -232,7 +432,7 @@ async fn deploy_healthy(env: TestEnv, c: &str, l: &Layout) -> anyhow::Result<Hea
         .context("the primary's pod")?;
     Ok(Healthy {
         env,
-        client: http_client()?,
+        client,
         primary,
         primary_ip,
         primary_pod,
@@ -387,8 +587,7 @@ async fn track_primary_endpoint(w: Arc<Writer>, slices: Api<EndpointSlice>, c: S
     }
 }
 
-async fn write_loop(w: Arc<Writer>) {
-    let Ok(client) = http_client() else { return };
+async fn write_loop(w: Arc<Writer>, client: Nodes) {
     let mut n = 0u64;
     while !w.stop.load(Ordering::SeqCst) {
         let paused = w.paused.load(Ordering::SeqCst);
@@ -403,9 +602,8 @@ async fn write_loop(w: Arc<Writer>) {
         };
         n += 1;
         let sent = Instant::now();
-        let url = format!("http://{ip}:{PORT}/api/v1/content/e2e/k{n}");
         let r = client
-            .put(&url)
+            .put(ip, &format!("/api/v1/content/e2e/k{n}"))
             .header("x-studio-direct", "true")
             .json(&json!({"type": "page", "properties": {"n": n}}))
             .send()
@@ -485,24 +683,25 @@ fn signal_pod(pod: &Pod, sig: Signal) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
+async fn status(client: &Nodes, ip: Ipv4Addr) -> anyhow::Result<serde_json::Value> {
     Ok(client
-        .get(format!("http://{ip}:{PORT}/api/v1/cluster/status"))
+        .get(ip, "/api/v1/cluster/status")
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?)
 }
 
 /// Writes an item straight to the node at `ip`; returns the HTTP status.
 async fn put_item(
-    client: &reqwest::Client,
+    client: &Nodes,
     ip: Ipv4Addr,
     path: &str,
     properties: serde_json::Value,
 ) -> anyhow::Result<reqwest::StatusCode> {
     Ok(client
-        .put(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
+        .put(ip, &format!("/api/v1/content/{path}"))
         .header("x-studio-direct", "true")
         .json(&json!({"type": "page", "properties": properties}))
         .send()
@@ -510,13 +709,22 @@ async fn put_item(
         .status())
 }
 
+/// A write refused for the node's role, not for the caller's credentials (with auth on,
+/// a 401 or 403 would make "the ex-primary refused the write" hold for the wrong reason).
+fn refused_by_role(code: reqwest::StatusCode) -> bool {
+    !code.is_success()
+        && code != reqwest::StatusCode::UNAUTHORIZED
+        && code != reqwest::StatusCode::FORBIDDEN
+}
+
 /// Asks the primary at `ip` to hand its role to the replica `target`.
-async fn switchover(client: &reqwest::Client, ip: Ipv4Addr, target: &str) -> anyhow::Result<()> {
+async fn switchover(client: &Nodes, ip: Ipv4Addr, target: &str) -> anyhow::Result<()> {
     let resp = client
-        .post(format!(
-            "http://{ip}:{PORT}/internal/v1/election/switchover"
-        ))
-        .bearer_auth(TOKEN)
+        .internal(
+            reqwest::Method::POST,
+            ip,
+            "/internal/v1/election/switchover",
+        )
         .json(&json!({"target": target, "timeout_ms": 5000}))
         .send()
         .await?;
@@ -528,7 +736,7 @@ async fn switchover(client: &reqwest::Client, ip: Ipv4Addr, target: &str) -> any
 
 /// Waits until one of `ips` reports itself a writable primary; returns its address.
 async fn writable_primary_among(
-    client: &reqwest::Client,
+    client: &Nodes,
     ips: &[Ipv4Addr],
     timeout: Duration,
 ) -> anyhow::Result<Ipv4Addr> {
@@ -547,7 +755,7 @@ async fn writable_primary_among(
 }
 
 /// Where the node's journal ends, as (term of its last entry, seq).
-async fn position(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<(u64, u64)> {
+async fn position(client: &Nodes, ip: Ipv4Addr) -> anyhow::Result<(u64, u64)> {
     let s = status(client, ip).await?;
     Ok((
         s["lastTerm"].as_u64().context("status without lastTerm")?,
@@ -560,7 +768,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let env = TestEnv::new("coordination").await?;
     let c = "studio";
     let pods: Api<Pod> = env.api();
-    deploy(&env, c, &FULL).await?;
+    let client = deploy(&env, c, &FULL).await?;
 
     // 1. Bootstrap: one record, created by exactly one data node; one primary.
     let (first, _) = wait_healthy(&env, c, START).await?;
@@ -607,7 +815,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
     let changes = Arc::new(Mutex::new(0u64));
     let tasks = vec![
         tokio::spawn(track_primary_endpoint(w.clone(), env.api(), c.to_string())),
-        tokio::spawn(write_loop(w.clone())),
+        tokio::spawn(write_loop(w.clone(), client.clone())),
         tokio::spawn(watch_labels(
             pods.clone(),
             c.to_string(),
@@ -616,7 +824,6 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
             stop.clone(),
         )),
     ];
-    let client = http_client()?;
     wait_for(
         "a first acknowledged write",
         Duration::from_secs(30),
@@ -762,15 +969,13 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
         t1.duration_since(t0).as_secs_f64()
     );
     let r = client
-        .put(format!(
-            "http://{old_ip}:{PORT}/api/v1/content/e2e/after-sigcont"
-        ))
+        .put(old_ip, "/api/v1/content/e2e/after-sigcont")
         .header("x-studio-direct", "true")
         .json(&json!({"type": "page"}))
         .send()
         .await?;
     ensure!(
-        !r.status().is_success(),
+        refused_by_role(r.status()),
         "the woken ex-primary {old} accepted a write: {}",
         r.status()
     );
@@ -894,7 +1099,7 @@ async fn election_failover_switchover_and_restart() -> anyhow::Result<()> {
             let client = client.clone();
             async move {
                 let r = client
-                    .get(format!("http://{last_ip}:{PORT}/api/v1/content/e2e/k{n}"))
+                    .get(last_ip, &format!("/api/v1/content/e2e/k{n}"))
                     .header("x-studio-direct", "true")
                     .send()
                     .await;
@@ -1204,7 +1409,7 @@ async fn a_primary_cut_off_from_the_api_is_fenced_before_another_takes_over() ->
     ensure!(now != old, "{old} is primary again");
     let code = put_item(&client, old_ip, "e2e/after-partition", json!({})).await?;
     ensure!(
-        !code.is_success(),
+        refused_by_role(code),
         "the ex-primary {old} accepted a write: {code}"
     );
     env.pass().await
@@ -1216,10 +1421,9 @@ const ASYNC: Layout = Layout {
 };
 
 /// The quarantine list of the node at `ip`, as JSON text.
-async fn quarantine(client: &reqwest::Client, ip: Ipv4Addr) -> anyhow::Result<String> {
+async fn quarantine(client: &Nodes, ip: Ipv4Addr) -> anyhow::Result<String> {
     let resp = client
-        .get(format!("http://{ip}:{PORT}/internal/v1/admin/quarantine"))
-        .bearer_auth(TOKEN)
+        .internal(reqwest::Method::GET, ip, "/internal/v1/admin/quarantine")
         .send()
         .await?;
     ensure!(resp.status().is_success(), "quarantine: {}", resp.status());
@@ -1306,7 +1510,7 @@ async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyh
     // in quarantine instead of dropping them.
     let code = put_item(&client, old_ip, "e2e/after-sigcont", json!({})).await?;
     ensure!(
-        !code.is_success(),
+        refused_by_role(code),
         "the woken ex-primary {old} accepted a write: {code}"
     );
     wait_for(
@@ -1331,7 +1535,7 @@ async fn a_frozen_primarys_unreplicated_async_writes_end_in_quarantine() -> anyh
         async move {
             Ok::<_, anyhow::Error>(
                 client
-                    .get(format!("http://{ip}:{PORT}/api/v1/content/{path}"))
+                    .get(ip, &format!("/api/v1/content/{path}"))
                     .header("x-studio-direct", "true")
                     .send()
                     .await?
@@ -1391,7 +1595,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
     }
     let phase = async {
         let resp = client
-            .post(format!("http://{old_ip}:{PORT}/api/v1/binaries"))
+            .post(old_ip, "/api/v1/binaries")
             .header("x-studio-direct", "true")
             .body(bytes.clone())
             .send()
@@ -1425,9 +1629,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
             t0.elapsed().as_secs_f64()
         );
         let item: serde_json::Value = client
-            .get(format!(
-                "http://{new_ip}:{PORT}/api/v1/content/e2e/with-binary"
-            ))
+            .get(new_ip, "/api/v1/content/e2e/with-binary")
             .header("x-studio-direct", "true")
             .send()
             .await?
@@ -1439,7 +1641,7 @@ async fn a_write_only_the_arbiter_holds_survives_losing_the_primary() -> anyhow:
             "the item lost its binary reference: {item}"
         );
         let got = client
-            .get(format!("http://{new_ip}:{PORT}/api/v1/binaries/{sha}"))
+            .get(new_ip, &format!("/api/v1/binaries/{sha}"))
             .header("x-studio-direct", "true")
             .send()
             .await?

@@ -51,6 +51,13 @@ pub struct Config {
     #[arg(long, env = "STUDIO_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// A second address serving every route, internal ones included; with it the
+    /// --listen port serves only the public routes (content, cluster status, probes,
+    /// metrics), so a NetworkPolicy can admit only members and the operator here.
+    /// Members advertise this port to each other.
+    #[arg(long, env = "STUDIO_INTERNAL_LISTEN", value_name = "ADDR")]
+    pub internal_listen: Option<SocketAddr>,
+
     /// Base URL of the primary to replicate from (starts the node as a replica).
     #[arg(long, env = "STUDIO_FOLLOW", value_name = "URL")]
     pub follow: Option<String>,
@@ -312,9 +319,14 @@ impl Config {
         if let Ok(ip) = std::env::var("POD_IP")
             && !ip.is_empty()
         {
-            return format!("{scheme}://{ip}:{}", self.listen.port());
+            return format!("{scheme}://{ip}:{}", self.peer_port());
         }
-        format!("{scheme}://{}", self.listen)
+        format!("{scheme}://{}", self.internal_listen.unwrap_or(self.listen))
+    }
+
+    /// The port members reach each other on: the internal one when there is one.
+    pub fn peer_port(&self) -> u16 {
+        self.internal_listen.unwrap_or(self.listen).port()
     }
 
     /// `https` when the node serves TLS, else `http`.

@@ -163,24 +163,41 @@ fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let listen = config.listen;
+    let internal_listen = config.internal_listen;
     let fail_task = config.fail_task.clone();
     let (repl, auth) = build_replication(config)?;
     let info = repl.role.get();
     let pos = repl.store.position();
     tracing::info!(
         node_id = %repl.node_id, role = ?info.role, term = info.term, seq = pos.seq,
-        listen = %listen, data_dir = %repl.config.data_dir.display(), "studio-node starting"
+        listen = %listen, internal_listen = ?internal_listen, data_dir = %repl.config.data_dir.display(), "studio-node starting"
     );
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let internal_tcp = match internal_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (internal)"))?,
+        ),
+        None => None,
+    };
     let mut tasks: Vec<Task> = crate::replication::tasks(&repl)
         .into_iter()
         .map(|(name, f)| (name, f.map(Ok).boxed()))
         .collect();
-    // With TLS only TLS is spoken on the port: a plaintext client fails its handshake.
-    let listener = match &repl.tls {
-        Some(tls) => {
+    // With TLS only TLS is spoken on the ports: a plaintext client fails its handshake.
+    let wrap = |tcp| -> anyhow::Result<NodeListener> {
+        Ok(match &repl.tls {
+            Some(tls) => NodeListener::tls(tcp, tune_socket, tls.server_config()?)?,
+            None => NodeListener::plain(tcp, tune_socket),
+        })
+    };
+    let listener = wrap(tcp)?;
+    let internal_listener = internal_tcp.map(wrap).transpose()?;
+    if let Some(tls) = &repl.tls {
+        {
             let metrics = repl.metrics.clone();
             metrics.tls_certificate_expiry.set(tls.not_after());
             let reloaded = move |t| {
@@ -190,10 +207,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "tls-reload",
                 tls.clone().reload_loop(reloaded).map(Ok).boxed(),
             ));
-            NodeListener::tls(tcp, tune_socket, tls.server_config()?)?
         }
-        None => NodeListener::plain(tcp, tune_socket),
-    };
+    }
     tasks.push(("compaction", compaction_loop(repl.clone()).map(Ok).boxed()));
     let node = if repl.config.kubernetes_mode() {
         let (coordinator, coord_tasks) = crate::coordination::start(&repl).await?;
@@ -202,17 +217,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Node::standalone(repl)
     };
-    let app = crate::http::router(ApiState {
+    let (full, public) = crate::http::routers(ApiState {
         node: node.clone(),
         auth: std::sync::Arc::new(auth),
     });
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.changed().await;
-        })
-        .into_future();
-    let mut server = tokio::spawn(serve);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener: NodeListener, app: axum::Router| {
+        let mut stop_rx = stop_rx.clone();
+        axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .into_future()
+    };
+    // With an internal port the --listen port serves only the public routes.
+    let server = match internal_listener {
+        Some(internal) => {
+            let (a, b) = (serve(listener, public), serve(internal, full));
+            async move { tokio::try_join!(a, b).map(|_| ()) }.boxed()
+        }
+        None => serve(listener, full).boxed(),
+    };
+    let mut server = tokio::spawn(server);
     let mut supervised = supervise(tasks, fail_task.as_deref());
     tokio::select! {
         _ = shutdown_signal() => {}

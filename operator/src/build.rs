@@ -28,12 +28,17 @@ use crate::error::Error;
 
 pub mod certificates;
 mod container;
+pub mod network_policy;
 
 pub use self::container::{TLS_DIR, node_env};
 use self::container::{container, pod_volumes};
 
-/// Port every node listens on (content, admin, internal, probes, metrics).
+/// Port every node listens on (content, cluster status, probes, metrics; without TLS
+/// also the internal routes).
 pub const HTTP_PORT: i32 = 8080;
+/// With spec.tls: the port of the internal routes (members and the operator only, see
+/// `network_policy`); the members advertise it to each other.
+pub const INTERNAL_PORT: i32 = 8081;
 /// Where the PVC is mounted in the container.
 pub const DATA_DIR: &str = "/var/lib/studio";
 /// Name of the container in every Studio pod.

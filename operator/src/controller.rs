@@ -10,6 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -30,6 +31,7 @@ use studio_crds::{
 };
 use tracing::{info, warn};
 
+use crate::build::network_policy::{self, OperatorPeer};
 use crate::build::{self, Owned};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -86,6 +88,9 @@ pub struct Context {
     /// With spec.tls: why a cluster's certificates are not there yet, as last announced
     /// (one Event per distinct reason).
     pub tls_pending: Mutex<HashMap<String, String>>,
+    /// Where the operator's own pods run, for the NetworkPolicy of TLS clusters
+    /// (`None`: not known, no policy is created).
+    pub operator_peer: Option<OperatorPeer>,
 }
 
 /// Minimum interval between status writes that only move journal positions.
@@ -104,6 +109,12 @@ pub const HEALTHY_POLL: Duration = Duration::from_secs(10);
 pub const NO_WRITES_POLL: Duration = Duration::from_secs(3);
 
 impl Context {
+    /// The operator's own namespace and pod labels (see `operator_peer`).
+    pub fn with_operator_peer(mut self, peer: Option<OperatorPeer>) -> Self {
+        self.operator_peer = peer;
+        self
+    }
+
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -118,6 +129,7 @@ impl Context {
             written_quorum: Mutex::new(HashMap::new()),
             tls_clients: Mutex::new(HashMap::new()),
             tls_pending: Mutex::new(HashMap::new()),
+            operator_peer: None,
         }
     }
 
@@ -396,6 +408,11 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     // Apply.
     let owned = build::build_owned(&run, plan.data_replicas)?;
     apply_owned(client, &ns, &owned).await?;
+    if let Some(peer) = &ctx.operator_peer
+        && let Some(np) = network_policy::network_policy(&sc, peer)?
+    {
+        ssa(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &np).await?;
+    }
     if !sc.spec.arbiter.enabled && arbiter_sts.is_some() && !terminating(&arbiter_sts) {
         sts_api
             .delete(&names::arbiter_statefulset(&name), &DeleteParams::default())

@@ -58,6 +58,12 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
 
+    /// The labels of the operator's pods (`k=v,k=v`): with the namespace above, the
+    /// NetworkPolicy of a TLS cluster admits the operator to its internal port. Unset:
+    /// no NetworkPolicy is created.
+    #[arg(long, env = "STUDIO_OPERATOR_POD_LABELS")]
+    pod_labels: Option<String>,
+
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -148,7 +154,19 @@ async fn main() -> anyhow::Result<()> {
         controller: "studio-operator".into(),
         instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(client, reporter, metrics));
+    let peer = match args.pod_labels.as_deref() {
+        Some(l) => Some(
+            studio_operator::build::network_policy::OperatorPeer::parse(&args.lease_namespace, l)
+                .map_err(|e| anyhow::anyhow!("--pod-labels: {e}"))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no --pod-labels (STUDIO_OPERATOR_POD_LABELS): TLS clusters get no NetworkPolicy"
+            );
+            None
+        }
+    };
+    let ctx = Arc::new(Context::new(client, reporter, metrics).with_operator_peer(peer));
     let namespaces: Vec<Option<String>> = if args.namespaces.iter().all(|n| n.trim().is_empty()) {
         vec![None]
     } else {

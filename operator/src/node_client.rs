@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use studio_crds::node_api::{self, AdminResponse, ClusterStatus, ErrorBody, SwitchoverRequest};
 
-use crate::build::HTTP_PORT;
+use crate::build::{HTTP_PORT, INTERNAL_PORT};
 use crate::error::{Error, Result};
 use crate::plan::Member;
 
@@ -16,6 +16,8 @@ pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NodeClient {
     http: reqwest::Client,
     scheme: &'static str,
+    /// The nodes' port for these calls: the internal port with TLS.
+    port: i32,
     /// The cluster token, for a cluster without TLS (with TLS the client certificate
     /// is the credential).
     token: Option<String>,
@@ -37,6 +39,7 @@ impl NodeClient {
         NodeClient {
             http,
             scheme: "http",
+            port: HTTP_PORT,
             token: None,
         }
     }
@@ -70,6 +73,7 @@ impl NodeClient {
         Ok(NodeClient {
             http,
             scheme: "https",
+            port: INTERNAL_PORT,
             token: None,
         })
     }
@@ -88,12 +92,12 @@ impl NodeClient {
     }
 
     fn base(&self, m: &Member) -> Option<String> {
-        let scheme = self.scheme;
+        let (scheme, port) = (self.scheme, self.port);
         m.ip.as_ref().map(|ip| {
             if ip.contains(':') {
-                format!("{scheme}://[{ip}]:{HTTP_PORT}")
+                format!("{scheme}://[{ip}]:{port}")
             } else {
-                format!("{scheme}://{ip}:{HTTP_PORT}")
+                format!("{scheme}://{ip}:{port}")
             }
         })
     }

@@ -58,7 +58,7 @@ impl Settings {
             cluster,
             namespace,
             pod_name: c.node_id(),
-            port: c.listen.port(),
+            port: c.peer_port(),
             scheme: c.scheme(),
             timing,
             policy,

@@ -50,6 +50,13 @@ impl Deref for ApiState {
 
 /// The whole router of a node.
 pub fn router(state: ApiState) -> Router {
+    routers(state).0
+}
+
+/// The node's routers: every route, and the public ones only (content, cluster status,
+/// probes, metrics) for the `--listen` port when internal routes have their own port.
+/// Both count content requests against one limit.
+pub fn routers(state: ApiState) -> (Router, Router) {
     let internal =
         admin::router()
             .merge(internal::router())
@@ -75,7 +82,7 @@ pub fn router(state: ApiState) -> Router {
                     state.config.max_concurrent_requests.max(1),
                 )),
         );
-    Router::new()
+    let public = Router::new()
         .route(node_api::HEALTHZ, get(healthz))
         .route(node_api::READYZ, get(readyz))
         .route(node_api::METRICS, get(metrics))
@@ -86,13 +93,24 @@ pub fn router(state: ApiState) -> Router {
                 auth::require_reader,
             )),
         )
-        .merge(content)
-        .merge(internal)
-        .fallback(fallback)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .merge(content);
+    let finish = |r: Router<ApiState>| {
+        r.method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(middleware::from_fn_with_state(state.clone(), observe))
+            .with_state(state.clone())
+    };
+    let full = finish(public.clone().merge(internal).fallback(fallback));
+    (full, finish(public.fallback(public_fallback)))
+}
+
+/// The public port's answer for anything else: internal routes live on the other one.
+async fn public_fallback(uri: axum::http::Uri) -> ApiError {
+    if uri.path().starts_with(node_api::INTERNAL_PREFIX) {
+        ApiError::not_found("internal routes are served on the node's internal port")
+    } else {
+        ApiError::not_found("no such route")
+    }
 }
 
 /// The answer when the concurrency limit sheds a request.

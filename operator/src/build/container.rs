@@ -113,6 +113,10 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
     }
     if sc.tls().is_some() {
         v.push(env("STUDIO_TLS_DIR", TLS_DIR));
+        v.push(env(
+            "STUDIO_INTERNAL_LISTEN",
+            format!("0.0.0.0:{}", super::INTERNAL_PORT),
+        ));
     }
     if let Some(o) = s.auth.as_ref().and_then(|a| a.oidc.as_ref()) {
         v.push(env("STUDIO_JWKS_URL", o.jwks_url.clone()));
@@ -147,6 +151,21 @@ fn http_probe(path: &str, period: i32, failures: i32, initial: i32, tls: bool) -
         timeout_seconds: Some(2),
         ..Default::default()
     }
+}
+
+/// `http`, and with TLS `internal` (the internal routes' own port).
+fn container_ports(tls: bool) -> Vec<ContainerPort> {
+    let port = |name: &str, n: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: n,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut v = vec![port("http", HTTP_PORT)];
+    if tls {
+        v.push(port("internal", super::INTERNAL_PORT));
+    }
+    v
 }
 
 pub(super) fn container(
@@ -187,12 +206,7 @@ pub(super) fn container(
             format!("0.0.0.0:{HTTP_PORT}"),
         ]),
         env: Some(node_env(sc, cluster, arbiter)),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(container_ports(tls)),
         readiness_probe: Some(http_probe(studio_crds::node_api::READYZ, 2, 3, 1, tls)),
         liveness_probe: Some(http_probe(studio_crds::node_api::HEALTHZ, 10, 3, 10, tls)),
         resources,

@@ -28,6 +28,8 @@ use crate::{name, pod_ip, ready_endpoints};
 
 /// The port every node listens on.
 pub const NODE_PORT: u16 = 8080;
+/// With spec.tls: the nodes' internal routes' own port (members and the operator).
+pub const INTERNAL_PORT: u16 = 8081;
 
 /// How an operation ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +143,8 @@ pub struct NodeAccess {
     pub jwt: String,
     /// Without TLS: the cluster token internal routes take instead of a certificate.
     pub cluster_token: Option<String>,
+    /// Where internal routes are served: [`INTERNAL_PORT`] with TLS, else [`NODE_PORT`].
+    pub internal_port: u16,
 }
 
 impl NodeAccess {
@@ -162,14 +166,15 @@ impl NodeAccess {
             .timeout(timeout)
     }
 
-    /// A GET of an internal route as a member (certificate, or the cluster token).
+    /// A GET as a member (certificate, or the cluster token), on the internal port.
     pub fn as_member(
         &self,
         ip: Ipv4Addr,
         path: &str,
         timeout: Duration,
     ) -> reqwest::RequestBuilder {
-        let req = self.member.get(self.url(ip, path)).timeout(timeout);
+        let url = format!("{}://{ip}:{}{path}", self.scheme, self.internal_port);
+        let req = self.member.get(url).timeout(timeout);
         match &self.cluster_token {
             Some(t) => req.bearer_auth(t),
             None => req,

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use serde_json::json;
+use studio_e2e::history::INTERNAL_PORT;
 
 use studio_harness::{TestEnv, wait_for};
 
@@ -111,10 +114,18 @@ async fn tls_cluster_refuses_plaintext_and_renews_its_certificate_under_writes()
         .await;
     ensure!(r.is_err(), "plaintext HTTP got an answer: {r:?}");
 
-    // Internal routes: no certificate → 401 JSON; another CA's certificate → refused.
+    // Internal routes live on their own port (8081): the public port answers 404 for
+    // them; there, no certificate → 401 JSON; another CA's certificate → refused.
     let (user, scheme) = node_client(&env, cluster, None).await?;
     ensure!(scheme == "https");
-    let digest = format!("https://{ip}:{NODE_PORT}{}", "/internal/v1/admin/digest");
+    let on_public = format!("https://{ip}:{NODE_PORT}/internal/v1/admin/digest");
+    let r = user.get(&on_public).send().await?;
+    ensure!(
+        r.status() == 404,
+        "an internal route on the public port: {}",
+        r.status()
+    );
+    let digest = format!("https://{ip}:{INTERNAL_PORT}/internal/v1/admin/digest");
     let r = user.get(&digest).send().await?;
     ensure!(
         r.status() == 401,
@@ -126,6 +137,28 @@ async fn tls_cluster_refuses_plaintext_and_renews_its_certificate_under_writes()
     ensure!(
         r.is_err(),
         "a foreign client certificate got an answer: {r:?}"
+    );
+    // Only the cluster's pods and the operator may connect to that port (enforced by
+    // network plugins that implement NetworkPolicy; the local cluster's does not).
+    let np = env
+        .api::<NetworkPolicy>()
+        .get(&format!("{cluster}-internal"))
+        .await
+        .context("the cluster's NetworkPolicy")?;
+    let rules = np.spec.and_then(|s| s.ingress).unwrap_or_default();
+    let port_of = |r: &NetworkPolicyIngressRule| {
+        r.ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.port.clone())
+    };
+    ensure!(
+        rules.len() == 2
+            && port_of(&rules[0]) == Some(IntOrString::Int(NODE_PORT.into()))
+            && rules[0].from.is_none()
+            && port_of(&rules[1]) == Some(IntOrString::Int(INTERNAL_PORT.into()))
+            && rules[1].from.as_ref().map(Vec::len) == Some(2),
+        "NetworkPolicy rules: {rules:?}"
     );
 
     // Renewal under a writer.

@@ -669,7 +669,13 @@ pub async fn node_access(env: &TestEnv, cluster: &str) -> anyhow::Result<NodeAcc
             (content.http.clone(), Some(token))
         }
     };
+    let internal_port = if cluster_token.is_none() {
+        studio_e2e::history::INTERNAL_PORT
+    } else {
+        studio_e2e::history::NODE_PORT
+    };
     Ok(NodeAccess {
+        internal_port,
         scheme: content.scheme,
         user: content.http,
         member,

@@ -30,7 +30,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot AS studio-node
 COPY --from=builder /out/studio-node /usr/local/bin/studio-node
 USER 65532:65532
-EXPOSE 8080
+# 8080: content API, probes, metrics; 8081: internal routes (with TLS, see the README).
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/studio-node"]
 CMD ["--data-dir", "/var/lib/studio", "--listen", "0.0.0.0:8080"]
 

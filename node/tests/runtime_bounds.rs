@@ -37,23 +37,29 @@ fn silent_peer() -> (String, std::thread::JoinHandle<()>) {
     (url, handle)
 }
 
-#[tokio::test]
-async fn a_switchover_whose_promote_call_hangs_fails_after_its_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let primary = Node::standalone(&dir.path().join("p"), &[]);
-    let http = reqwest::Client::new();
-    let (ghost_url, _ghost) = silent_peer();
-    // A replica "ghost" that acknowledged everything and then hung.
-    let s = status(&http, &primary.url).await.unwrap();
+/// A replica "ghost" that acknowledged everything on `primary` and then hung (a
+/// switchover to it waits on a peer that never answers).
+async fn hung_replica(http: &reqwest::Client, primary: &Node) -> std::thread::JoinHandle<()> {
+    let (ghost_url, ghost) = silent_peer();
+    let s = status(http, &primary.url).await.unwrap();
     let (seq, term) = (s["seq"].as_u64().unwrap(), s["lastTerm"].as_u64().unwrap());
     let (code, _) = admin_post(
-        &http,
+        http,
         &primary.url,
         node_api::REPLICATION_ACK,
         json!({"node_id": "ghost", "seq": seq, "term": term, "role": "replica", "address": ghost_url}),
     )
     .await;
     assert!(code.is_success(), "{code}");
+    ghost
+}
+
+#[tokio::test]
+async fn a_switchover_whose_promote_call_hangs_fails_after_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Node::standalone(&dir.path().join("p"), &[]);
+    let http = reqwest::Client::new();
+    let _ghost = hung_replica(&http, &primary).await;
     let started = Instant::now();
     let (code, body) = admin_post(
         &http,
@@ -90,17 +96,7 @@ async fn a_switchover_whose_caller_goes_away_still_ends_and_writes_resume() {
     let dir = tempfile::tempdir().unwrap();
     let primary = Node::standalone(&dir.path().join("p"), &[]);
     let http = reqwest::Client::new();
-    let (ghost_url, _ghost) = silent_peer();
-    let s = status(&http, &primary.url).await.unwrap();
-    let (seq, term) = (s["seq"].as_u64().unwrap(), s["lastTerm"].as_u64().unwrap());
-    let (code, _) = admin_post(
-        &http,
-        &primary.url,
-        node_api::REPLICATION_ACK,
-        json!({"node_id": "ghost", "seq": seq, "term": term, "role": "replica", "address": ghost_url}),
-    )
-    .await;
-    assert!(code.is_success(), "{code}");
+    let _ghost = hung_replica(&http, &primary).await;
     // The caller gives up after 300 ms, while the node waits on the hung target.
     let dropped = http
         .post(format!("{}{}", primary.url, node_api::ADMIN_SWITCHOVER))

@@ -655,17 +655,7 @@ pub async fn node_access(env: &TestEnv, cluster: &str) -> anyhow::Result<NodeAcc
             (node_client(env, cluster, Some(identity)).await?.0, None)
         }
         None => {
-            let secret = env
-                .api::<Secret>()
-                .get(&format!("{cluster}-auth"))
-                .await
-                .with_context(|| format!("get secret {cluster}-auth"))?;
-            let token = secret
-                .data
-                .unwrap_or_default()
-                .get("cluster-token")
-                .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-                .ok_or_else(|| anyhow!("Secret {cluster}-auth has no cluster-token"))?;
+            let token = auth_secret_value(env, cluster, "cluster-token").await?;
             (content.http.clone(), Some(token))
         }
     };
@@ -684,20 +674,24 @@ pub async fn node_access(env: &TestEnv, cluster: &str) -> anyhow::Result<NodeAcc
     })
 }
 
+/// One key of the cluster's generated Secret `<cluster>-auth`, as trimmed text.
+async fn auth_secret_value(env: &TestEnv, cluster: &str, key: &str) -> anyhow::Result<String> {
+    let secret = env
+        .api::<Secret>()
+        .get(&format!("{cluster}-auth"))
+        .await
+        .with_context(|| format!("get secret {cluster}-auth"))?;
+    secret
+        .data
+        .unwrap_or_default()
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .ok_or_else(|| anyhow!("Secret {cluster}-auth has no {key}"))
+}
+
 impl Content {
     pub async fn new(env: &TestEnv, cluster: &str) -> anyhow::Result<Content> {
-        let secret = env
-            .api::<Secret>()
-            .get(&format!("{cluster}-auth"))
-            .await
-            .with_context(|| format!("get secret {cluster}-auth"))?;
-        let key = secret
-            .data
-            .unwrap_or_default()
-            .get("jwt-key")
-            .map(|b| b.0.clone())
-            .ok_or_else(|| anyhow!("Secret {cluster}-auth has no jwt-key"))?;
-        let key = String::from_utf8_lossy(&key).trim().to_string();
+        let key = auth_secret_value(env, cluster, "jwt-key").await?;
         let (http, scheme) = node_client(env, cluster, None).await?;
         Ok(Content {
             http,

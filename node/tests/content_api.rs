@@ -1144,25 +1144,7 @@ async fn configured_through_environment_variables() {
 #[test]
 fn missing_secrets_refuse_to_start_unless_insecure_is_explicit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_studio-node"))
-        .args([
-            "--standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_remove("STUDIO_JWT_SECRET")
-        .env_remove("STUDIO_CLUSTER_TOKEN")
-        .env_remove("STUDIO_JWT_SECRET_FILE")
-        .env_remove("STUDIO_CLUSTER_TOKEN_FILE")
-        .env_remove("STUDIO_INSECURE_NO_AUTH")
-        .output()
-        .expect("run studio-node");
-    assert!(!out.status.success(), "studio-node started without secrets");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(dir.path(), &[], &[]);
     assert!(
         stderr.contains("--jwt-secret-file") && stderr.contains("--insecure-no-auth"),
         "the error names the flags: {stderr}"

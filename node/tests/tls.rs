@@ -285,29 +285,14 @@ fn a_cluster_token_beside_tls_is_refused_at_start() {
     let ca = Ca::new("studio cluster CA");
     let tls_dir = tmp.path().join("tls");
     ca.write_dir(&tls_dir, "studio-0", 30);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_studio-node"))
-        .args([
-            "--standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .arg("--tls-dir")
-        .arg(&tls_dir)
-        .env("STUDIO_JWT_SECRET", "a-jwt-secret-for-the-test")
-        .env("STUDIO_CLUSTER_TOKEN", "a-cluster-token")
-        .env_remove("STUDIO_CLUSTER_TOKEN_FILE")
-        .env_remove("STUDIO_INSECURE_NO_AUTH")
-        .output()
-        .expect("run studio-node");
-    assert!(
-        !out.status.success(),
-        "studio-node started with TLS and a token"
+    let stderr = refused_start(
+        &tmp.path().join("data"),
+        &["--tls-dir".as_ref(), tls_dir.as_os_str()],
+        &[
+            ("STUDIO_JWT_SECRET", "a-jwt-secret-for-the-test"),
+            ("STUDIO_CLUSTER_TOKEN", "a-cluster-token"),
+        ],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("STUDIO_CLUSTER_TOKEN") && stderr.contains("client certificate"),
         "the error names the setting to remove: {stderr}"

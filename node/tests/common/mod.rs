@@ -278,3 +278,36 @@ pub fn assert_json_error(body: &str, ctx: &str) -> String {
     );
     code.to_string()
 }
+
+/// Runs a standalone `studio-node` that must refuse to start: none of the secret
+/// variables of the caller's environment, `envs` set, `extra` flags added. Returns its
+/// stderr (the error a user would read).
+pub fn refused_start(data_dir: &Path, extra: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_studio-node"));
+    cmd.args([
+        "--standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "text",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(extra);
+    for v in [
+        "STUDIO_JWT_SECRET",
+        "STUDIO_JWT_SECRET_FILE",
+        "STUDIO_CLUSTER_TOKEN",
+        "STUDIO_CLUSTER_TOKEN_FILE",
+        "STUDIO_INSECURE_NO_AUTH",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.envs(envs.iter().copied());
+    let out = cmd.output().expect("run studio-node");
+    assert!(
+        !out.status.success(),
+        "studio-node started: {extra:?} {envs:?}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -60,6 +60,47 @@ pub const SNAPSHOT: &str = "/internal/v1/snapshot";
 /// GET `/internal/v1/blobs/{sha256}`: a binary's bytes.
 pub const BLOB_PREFIX: &str = "/internal/v1/blobs";
 
+/// POST [`BaseBackupRequest`] → 202 [`BaseBackupStatus`]: take a base backup of this
+/// node's content into the cluster's object store, in the background (one at a time;
+/// the same `id` again answers the status of that backup instead of starting another).
+pub const BACKUPS: &str = "/internal/v1/backups";
+/// GET `/internal/v1/backups/{id}` → [`BaseBackupStatus`]: a backup this node is taking
+/// or took, or (from any member) one whose manifest is in the object store; 404 if
+/// neither. GET [`BACKUPS`] → [`BaseBackupList`]: every completed base backup in the
+/// cluster's archive, oldest first.
+pub const BACKUP_PREFIX: &str = "/internal/v1/backups";
+/// POST [`PruneRequest`] → [`PruneAnswer`]: delete the named base backups and every
+/// archived journal segment wholly older than the oldest base backup that remains.
+pub const BACKUPS_PRUNE: &str = "/internal/v1/backups-prune";
+
+/// Environment of a node with backups configured (the operator sets these from
+/// `spec.backup`); the node's flags of the same meaning read them.
+pub mod backup_env {
+    /// Object store endpoint URL (`https://s3.example:9000`); unset: AWS S3.
+    pub const ENDPOINT: &str = "STUDIO_BACKUP_ENDPOINT";
+    pub const BUCKET: &str = "STUDIO_BACKUP_BUCKET";
+    /// Prefix inside the bucket; the cluster's archive is `<path>/<cluster id>/`.
+    pub const PATH: &str = "STUDIO_BACKUP_PATH";
+    pub const REGION: &str = "STUDIO_BACKUP_REGION";
+    pub const ACCESS_KEY_ID: &str = "STUDIO_BACKUP_ACCESS_KEY_ID";
+    pub const SECRET_ACCESS_KEY: &str = "STUDIO_BACKUP_SECRET_ACCESS_KEY";
+    /// PEM file of CA certificates trusted for the endpoint (besides the system's).
+    pub const CA_FILE: &str = "STUDIO_BACKUP_CA_FILE";
+    /// A journal segment is closed and uploaded at least this often (seconds).
+    pub const ARCHIVE_TIMEOUT: &str = "STUDIO_ARCHIVE_TIMEOUT";
+    /// Restore (only on a node with an empty data dir that bootstraps the cluster):
+    /// the cluster id whose archive (under the same bucket and path) to restore from.
+    pub const RESTORE_CLUSTER_ID: &str = "STUDIO_RESTORE_CLUSTER_ID";
+    /// Restore from this base backup (default: the newest one before the target).
+    pub const RESTORE_BACKUP_ID: &str = "STUDIO_RESTORE_BACKUP_ID";
+    /// Restore up to and including this journal seq.
+    pub const RESTORE_TARGET_SEQ: &str = "STUDIO_RESTORE_TARGET_SEQ";
+    /// Restore every entry written at or before this time (RFC 3339; UTC if no zone).
+    pub const RESTORE_TARGET_TIME: &str = "STUDIO_RESTORE_TARGET_TIME";
+    /// Restore only the base backup, no archived journal after it.
+    pub const RESTORE_TARGET_IMMEDIATE: &str = "STUDIO_RESTORE_TARGET_IMMEDIATE";
+}
+
 /// Serve the request locally on a replica, without forwarding.
 pub const HEADER_DIRECT: &str = "x-studio-direct";
 /// On a forwarded response: the node that forwarded it.
@@ -140,6 +181,145 @@ pub struct ClusterStatus {
     /// revision); it is not ready while this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_refused: Option<String>,
+    /// Continuous archiving, on a node with backups configured (the primary archives;
+    /// other members report `archiving: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+    /// A restore this node runs or ran at bootstrap (`spec.bootstrap.recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// Continuous journal archiving as seen by one node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveStatus {
+    /// This node is the one archiving (the primary).
+    pub archiving: bool,
+    /// Where this cluster's archive lives: `s3://bucket/path/<cluster id>`.
+    pub destination: String,
+    /// Highest journal seq in the archive (0: nothing yet).
+    pub archived_seq: u64,
+    /// Write time (ms since the epoch) of that entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_time_ms: Option<i64>,
+    /// Entries in this node's journal not yet archived.
+    pub lag_entries: u64,
+    /// Age of the oldest entry not yet archived, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Last successful upload (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_ms: Option<i64>,
+    /// The last upload failed: why (cleared by the next success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Uploads have failed since then (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<i64>,
+    /// The archive misses entries (compacted before they were archived): point-in-time
+    /// recovery is possible only from a base backup taken after `gap_before_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_before_seq: Option<u64>,
+}
+
+/// A restore at bootstrap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    pub phase: RestorePhase,
+    #[serde(default)]
+    pub message: String,
+    /// The base backup restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// The journal position the restored content ends at.
+    #[serde(default)]
+    pub restored_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestorePhase {
+    Running,
+    Completed,
+    /// Refused for good (the target is not covered by the archive, no base backup, ...):
+    /// the node does not start serving; fix `spec.bootstrap.recovery` (new cluster).
+    Failed,
+}
+
+/// Body of a POST to [`BACKUPS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseBackupRequest {
+    /// Names the backup in the archive (`base/<id>/`): letters, digits, `-`, `_`, `.`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupPhase {
+    Running,
+    Completed,
+    Failed,
+}
+
+/// A base backup: where it stands, what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseBackupStatus {
+    pub id: String,
+    pub phase: BackupPhase,
+    #[serde(default)]
+    pub message: String,
+    /// The cluster the content belongs to.
+    pub cluster_id: String,
+    /// The member that took it.
+    pub node_id: String,
+    /// ms since the epoch.
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_ms: Option<i64>,
+    /// The journal position the backup's content is at (known once the snapshot is
+    /// taken).
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub term: u64,
+    /// Write time (ms) of the entry at `seq` (0 for an empty journal).
+    #[serde(default)]
+    pub time_ms: i64,
+    /// Bytes uploaded: the compressed database plus binaries not in the archive yet.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// `s3://bucket/path/<cluster id>/base/<id>`.
+    #[serde(default)]
+    pub location: String,
+}
+
+/// Answer of GET [`BACKUPS`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseBackupList {
+    pub backups: Vec<BaseBackupStatus>,
+    /// The earliest point the archive can restore to (the oldest base backup's
+    /// position), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_time_ms: Option<i64>,
+}
+
+/// Body of [`BACKUPS_PRUNE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneRequest {
+    pub delete: Vec<String>,
+}
+
+/// Answer of [`BACKUPS_PRUNE`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneAnswer {
+    pub deleted_backups: Vec<String>,
+    pub deleted_segments: u64,
 }
 
 /// Whether a sync-mode primary can acknowledge writes (see [`ClusterStatus`]).

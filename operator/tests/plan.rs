@@ -43,6 +43,8 @@ fn status(role: NodeRole, seq: u64) -> ClusterStatus {
         schema_revision: 1,
         min_compatible_revision: 1,
         replication_refused: None,
+        archive: None,
+        restore: None,
     }
 }
 

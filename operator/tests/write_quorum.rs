@@ -42,6 +42,8 @@ fn node(name: &str, role: NodeRole, read_only: bool, mode: &str) -> ClusterStatu
         schema_revision: 1,
         min_compatible_revision: 1,
         replication_refused: None,
+        archive: None,
+        restore: None,
     }
 }
 

@@ -229,6 +229,8 @@ pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
         schema_revision: Revisions::OWN.revision,
         min_compatible_revision: Revisions::OWN.min_compatible,
         replication_refused: status::replication_refused(state),
+        archive: None,
+        restore: None,
     })
 }
 

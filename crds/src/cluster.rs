@@ -80,6 +80,12 @@ use crate::status::StudioClusterStatus;
 #[x_kube(validation = Rule::new(
     "(has(self.tls) && self.tls.enabled) == (has(oldSelf.tls) && oldSelf.tls.enabled)"
 ).message("spec.tls.enabled is chosen when the cluster is created and cannot change (members with and without TLS cannot replicate to each other)").field_path(".tls.enabled"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.bootstrap) || !has(self.bootstrap.recovery) || has(self.backup)"
+).message("spec.bootstrap.recovery reads from spec.backup.objectStore: set spec.backup").field_path(".bootstrap.recovery"))]
+#[x_kube(validation = Rule::new(
+    "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)"
+).message("spec.bootstrap is only read when the cluster is created and cannot change").field_path(".bootstrap"))]
 pub struct StudioClusterSpec {
     /// Number of data nodes (primary + replicas).
     #[serde(default = "default_nodes")]
@@ -135,6 +141,15 @@ pub struct StudioClusterSpec {
     /// TLS on every port of the nodes, members authenticated by certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+
+    /// Continuous archiving and base backups to an S3-compatible object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::BackupSpec>,
+
+    /// How the cluster gets its first content (default: empty). Only read when the
+    /// cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<crate::BootstrapSpec>,
 
     /// Stop reconciling: the operator leaves every object as it is (status still updated).
     #[serde(default)]

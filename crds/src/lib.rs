@@ -1,9 +1,11 @@
 //! StudioCluster API types and the names shared by the operator and the node.
 
+pub mod backup;
 pub mod cluster;
 pub mod node_api;
 pub mod status;
 
+pub use backup::*;
 pub use cluster::*;
 pub use status::*;
 

@@ -57,6 +57,9 @@ pub struct StudioClusterStatus {
     /// The last image change and what the operator learned about it before rolling it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
+    /// Continuous archiving and base backups (with `spec.backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::BackupStatus>,
 }
 
 /// An image change: the schema revision of the new image (from `studio-node --version

@@ -139,6 +139,8 @@ pub(super) async fn update_status(
         members,
         image: Some(gate.image.clone()),
         upgrade: gate.upgrade.clone(),
+        // Filled from the primary's archive status by the backup wiring (issue 11).
+        backup: prev.backup.clone(),
     };
     if sc.status.as_ref() != Some(&status) {
         // Journal positions move with every write: a status that differs only in them

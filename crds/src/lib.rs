@@ -120,6 +120,45 @@ pub mod conditions {
     /// primary and, in sync mode, it has its write quorum (the replicas it needs are
     /// connected). When False, `Ready` is False too.
     pub const WRITE_QUORUM: &str = "WriteQuorum";
+    /// With `spec.backup`: whether the primary archives its journal to the object
+    /// store (absent without `spec.backup`).
+    pub const CONTINUOUS_ARCHIVING: &str = "ContinuousArchiving";
+}
+
+/// Reasons of the [`conditions::CONTINUOUS_ARCHIVING`] condition and the Events
+/// emitted when it changes.
+pub mod archiving {
+    /// True: the primary archives and its last upload succeeded.
+    pub const ARCHIVING: &str = "Archiving";
+    /// False: uploads fail (the message has the error and since when).
+    pub const FAILING: &str = "ArchivingFailing";
+    /// False: the archive misses entries (compacted before they were archived).
+    pub const GAP: &str = "ArchiveGap";
+    /// Unknown: no primary reports its archive status (none yet, not answering, or an
+    /// image without backups).
+    pub const UNKNOWN: &str = "ArchiveStatusUnknown";
+    /// Unknown: the primary reports that it does not archive.
+    pub const NOT_ARCHIVING: &str = "NotArchiving";
+    /// Normal Event: the condition turned True again after False.
+    pub const EVENT_RECOVERED: &str = "ArchivingRecovered";
+}
+
+/// Reasons of the conditions (and Events) of a restore at bootstrap
+/// (`spec.bootstrap.recovery`).
+pub mod restore {
+    /// A member restores from the archive (Progressing True, Ready False).
+    pub const RESTORING: &str = "Restoring";
+    /// A member's restore failed for good (Ready False, Stalled True): re-create the
+    /// cluster with another `spec.bootstrap.recovery`.
+    pub const FAILED: &str = "RestoreFailed";
+    /// Normal Event: the restore finished.
+    pub const EVENT_COMPLETED: &str = "RestoreCompleted";
+    /// The recovery source cannot be resolved yet (a StudioBackup missing or not
+    /// Completed, a source cluster without `status.clusterId`): no pods are created.
+    pub const SOURCE_NOT_READY: &str = "RecoverySourceNotReady";
+    /// The recovery source can never be used (a failed StudioBackup, the cluster naming
+    /// itself): no pods are created.
+    pub const SOURCE_UNUSABLE: &str = "RecoverySourceUnusable";
 }
 
 /// Reasons of the [`conditions::WRITE_QUORUM`] condition (and of `Ready` when it is

@@ -412,3 +412,112 @@ fn tls_ca_secret_and_issuer_ref_are_exclusive_and_immutable() {
     let kind = schema_at(&schema(), &["spec", "tls", "issuerRef", "kind"]).clone();
     assert_eq!(kind["enum"], json!(["Issuer", "ClusterIssuer"]), "{kind}");
 }
+
+fn backup() -> Value {
+    json!({"objectStore": {"bucket": "studio-backups", "credentials": {"secretName": "s3"}}})
+}
+
+#[test]
+fn backup_and_recovery_schema_has_its_rules_and_defaults() {
+    let s = schema();
+    let text = serde_json::to_string(&s).unwrap_or_default();
+    for needle in [
+        "[has(self.backup), has(self.clusterId), has(self.cluster)].filter(x, x).size() == 1",
+        "has(self.targetImmediate) && self.targetImmediate",
+        "!has(self.bootstrap) || !has(self.bootstrap.recovery) || has(self.backup)",
+        "self.bootstrap == oldSelf.bootstrap",
+    ] {
+        assert!(text.contains(needle), "schema lacks rule {needle}");
+    }
+    let b = schema_at(&s, &["spec", "backup"]);
+    assert_eq!(
+        schema_at(b, &["archiveTimeoutSeconds"])["default"],
+        json!(5)
+    );
+    assert_eq!(
+        schema_at(b, &["objectStore", "region"])["default"],
+        json!("us-east-1")
+    );
+    assert_eq!(
+        schema_at(b, &["objectStore", "credentials", "accessKeyIdKey"])["default"],
+        json!("ACCESS_KEY_ID")
+    );
+    let mut targets: Vec<String> =
+        serde_json::from_value(schema_at(b, &["target"])["enum"].clone()).unwrap_or_default();
+    targets.sort();
+    assert_eq!(targets, ["prefer-standby", "primary"]);
+    for f in ["lastArchivedSeq", "archiveLagSeconds", "destination"] {
+        assert!(
+            schema_at(&s, &["status", "backup", f]).is_object(),
+            "status.backup lacks {f}"
+        );
+    }
+}
+
+#[test]
+fn recovery_needs_one_source_one_target_and_spec_backup() {
+    let with = |recovery: Value| json!({"image": "s", "backup": backup(), "bootstrap": {"recovery": recovery}});
+    for ok in [
+        json!({"backup": "nightly"}),
+        json!({"cluster": "old"}),
+        json!({"clusterId": "0f3c-11aa", "targetSeq": 1200}),
+        json!({"cluster": "old", "targetTime": "2026-11-30T12:00:00Z"}),
+        json!({"backup": "nightly", "targetImmediate": true}),
+        json!({"backup": "nightly", "targetImmediate": false, "targetSeq": 5}),
+    ] {
+        let errs = cel_errors(with(ok.clone()), None);
+        assert!(errs.is_empty(), "{ok}: {errs:?}");
+    }
+    assert_refused(
+        with(json!({})),
+        None,
+        "exactly one of backup, cluster or clusterId",
+    );
+    assert_refused(
+        with(json!({"backup": "nightly", "cluster": "old"})),
+        None,
+        "exactly one of backup, cluster or clusterId",
+    );
+    assert_refused(
+        with(json!({"cluster": "old", "targetSeq": 5, "targetTime": "2026-11-30T12:00:00Z"})),
+        None,
+        "at most one of targetSeq, targetTime, targetImmediate",
+    );
+    assert_refused(
+        with(json!({"cluster": "old", "targetSeq": 5, "targetImmediate": true})),
+        None,
+        "targetImmediate",
+    );
+    // Recovery reads the object store of spec.backup.
+    assert_refused(
+        json!({"image": "s", "bootstrap": {"recovery": {"cluster": "old"}}}),
+        None,
+        "spec.bootstrap.recovery",
+    );
+    // Fixed at creation.
+    let old = with(json!({"cluster": "old"}));
+    assert_refused(
+        with(json!({"cluster": "other"})),
+        Some(old.clone()),
+        "spec.bootstrap",
+    );
+    assert_refused(
+        json!({"image": "s", "backup": backup()}),
+        Some(old.clone()),
+        "spec.bootstrap",
+    );
+    assert_refused(
+        old.clone(),
+        Some(json!({"image": "s", "backup": backup()})),
+        "spec.bootstrap",
+    );
+    assert!(cel_errors(old.clone(), Some(old)).is_empty());
+    // spec.backup alone may come and go.
+    assert!(
+        cel_errors(
+            json!({"image": "s", "backup": backup()}),
+            Some(json!({"image": "s"}))
+        )
+        .is_empty()
+    );
+}

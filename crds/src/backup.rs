@@ -43,12 +43,18 @@ pub struct ObjectStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://\S+$"))]
     pub endpoint: Option<String>,
-    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
     pub bucket: String,
     /// Prefix inside the bucket (default: none). Each cluster writes under
     /// `<path>/<cluster id>/`.
     #[serde(default)]
-    #[schemars(length(max = 512), regex(pattern = r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$"))]
+    #[schemars(
+        length(max = 512),
+        regex(pattern = r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$")
+    )]
     pub path: String,
     #[serde(default = "default_region")]
     #[schemars(length(min = 1, max = 64))]
@@ -178,7 +184,11 @@ pub struct RecoverySpec {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Seq", type_ = "integer", json_path = ".status.seq"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("the spec of a StudioBackup cannot change; create another"))]
@@ -235,7 +245,11 @@ pub struct StudioBackupStatus {
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
     printcolumn(name = "Last", type_ = "date", json_path = ".status.lastScheduleTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StudioScheduledBackupSpec {

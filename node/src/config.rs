@@ -231,6 +231,11 @@ pub struct Config {
     #[arg(long, env = "STUDIO_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
 
+    /// Backups: continuous journal archiving and base backups to this S3-compatible
+    /// object store (the cluster's archive is `<bucket>/<path>/<cluster id>/`).
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
     /// Test hook: the named background task fails at start, to check that a dead
     /// task stops the process (tasks: see the "supervising" log line).
     #[arg(long, hide = true)]
@@ -243,6 +248,79 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "STUDIO_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// Object store and restore settings (see `studio_crds::node_api::backup_env`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BackupArgs {
+    /// Bucket to archive into; without it nothing is archived.
+    #[arg(long = "backup-bucket", env = "STUDIO_BACKUP_BUCKET")]
+    pub bucket: Option<String>,
+    /// Object store endpoint URL (unset: AWS S3 of the region).
+    #[arg(
+        long = "backup-endpoint",
+        env = "STUDIO_BACKUP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// Prefix inside the bucket.
+    #[arg(long = "backup-path", env = "STUDIO_BACKUP_PATH", default_value = "")]
+    pub path: String,
+    #[arg(
+        long = "backup-region",
+        env = "STUDIO_BACKUP_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+    #[arg(
+        long = "backup-access-key-id",
+        env = "STUDIO_BACKUP_ACCESS_KEY_ID",
+        hide_env_values = true
+    )]
+    pub access_key_id: Option<String>,
+    #[arg(
+        long = "backup-secret-access-key",
+        env = "STUDIO_BACKUP_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub secret_access_key: Option<String>,
+    /// PEM file of CA certificates to trust for the endpoint.
+    #[arg(
+        long = "backup-ca-file",
+        env = "STUDIO_BACKUP_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Close and upload a journal segment at least this often (seconds).
+    #[arg(long = "archive-timeout", env = "STUDIO_ARCHIVE_TIMEOUT", value_parser = parse_seconds_or_duration, default_value = "5")]
+    pub archive_timeout: Duration,
+    /// Restore at bootstrap from the archive of this cluster id (same bucket and path).
+    #[arg(long = "restore-cluster-id", env = "STUDIO_RESTORE_CLUSTER_ID")]
+    pub restore_cluster_id: Option<String>,
+    /// Restore from this base backup (default: the newest before the target).
+    #[arg(long = "restore-backup-id", env = "STUDIO_RESTORE_BACKUP_ID")]
+    pub restore_backup_id: Option<String>,
+    /// Restore up to and including this journal seq.
+    #[arg(long = "restore-target-seq", env = "STUDIO_RESTORE_TARGET_SEQ")]
+    pub restore_target_seq: Option<u64>,
+    /// Restore every write made at or before this time (RFC 3339; UTC if no zone).
+    #[arg(long = "restore-target-time", env = "STUDIO_RESTORE_TARGET_TIME")]
+    pub restore_target_time: Option<String>,
+    /// Restore the base backup only.
+    #[arg(
+        long = "restore-target-immediate",
+        env = "STUDIO_RESTORE_TARGET_IMMEDIATE",
+        default_value_t = false
+    )]
+    pub restore_target_immediate: bool,
+}
+
+/// `5` (seconds) or a duration such as `500ms`, `5s`, `1m`.
+pub fn parse_seconds_or_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => parse_duration(s),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

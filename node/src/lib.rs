@@ -9,6 +9,7 @@
 //! shutdown order). [`config`], [`metrics`] and [`tls`] (certificates, rustls
 //! configurations) are leaves used by all.
 
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod coordination;

@@ -59,6 +59,97 @@ pub struct Metrics {
     pub schema_refused: Counter,
     /// When the certificate the node serves expires (Unix seconds); 0 without TLS.
     pub tls_certificate_expiry: Gauge,
+    /// Continuous archiving and base backups.
+    pub backup: BackupMetrics,
+}
+
+/// Archiving and base backup metrics (timestamps in Unix seconds, 0 = never).
+#[derive(Default)]
+pub struct BackupMetrics {
+    /// 1 while this node archives the journal (the primary, with backups configured).
+    pub archiving: Gauge,
+    pub archived_seq: Gauge,
+    pub archive_lag_entries: Gauge,
+    pub archive_lag_seconds: Gauge<f64, AtomicU64>,
+    pub archive_last_success: Gauge,
+    pub archive_last_failure: Gauge,
+    pub archive_failures: Counter,
+    pub segments_archived: Counter,
+    pub archived_bytes: Counter,
+    pub base_last_success: Gauge,
+    pub base_last_failure: Gauge,
+    pub base_completed: Counter,
+    pub base_failed: Counter,
+}
+
+impl BackupMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "archive_active",
+            "1 while this node archives the journal to the object store",
+            self.archiving.clone(),
+        );
+        r.register(
+            "archive_archived_seq",
+            "Highest journal seq in the object store archive",
+            self.archived_seq.clone(),
+        );
+        r.register(
+            "archive_lag_entries",
+            "Journal entries not yet archived",
+            self.archive_lag_entries.clone(),
+        );
+        r.register(
+            "archive_lag_seconds",
+            "Age of the oldest journal entry not yet archived",
+            self.archive_lag_seconds.clone(),
+        );
+        r.register(
+            "archive_last_success_timestamp_seconds",
+            "Last successful upload to the archive (Unix time; 0 never)",
+            self.archive_last_success.clone(),
+        );
+        r.register(
+            "archive_last_failure_timestamp_seconds",
+            "Last failed upload to the archive (Unix time; 0 never)",
+            self.archive_last_failure.clone(),
+        );
+        r.register(
+            "archive_failures",
+            "Failed archive uploads",
+            self.archive_failures.clone(),
+        );
+        r.register(
+            "archive_segments",
+            "Journal segments archived",
+            self.segments_archived.clone(),
+        );
+        r.register(
+            "archive_bytes",
+            "Compressed bytes of journal segments archived",
+            self.archived_bytes.clone(),
+        );
+        r.register(
+            "backup_last_success_timestamp_seconds",
+            "Last completed base backup taken by this node (Unix time; 0 never)",
+            self.base_last_success.clone(),
+        );
+        r.register(
+            "backup_last_failure_timestamp_seconds",
+            "Last failed base backup taken by this node (Unix time; 0 never)",
+            self.base_last_failure.clone(),
+        );
+        r.register(
+            "backups_completed",
+            "Base backups this node completed",
+            self.base_completed.clone(),
+        );
+        r.register(
+            "backups_failed",
+            "Base backups this node failed",
+            self.base_failed.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -155,7 +246,10 @@ impl Metrics {
             "When the TLS certificate the node serves expires (Unix time; 0 without TLS)",
             tls_certificate_expiry.clone(),
         );
+        let backup = BackupMetrics::default();
+        backup.register(&mut registry);
         Metrics {
+            backup,
             sync_timeouts,
             write_quorum_available,
             stale_streams_refused,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use studio_crds::node_api::AdminResponse;
 
+use crate::backup::Backups;
 use crate::cluster::{WriteError, WriteFence};
 use crate::coordination::Coordinator;
 use crate::replication::Replication;
@@ -19,6 +20,8 @@ use crate::storage::{Applied, JournalEntry, Op};
 #[derive(Clone)]
 pub struct Node {
     pub repl: Replication,
+    /// Archiving, base backups and the bootstrap restore.
+    pub backups: Arc<Backups>,
     fence: Arc<dyn WriteFence>,
     coordinator: Option<Arc<Coordinator>>,
 }
@@ -32,18 +35,24 @@ impl Deref for Node {
 
 impl Node {
     /// Outside Kubernetes: the role alone decides who writes.
-    pub fn standalone(repl: Replication) -> Node {
+    pub fn standalone(repl: Replication, backups: Arc<Backups>) -> Node {
         Node {
             repl,
+            backups,
             fence: Arc::new(crate::cluster::OpenFence),
             coordinator: None,
         }
     }
 
     /// Kubernetes mode: the coordinator fences writes and runs switchovers.
-    pub fn coordinated(repl: Replication, coordinator: Arc<Coordinator>) -> Node {
+    pub fn coordinated(
+        repl: Replication,
+        backups: Arc<Backups>,
+        coordinator: Arc<Coordinator>,
+    ) -> Node {
         Node {
             repl,
+            backups,
             fence: coordinator.clone(),
             coordinator: Some(coordinator),
         }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
+use crate::backup::Backups;
 use crate::cluster::{Role, RoleInfo, RoleState};
 use crate::config::{Config, LogFormat, RoleArg};
 use crate::http::ApiState;
@@ -131,7 +132,9 @@ fn initial_role(config: &Config, store: &Store) -> anyhow::Result<RoleInfo> {
             read_only: true,
         },
         RoleArg::Primary => {
-            if store.cluster_id()?.is_none() {
+            // With a restore asked for, the id comes after the restore (in `run`).
+            let restoring = config.backup.restore_cluster_id.is_some();
+            if store.cluster_id()?.is_none() && !restoring {
                 let id = uuid::Uuid::new_v4().to_string();
                 store.set_cluster_id(&id)?;
                 tracing::info!(cluster_id = %id, "initialised a new repository");
@@ -209,13 +212,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ));
         }
     }
-    tasks.push(("compaction", compaction_loop(repl.clone()).map(Ok).boxed()));
+    let backups = Backups::new(&repl.config.backup)?;
+    tasks.push((
+        "compaction",
+        compaction_loop(repl.clone(), backups.clone())
+            .map(Ok)
+            .boxed(),
+    ));
+    if backups.objects.is_some() {
+        tasks.push((
+            "archiver",
+            crate::backup::archiver::run(repl.clone(), backups.clone())
+                .map(Ok)
+                .boxed(),
+        ));
+    }
     let node = if repl.config.kubernetes_mode() {
-        let (coordinator, coord_tasks) = crate::coordination::start(&repl).await?;
+        let (coordinator, coord_tasks) = crate::coordination::start(&repl, backups.clone()).await?;
         tasks.extend(coord_tasks);
-        Node::coordinated(repl, coordinator)
+        Node::coordinated(repl, backups, coordinator)
     } else {
-        Node::standalone(repl)
+        restore_standalone(&repl, &backups).await?;
+        Node::standalone(repl, backups)
     };
     let (full, public) = crate::http::routers(ApiState {
         node: node.clone(),
@@ -363,14 +381,38 @@ async fn shutdown_requested() {
     }
 }
 
-/// Drops journal entries older than the retention window.
-async fn compaction_loop(state: Replication) {
+/// Outside Kubernetes a primary with a restore asked for and no data restores before
+/// it serves (a refusal stops the process with the reason), then takes a new id.
+async fn restore_standalone(repl: &Replication, backups: &Backups) -> anyhow::Result<()> {
+    let Some(req) = crate::backup::restore::Request::from_args(&repl.config.backup)? else {
+        return Ok(());
+    };
+    if repl.store.call(|s| s.cluster_id()).await?.is_some() || !repl.role.writable() {
+        return Ok(());
+    }
+    let done =
+        crate::backup::restore::run(&repl.store, backups, &req, &repl.config.data_dir).await?;
+    tracing::info!(message = %done.message, "restore completed");
+    backups.set_restore(done);
+    // Write at a term at least the restored journal's (terms never go back).
+    let restored = repl.store.position();
+    repl.role.update(|i| i.term = i.term.max(restored.term));
+    let id = uuid::Uuid::new_v4().to_string();
+    let i = id.clone();
+    repl.store.call(move |s| s.set_cluster_id(&i)).await?;
+    tracing::info!(cluster_id = %id, "the restored repository is a new cluster");
+    Ok(())
+}
+
+/// Drops journal entries older than the retention window (on a primary that
+/// archives, never one not archived yet).
+async fn compaction_loop(state: Replication, backups: std::sync::Arc<Backups>) {
     let retention = state.config.journal_retention.max(1);
     loop {
         tokio::time::sleep(COMPACTION_PERIOD).await;
         let pos = state.store.position();
         if pos.seq > retention {
-            let before = pos.seq - retention + 1;
+            let before = (pos.seq - retention + 1).min(backups.keep_above().saturating_add(1));
             match state.store.call(move |s| s.compact_before(before)).await {
                 Ok(n) if n > 0 => tracing::info!(removed = n, before, "journal compacted"),
                 Ok(_) => {}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
+use studio_crds::node_api::{RestorePhase, RestoreStatus};
 use studio_crds::{labels, names};
 
 use super::{Coordinator, kubeapi};
@@ -53,7 +54,9 @@ impl Coordinator {
                 Some(_) => Ok(id),
                 None => {
                     if data.get(BOOTSTRAP_CREATED_BY).map(String::as_str) == Some(self.me()) {
-                        // We created the record but died before recording the id.
+                        // We created the record but died before recording the id (or
+                        // before the restore finished: it starts over).
+                        self.restore_if_asked().await?;
                         let i = id.clone();
                         store
                             .call(move |s| s.set_cluster_id(&i))
@@ -96,6 +99,7 @@ impl Coordinator {
         match self.configmaps.create(&PostParams::default(), &cm).await {
             Ok(_) => {
                 if fresh {
+                    self.restore_if_asked().await?;
                     let i = id.clone();
                     store
                         .call(move |s| s.set_cluster_id(&i))
@@ -116,6 +120,56 @@ impl Coordinator {
                 "configmaps",
                 ns,
             ))),
+        }
+    }
+
+    /// With `spec.bootstrap.recovery`, the node that bootstraps the cluster restores
+    /// the content first (the caller then gives it the new cluster id). A refusal is
+    /// permanent: reported in the status, not retried.
+    async fn restore_if_asked(&self) -> Result<(), BootstrapError> {
+        let backups = &self.backups;
+        let req = crate::backup::restore::Request::from_args(&self.state.config.backup)
+            .map_err(|e| BootstrapError::Fatal(e.to_string()))?;
+        let Some(req) = req else {
+            return Ok(());
+        };
+        if let Some(done) = backups.restore_status()
+            && done.phase == RestorePhase::Failed
+        {
+            return Err(BootstrapError::Retry(format!(
+                "restore refused: {}",
+                done.message
+            )));
+        }
+        let outcome = crate::backup::restore::run(
+            &self.state.store,
+            backups,
+            &req,
+            &self.state.config.data_dir,
+        )
+        .await;
+        match outcome {
+            Ok(done) => {
+                tracing::info!(message = %done.message, "restore completed");
+                backups.set_restore(done);
+                Ok(())
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                let message = e.to_string();
+                tracing::error!(error = %message, transient, "restore failed");
+                backups.set_restore(RestoreStatus {
+                    phase: if transient {
+                        RestorePhase::Running
+                    } else {
+                        RestorePhase::Failed
+                    },
+                    message: message.clone(),
+                    backup_id: req.backup_id.clone(),
+                    restored_seq: 0,
+                });
+                Err(BootstrapError::Retry(format!("restore: {message}")))
+            }
         }
     }
 }

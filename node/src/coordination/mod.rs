@@ -57,6 +57,7 @@ use kube::api::Api;
 use kube::runtime::reflector;
 use tokio::sync::Notify;
 
+use crate::backup::Backups;
 use crate::replication::Replication;
 
 pub use bootstrap::{BOOTSTRAP_CLUSTER_ID, BOOTSTRAP_CREATED_BY};
@@ -96,6 +97,8 @@ pub struct Coordinator {
     notes: Notes,
     /// Position polls of an election: short timeouts (the election budget).
     http: reqwest::Client,
+    /// The restore a bootstrapping node runs (spec.bootstrap.recovery).
+    backups: Arc<Backups>,
 }
 
 /// The long-running tasks of coordination, for the server's supervisor. The fence
@@ -108,7 +111,10 @@ pub type Task = (
 /// Starts Kubernetes mode: connects with the pod's ServiceAccount (KUBECONFIG or
 /// in-cluster) and returns the coordinator with its tasks (watches, election loop,
 /// fencing watchdog), which the caller runs under supervision.
-pub async fn start(state: &Replication) -> anyhow::Result<(Arc<Coordinator>, Vec<Task>)> {
+pub async fn start(
+    state: &Replication,
+    backups: Arc<Backups>,
+) -> anyhow::Result<(Arc<Coordinator>, Vec<Task>)> {
     use futures::FutureExt;
     let s = Settings::from_config(&state.config)?;
     let client = kube::Client::try_default()
@@ -137,6 +143,7 @@ pub async fn start(state: &Replication) -> anyhow::Result<(Arc<Coordinator>, Vec
         free_since: Mutex::new(None),
         notes: Notes::default(),
         http,
+        backups,
         s,
     });
     tracing::info!(

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+mod backups;
 mod binaries;
 pub mod content;
 pub mod error;
@@ -57,13 +58,13 @@ pub fn router(state: ApiState) -> Router {
 /// probes, metrics) for the `--listen` port when internal routes have their own port.
 /// Both count content requests against one limit.
 pub fn routers(state: ApiState) -> (Router, Router) {
-    let internal =
-        admin::router()
-            .merge(internal::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_member,
-            ));
+    let internal = admin::router()
+        .merge(internal::router())
+        .merge(backups::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_member,
+        ));
     // At most `max_concurrent_requests` content requests at once; beyond that the
     // node answers 503 + Retry-After at once instead of queueing without bound.
     // (Internal routes are not limited: replication streams are long-lived.)
@@ -229,8 +230,8 @@ pub async fn status_of(state: &Node) -> Result<ClusterStatus, ApiError> {
         schema_revision: Revisions::OWN.revision,
         min_compatible_revision: Revisions::OWN.min_compatible,
         replication_refused: status::replication_refused(state),
-        archive: None,
-        restore: None,
+        archive: state.backups.archive_status(),
+        restore: state.backups.restore_status(),
     })
 }
 

@@ -145,6 +145,15 @@ fn group_commit_loop(
 }
 
 /// The content store of one node.
+/// See [`Store::snapshot_info`].
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    pub position: Position,
+    pub time_ms: i64,
+    /// (sha256, size) of every registered binary.
+    pub blobs: Vec<(String, u64)>,
+}
+
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
@@ -485,6 +494,27 @@ impl Store {
         let copy = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let pos = read_position(&copy)?;
         Ok(pos)
+    }
+
+    /// What a snapshot file written by [`Store::snapshot_to`] holds: its position, the
+    /// write time of the entry at that position (0 if not in its journal) and the
+    /// binaries it references.
+    pub fn snapshot_info(path: &Path) -> Result<SnapshotInfo> {
+        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let position = read_position(&c)?;
+        let time_ms: Option<i64> = qrow(
+            &c,
+            "SELECT time FROM journal WHERE seq = ?1",
+            params![position.seq as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+        let blobs = Self::blob_list_in(&c)?;
+        Ok(SnapshotInfo {
+            position,
+            time_ms: time_ms.unwrap_or(0),
+            blobs,
+        })
     }
 
     /// Replaces the whole content (journal, terms, items, versions, blobs table) with

@@ -200,10 +200,12 @@ impl Store {
 
     /// Every registered binary (sha256, size), e.g. to fetch after a clone.
     pub fn blob_list(&self) -> Result<Vec<(String, u64)>> {
-        self.with_reader(|c| {
-            let mut stmt = c.prepare("SELECT sha256, size FROM blobs ORDER BY sha256")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
-        })
+        self.with_reader(Self::blob_list_in)
+    }
+
+    pub(super) fn blob_list_in(c: &Connection) -> Result<Vec<(String, u64)>> {
+        let mut stmt = c.prepare("SELECT sha256, size FROM blobs ORDER BY sha256")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
     }
 }

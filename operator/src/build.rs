@@ -12,9 +12,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, ResourceRequirements, Secret, Service, ServiceAccount, ServicePort,
-    ServiceSpec, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, Service,
+    ServiceAccount, ServicePort, ServiceSpec, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -26,6 +26,7 @@ use studio_crds::{StudioCluster, annotations, components, labels, names, roles, 
 
 use crate::error::Error;
 
+pub mod backup;
 pub mod certificates;
 mod container;
 pub mod network_policy;
@@ -127,7 +128,39 @@ fn object_meta(m: &Meta<'_>, name: String, extra: BTreeMap<String, String>) -> O
 /// Builds every owned object except the Secret. `data_replicas` is the replica count
 /// the data StatefulSet should have now (the planner may hold a scale-down until the
 /// primary has been switched away from the pods being removed).
+///
+/// With `spec.bootstrap.recovery` only a `clusterId` source can be built from the spec
+/// alone; a `cluster` or `backup` source must be resolved first (see
+/// [`build_owned_with`]), so this refuses rather than build data nodes that would
+/// bootstrap an empty cluster.
 pub fn build_owned(sc: &StudioCluster, data_replicas: i32) -> Result<Owned, Error> {
+    let restore = match sc.spec.bootstrap.as_ref().and_then(|b| b.recovery.as_ref()) {
+        None => vec![],
+        Some(r) => {
+            let name = sc.metadata.name.as_deref().unwrap_or_default();
+            match backup::resolve_recovery(name, r, None, None) {
+                Ok(resolved) if r.cluster_id.is_some() => backup::restore_env(r, &resolved),
+                Ok(_) => {
+                    return Err(Error::Waiting(
+                        "spec.bootstrap.recovery: the source is not resolved".into(),
+                    ));
+                }
+                Err(u) => return Err(Error::Waiting(u.message)),
+            }
+        }
+    };
+    build_owned_with(sc, data_replicas, &restore)
+}
+
+/// [`build_owned`] with the data nodes' restore settings given: `restore` is what
+/// [`backup::restore_env`] built from the resolved `spec.bootstrap.recovery`, or what
+/// the existing data StatefulSet carries ([`backup::pinned_restore_env`]); empty
+/// without recovery. The arbiter never bootstraps a cluster and gets none.
+pub fn build_owned_with(
+    sc: &StudioCluster,
+    data_replicas: i32,
+    restore: &[EnvVar],
+) -> Result<Owned, Error> {
     let m = meta_of(sc)?;
     let arbiter = if sc.spec.arbiter.enabled {
         Some(arbiter_statefulset(sc, &m))
@@ -143,7 +176,7 @@ pub fn build_owned(sc: &StudioCluster, data_replicas: i32) -> Result<Owned, Erro
             role_service(&m, names::primary_service(m.name), roles::PRIMARY),
             role_service(&m, names::replicas_service(m.name), roles::REPLICA),
         ],
-        statefulset: data_statefulset(sc, &m, data_replicas),
+        statefulset: data_statefulset(sc, &m, data_replicas, restore),
         arbiter,
         pdb: pdb(&m),
     })
@@ -313,6 +346,7 @@ fn pod_template(
     component: &str,
     arbiter: bool,
     resources: Option<ResourceRequirements>,
+    restore: &[EnvVar],
 ) -> PodTemplateSpec {
     let overrides = sc.spec.pod.clone().unwrap_or_default();
     // User labels first: the operator's own labels win on conflict.
@@ -344,7 +378,7 @@ fn pod_template(
             service_account_name: Some(names::service_account(m.name)),
             automount_service_account_token: Some(true),
             termination_grace_period_seconds: Some(30),
-            containers: vec![container(sc, m.name, arbiter, resources)],
+            containers: vec![container(sc, m.name, arbiter, resources, restore)],
             volumes: Some(pod_volumes(sc, m.name)),
             affinity: Some(
                 overrides
@@ -402,8 +436,7 @@ fn statefulset(
     name: String,
     component: &str,
     replicas: i32,
-    arbiter: bool,
-    resources: Option<ResourceRequirements>,
+    template: PodTemplateSpec,
 ) -> StatefulSet {
     let retention = sc.spec.storage.pvc_retention.as_str().to_string();
     StatefulSet {
@@ -430,7 +463,7 @@ fn statefulset(
                     when_scaled: Some(retention),
                 },
             ),
-            template: pod_template(sc, m, component, arbiter, resources),
+            template,
             volume_claim_templates: Some(vec![volume_claim(sc)]),
             ..Default::default()
         }),
@@ -438,15 +471,27 @@ fn statefulset(
     }
 }
 
-fn data_statefulset(sc: &StudioCluster, m: &Meta<'_>, replicas: i32) -> StatefulSet {
+fn data_statefulset(
+    sc: &StudioCluster,
+    m: &Meta<'_>,
+    replicas: i32,
+    restore: &[EnvVar],
+) -> StatefulSet {
+    let template = pod_template(
+        sc,
+        m,
+        components::DATA,
+        false,
+        sc.spec.resources.clone(),
+        restore,
+    );
     statefulset(
         sc,
         m,
         names::statefulset(m.name),
         components::DATA,
         replicas,
-        false,
-        sc.spec.resources.clone(),
+        template,
     )
 }
 
@@ -457,14 +502,14 @@ fn arbiter_statefulset(sc: &StudioCluster, m: &Meta<'_>) -> StatefulSet {
         .resources
         .clone()
         .or_else(|| sc.spec.resources.clone());
+    let template = pod_template(sc, m, components::ARBITER, true, resources, &[]);
     statefulset(
         sc,
         m,
         names::arbiter_statefulset(m.name),
         components::ARBITER,
         1,
-        true,
-        resources,
+        template,
     )
 }
 

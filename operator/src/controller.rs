@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use studio_crds::{
     FIELD_MANAGER, FINALIZER, FailoverRecord, Phase, PvcRetention, StudioCluster,
-    StudioClusterStatus, SwitchoverRecord, annotations, labels, names, secret_keys,
+    StudioClusterStatus, SwitchoverRecord, annotations, conditions, labels, names, restore,
+    secret_keys,
 };
 use tracing::{info, warn};
 
@@ -41,6 +42,7 @@ use crate::plan::{self, Observed, Plan, Reason, Step};
 use crate::upgrade;
 
 mod execute;
+mod recovery;
 mod secret;
 mod status;
 mod storage;
@@ -91,6 +93,10 @@ pub struct Context {
     /// Where the operator's own pods run, for the NetworkPolicy of TLS clusters
     /// (`None`: not known, no policy is created).
     pub operator_peer: Option<OperatorPeer>,
+    /// Backup Events (archiving, restore, recovery source) last announced per
+    /// `<cluster key>/<topic>`: like `written_quorum`, keeps a cached object that lags
+    /// behind our own status write from announcing the same change twice.
+    pub announced: Mutex<HashMap<String, String>>,
 }
 
 /// Minimum interval between status writes that only move journal positions.
@@ -130,6 +136,7 @@ impl Context {
             tls_clients: Mutex::new(HashMap::new()),
             tls_pending: Mutex::new(HashMap::new()),
             operator_peer: None,
+            announced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -378,6 +385,30 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::requeue(requeue));
     }
 
+    // spec.bootstrap.recovery: no pods before the restore source is known (they would
+    // bootstrap an empty cluster instead).
+    let restore_env =
+        match recovery::restore_settings(&ctx, &sc, data_sts.as_ref(), &pods.items).await? {
+            Ok(env) => env,
+            Err(u) => {
+                plan.step = None;
+                plan.phase = if u.permanent {
+                    Phase::Invalid
+                } else {
+                    Phase::Creating
+                };
+                plan.reason = Some(if u.permanent {
+                    restore::SOURCE_UNUSABLE
+                } else {
+                    restore::SOURCE_NOT_READY
+                });
+                plan.message = u.message;
+                update_status(&ctx, &sc, &obs, &plan, &gate, None).await?;
+                let again = if u.permanent { 60 } else { 10 };
+                return Ok(Action::requeue(Duration::from_secs(again)));
+            }
+        };
+
     // A StatefulSet being re-created (storage growth) must be gone before it is applied
     // again: wait for the garbage collector to orphan its pods.
     let terminating = |s: &Option<StatefulSet>| {
@@ -406,7 +437,7 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     // Apply.
-    let owned = build::build_owned(&run, plan.data_replicas)?;
+    let owned = build::build_owned_with(&run, plan.data_replicas, &restore_env)?;
     apply_owned(client, &ns, &owned).await?;
     if let Some(peer) = &ctx.operator_peer
         && let Some(np) = network_policy::network_policy(&sc, peer)?
@@ -512,11 +543,20 @@ async fn apply(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
 /// Records a spec the operator cannot reconcile (phase Invalid, Stalled) and retries
 /// slowly; a spec change reconciles at once.
 async fn invalid(client: &Client, sc: &StudioCluster, why: String) -> Result<Action> {
+    let mut conds = plan::conditions_for(sc, Phase::Invalid, &why, sc.status.as_ref());
+    // ContinuousArchiving is about the running members, not the spec: kept as it was.
+    conds.extend(
+        sc.status
+            .iter()
+            .flat_map(|s| s.conditions.iter())
+            .filter(|c| c.type_ == conditions::CONTINUOUS_ARCHIVING)
+            .cloned(),
+    );
     let status = StudioClusterStatus {
         observed_generation: sc.metadata.generation,
         phase: Some(Phase::Invalid),
         message: Some(why.clone()),
-        conditions: plan::conditions_for(sc, Phase::Invalid, &why, sc.status.as_ref()),
+        conditions: conds,
         ..sc.status.clone().unwrap_or_default()
     };
     patch_status(client, sc, &status).await?;
@@ -631,6 +671,10 @@ async fn cleanup(sc: Arc<StudioCluster>, ctx: Arc<Context>) -> Result<Action> {
     }
     if let Ok(mut m) = ctx.tls_pending.lock() {
         m.remove(&key(&sc));
+    }
+    if let Ok(mut m) = ctx.announced.lock() {
+        let prefix = format!("{}/", key(&sc));
+        m.retain(|k, _| !k.starts_with(&prefix));
     }
     ctx.event(
         &sc,

@@ -18,10 +18,12 @@ use studio_crds::{
     components, conditions, labels, names, roles, write_quorum,
 };
 
+mod archiving;
 mod status;
 mod steps;
 pub mod switchover_record;
 mod write_quorum_check;
+pub use archiving::*;
 pub use status::*;
 use steps::{best_candidate, upgrade_step, user_switchover};
 pub use write_quorum_check::*;
@@ -279,14 +281,19 @@ pub struct Plan {
     pub message: String,
     /// Whether a write can succeed now (the `WriteQuorum` condition).
     pub write_quorum: WriteQuorumCheck,
+    /// The reason of the conditions that say the cluster is not ready, when it is not
+    /// the phase's own (`Restoring`, `RestoreFailed`, a recovery source not ready).
+    pub reason: Option<&'static str>,
 }
 
 /// Decides what to do next. Pure: same inputs, same plan.
 ///
 /// When no write can succeed ([`check_write_quorum`] fails), a cluster that would
-/// otherwise be `Ready` is `Degraded` instead, with the reason as its message.
+/// otherwise be `Ready` is `Degraded` instead, with the reason as its message. A
+/// member's restore at bootstrap shows as [`apply_restore`] says.
 pub fn plan(sc: &StudioCluster, obs: &Observed) -> Plan {
     let mut p = plan_steps(sc, obs);
+    apply_restore(&mut p, check_restore(obs).as_ref());
     let wq = &p.write_quorum;
     if !wq.ok() {
         match p.phase {
@@ -325,6 +332,7 @@ fn plan_steps(sc: &StudioCluster, obs: &Observed) -> Plan {
             phase: Phase::Paused,
             message: "reconciliation paused (spec.paused)".into(),
             write_quorum,
+            reason: None,
         };
     }
 
@@ -475,6 +483,7 @@ fn plan_steps(sc: &StudioCluster, obs: &Observed) -> Plan {
         phase,
         message,
         write_quorum,
+        reason: None,
     }
 }
 

@@ -11,7 +11,7 @@ use studio_crds::{ReplicationMode, StudioCluster, names, roles, secret_keys};
 
 use super::{CONTAINER, DATA_DIR, DATA_VOLUME, HTTP_PORT, TMP_VOLUME, secret_name};
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
+pub(super) fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -33,7 +33,7 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+pub(super) fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -130,6 +130,9 @@ pub fn node_env(sc: &StudioCluster, cluster: &str, arbiter: bool) -> Vec<EnvVar>
             v.push(env("STUDIO_JWT_ROLES_CLAIM", r.clone()));
         }
     }
+    if let Some(b) = &s.backup {
+        v.extend(super::backup::backup_env(b));
+    }
     v
 }
 
@@ -173,6 +176,7 @@ pub(super) fn container(
     cluster: &str,
     arbiter: bool,
     resources: Option<ResourceRequirements>,
+    restore: &[EnvVar],
 ) -> Container {
     let tls = sc.tls().is_some();
     let mut mounts = vec![
@@ -195,6 +199,9 @@ pub(super) fn container(
             ..Default::default()
         });
     }
+    mounts.extend(super::backup::backup_ca_mount(sc));
+    let mut env = node_env(sc, cluster, arbiter);
+    env.extend(restore.iter().cloned());
     Container {
         name: CONTAINER.into(),
         image: Some(sc.spec.image.clone()),
@@ -205,7 +212,7 @@ pub(super) fn container(
             "--listen".into(),
             format!("0.0.0.0:{HTTP_PORT}"),
         ]),
-        env: Some(node_env(sc, cluster, arbiter)),
+        env: Some(env),
         ports: Some(container_ports(tls)),
         readiness_probe: Some(http_probe(studio_crds::node_api::READYZ, 2, 3, 1, tls)),
         liveness_probe: Some(http_probe(studio_crds::node_api::HEALTHZ, 10, 3, 10, tls)),
@@ -221,7 +228,8 @@ pub(super) fn container(
     }
 }
 
-/// The pod's volumes besides the PVC: /tmp, and the members' certificate with TLS.
+/// The pod's volumes besides the PVC: /tmp, the members' certificate with TLS, the
+/// object store's CA with `spec.backup.objectStore.ca`.
 pub(super) fn pod_volumes(sc: &StudioCluster, cluster: &str) -> Vec<Volume> {
     let mut v = vec![Volume {
         name: TMP_VOLUME.into(),
@@ -240,5 +248,6 @@ pub(super) fn pod_volumes(sc: &StudioCluster, cluster: &str) -> Vec<Volume> {
             ..Default::default()
         });
     }
+    v.extend(super::backup::backup_ca_volume(sc));
     v
 }

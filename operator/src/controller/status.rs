@@ -109,7 +109,18 @@ pub(super) async fn update_status(
         Some(&plan.write_quorum),
         sc.status.as_ref(),
     );
+    if let Some(reason) = plan.reason {
+        plan::override_reason(&mut conditions, reason, &plan.message);
+    }
     upgrade::mark_stalled(&mut conditions, gate, sc.status.as_ref());
+    // spec.backup: what the primary reports about its archive.
+    let archive_check = plan::check_archiving(sc, obs);
+    conditions.extend(plan::archiving_condition(
+        sc,
+        archive_check.as_ref(),
+        sc.status.as_ref(),
+    ));
+    let restore_check = plan::check_restore(obs);
     let status = StudioClusterStatus {
         observed_generation: sc.metadata.generation,
         phase: Some(plan.phase),
@@ -139,8 +150,7 @@ pub(super) async fn update_status(
         members,
         image: Some(gate.image.clone()),
         upgrade: gate.upgrade.clone(),
-        // Filled from the primary's archive status by the backup wiring (issue 11).
-        backup: prev.backup.clone(),
+        backup: plan::backup_status(sc, obs, prev.backup.as_ref()),
     };
     if sc.status.as_ref() != Some(&status) {
         // Journal positions move with every write: a status that differs only in them
@@ -164,6 +174,16 @@ pub(super) async fn update_status(
         // Decided from the status in the object before this write: an operator restart
         // sees the condition it wrote and announces nothing again.
         let quorum_event = plan::write_quorum_event(sc.status.as_ref(), &plan.write_quorum);
+        let backup_events = [
+            (
+                "archiving",
+                plan::archiving_event(sc.status.as_ref(), archive_check.as_ref()),
+            ),
+            (
+                "restore",
+                plan::reason_event(sc.status.as_ref(), plan, restore_check.as_ref()),
+            ),
+        ];
         patch_status(&ctx.client, sc, &status).await?;
         if let Ok(mut w) = ctx.status_writes.lock() {
             w.insert(key(sc), Instant::now());
@@ -182,6 +202,30 @@ pub(super) async fn update_status(
                 warn!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "write quorum");
             } else {
                 info!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "write quorum");
+            }
+            let type_ = if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            ctx.event(sc, type_, ev.reason, ev.note).await;
+        }
+        for (topic, ev) in backup_events {
+            let Some(ev) = ev else { continue };
+            let state = format!("{}: {}", ev.reason, ev.note);
+            let already = ctx
+                .announced
+                .lock()
+                .ok()
+                .and_then(|mut a| a.insert(format!("{}/{topic}", key(sc)), state.clone()))
+                .is_some_and(|before| before == state);
+            if already {
+                continue;
+            }
+            if ev.warning {
+                warn!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "{topic}");
+            } else {
+                info!(cluster = %key(sc), reason = ev.reason, note = %ev.note, "{topic}");
             }
             let type_ = if ev.warning {
                 EventType::Warning

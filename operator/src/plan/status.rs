@@ -199,7 +199,8 @@ pub fn cluster_conditions(
 }
 
 /// Whether two statuses differ at most in the members' journal positions (term, seq,
-/// lag), which change with every write, and in how long the write quorum has been
+/// lag) and the archive's (`status.backup` seq, time and lag), which change with every
+/// write, and in how long the write quorum has been
 /// missing (" (for 12s)" in messages), which changes with every poll.
 pub fn same_but_positions(a: &StudioClusterStatus, b: &StudioClusterStatus) -> bool {
     let strip = |s: &StudioClusterStatus| {
@@ -210,6 +211,13 @@ pub fn same_but_positions(a: &StudioClusterStatus, b: &StudioClusterStatus) -> b
             m.lag = None;
         }
         s.max_lag = None;
+        // Archive progress moves with every write too.
+        if let Some(b) = &mut s.backup {
+            b.last_archived_seq = None;
+            b.last_archived_time = None;
+            b.archive_lag_entries = None;
+            b.archive_lag_seconds = None;
+        }
         s.message = s.message.as_deref().map(without_durations);
         for c in &mut s.conditions {
             c.message = without_durations(&c.message);

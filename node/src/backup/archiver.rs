@@ -117,27 +117,26 @@ impl Session<'_> {
         let history = store.call(|s| s.term_history()).await?;
         // Every term this primary's history holds, so a restore can tell committed
         // entries from a stale primary's tail (see layout::term_for).
-        let recorded: HashSet<Path> = self
+        let listed: HashSet<Path> = self
             .objects
             .list(&key(layout::TIMELINE), None)
             .await?
             .into_iter()
             .map(|m| m.location)
             .collect();
+        let mut recorded = HashSet::new();
         for t in &history {
             let k = key(&format!(
                 "{}/{}",
                 layout::TIMELINE,
                 layout::timeline_file(t.term)
             ));
-            if !recorded.contains(&k) {
-                let rec = TimelineRecord {
-                    term: t.term,
-                    first_seq: t.first_seq,
-                };
-                self.objects.put_json(&k, &rec).await?;
+            if listed.contains(&k) {
+                recorded.insert(t.term);
             }
         }
+        self.record_terms(&cluster_id, &mut recorded, &history)
+            .await?;
         let my_first = history
             .iter()
             .find(|t| t.term == self.term)
@@ -196,7 +195,7 @@ impl Session<'_> {
             let due =
                 pending_bytes >= SEGMENT_BYTES || (!pending.is_empty() && oldest_age >= timeout_ms);
             if due {
-                match self.flush(&cluster_id, &pending).await {
+                match self.flush(&cluster_id, &pending, &mut recorded).await {
                     Ok(()) => {
                         archived += pending.len() as u64;
                         pending.clear();
@@ -266,11 +265,42 @@ impl Session<'_> {
         ))
     }
 
+    /// Puts `timeline/<term>.json` for every term of `history` not in `recorded`.
+    async fn record_terms(
+        &self,
+        cluster_id: &str,
+        recorded: &mut HashSet<u64>,
+        history: &[crate::storage::TermStart],
+    ) -> Result<(), BackupError> {
+        for t in history {
+            if recorded.contains(&t.term) {
+                continue;
+            }
+            let k = self.objects.key(
+                cluster_id,
+                &format!("{}/{}", layout::TIMELINE, layout::timeline_file(t.term)),
+            );
+            let rec = TimelineRecord {
+                term: t.term,
+                first_seq: t.first_seq,
+            };
+            self.objects.put_json(&k, &rec).await?;
+            recorded.insert(t.term);
+        }
+        Ok(())
+    }
+
     async fn flush(
         &mut self,
         cluster_id: &str,
         entries: &[JournalEntry],
+        recorded: &mut HashSet<u64>,
     ) -> Result<(), BackupError> {
+        // The timeline names every term before a segment holding it is archived.
+        if entries.iter().any(|e| !recorded.contains(&e.term)) {
+            let history = self.state.store.call(|s| s.term_history()).await?;
+            self.record_terms(cluster_id, recorded, &history).await?;
+        }
         for e in entries {
             if let Some(sha) = e.required_blob() {
                 self.upload_blob(cluster_id, sha).await?;

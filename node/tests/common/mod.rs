@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod cluster;
+pub mod s3;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
 pub const CLUSTER_TOKEN: &str = "test-cluster-token-abcdef";

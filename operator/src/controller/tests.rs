@@ -109,3 +109,76 @@ async fn a_missing_secret_is_generated_with_fresh_random_credentials() {
         "an Event says so: {seen:?}"
     );
 }
+
+fn restored_cluster() -> StudioCluster {
+    serde_yaml::from_str(
+        "apiVersion: studio.cms.io/v1alpha1\nkind: StudioCluster\nmetadata: {name: restored, namespace: cms, uid: u-2}\nspec:\n  image: studio-node:1\n  backup: {objectStore: {bucket: b, credentials: {secretName: s3}}}\n  bootstrap: {recovery: {backup: nightly, targetSeq: 42}}\n",
+    )
+    .unwrap_or_else(|e| panic!("fixture: {e}"))
+}
+
+fn env_value(env: &[k8s_openapi::api::core::v1::EnvVar], name: &str) -> Option<String> {
+    env.iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[tokio::test]
+async fn recovery_waits_for_the_studio_backup() {
+    use studio_crds::node_api::backup_env;
+    let sc = restored_cluster();
+    // Not there: no settings (so no pods), waiting.
+    let (client, seen, task) = serve(None);
+    let r = recovery::restore_settings(&ctx(client), &sc, None, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    task.abort();
+    let u = r.expect_err("unresolved");
+    assert!(!u.permanent);
+    assert!(u.message.contains("StudioBackup nightly not found"), "{u:?}");
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        seen.iter()
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect::<Vec<_>>(),
+        ["GET /apis/studio.cms.io/v1alpha1/namespaces/cms/studiobackups/nightly"]
+    );
+
+    // Completed: the ids from its status.
+    let backup = serde_json::json!({
+        "apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioBackup",
+        "metadata": {"name": "nightly", "namespace": "cms"},
+        "spec": {"cluster": "old"},
+        "status": {"phase": "Completed", "backupId": "b-7", "clusterId": "c-old"}
+    });
+    let (client, _, task) = serve(Some(backup));
+    let env = recovery::restore_settings(&ctx(client), &sc, None, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|u| panic!("{u:?}"));
+    task.abort();
+    assert_eq!(
+        env_value(&env, backup_env::RESTORE_CLUSTER_ID).as_deref(),
+        Some("c-old")
+    );
+    assert_eq!(
+        env_value(&env, backup_env::RESTORE_BACKUP_ID).as_deref(),
+        Some("b-7")
+    );
+    assert_eq!(
+        env_value(&env, backup_env::RESTORE_TARGET_SEQ).as_deref(),
+        Some("42")
+    );
+
+    // The StatefulSet exists: its settings as they are, nothing looked up (the backup
+    // may be long gone).
+    let owned = build::build_owned_with(&sc, 1, &env).unwrap_or_else(|e| panic!("{e}"));
+    let (client, seen, task) = serve(None);
+    let pinned = recovery::restore_settings(&ctx(client), &sc, Some(&owned.statefulset), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|u| panic!("{u:?}"));
+    task.abort();
+    assert_eq!(pinned, env);
+    assert!(seen.lock().map(|s| s.is_empty()).unwrap_or(false));
+}

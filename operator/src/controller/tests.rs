@@ -135,7 +135,10 @@ async fn recovery_waits_for_the_studio_backup() {
     task.abort();
     let u = r.expect_err("unresolved");
     assert!(!u.permanent);
-    assert!(u.message.contains("StudioBackup nightly not found"), "{u:?}");
+    assert!(
+        u.message.contains("StudioBackup nightly not found"),
+        "{u:?}"
+    );
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert_eq!(
         seen.iter()

@@ -43,14 +43,15 @@ lint: crd-check chart-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The committed CRD YAML must match what the API types generate.
+# The committed CRD YAML (one file per CRD) must match what the API types generate, and
+# the chart's crds/ must hold the same files.
 crd-check:
-	@mkdir -p target
-	@$(CARGO) run -q -p studio-operator --bin crdgen > target/crd-generated.yaml
-	@diff -u deploy/crds/studiocluster.yaml target/crd-generated.yaml \
-	  || { echo "deploy/crds/studiocluster.yaml drifted: run 'cargo run -p studio-operator --bin crdgen > deploy/crds/studiocluster.yaml'" >&2; exit 1; }
-	@diff -u deploy/crds/studiocluster.yaml charts/studio-operator/crds/studiocluster.yaml \
-	  || { echo "charts/studio-operator/crds/studiocluster.yaml differs from deploy/crds/" >&2; exit 1; }
+	@rm -rf target/crd-generated && mkdir -p target/crd-generated
+	@$(CARGO) run -q -p studio-operator --bin crdgen -- --dir target/crd-generated >/dev/null
+	@diff -ru deploy/crds target/crd-generated \
+	  || { echo "deploy/crds/ drifted: run 'cargo run -p studio-operator --bin crdgen -- --dir deploy/crds'" >&2; exit 1; }
+	@diff -ru deploy/crds charts/studio-operator/crds \
+	  || { echo "charts/studio-operator/crds/ differs from deploy/crds/: cp deploy/crds/*.yaml charts/studio-operator/crds/" >&2; exit 1; }
 
 # The Helm chart: lint, template snapshot, values schema; the alert rules with
 # promtool (built from the Go module proxy on first use).

@@ -1,26 +1,29 @@
-//! `studio-operator --apply-crds`: server-side applies the StudioCluster CRD this build
-//! was made with and waits until it is Established. The chart runs it as a
-//! pre-install/pre-upgrade hook, because Helm installs `crds/` only when absent and
-//! never upgrades them.
+//! `studio-operator --apply-crds`: server-side applies the CRDs this build was made
+//! with (StudioCluster, StudioBackup, StudioScheduledBackup) and waits until each is
+//! Established. The chart runs it as a pre-install/pre-upgrade hook, because Helm
+//! installs `crds/` only when absent and never upgrades them.
 
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, CustomResourceExt, ResourceExt};
-use studio_crds::StudioCluster;
+use kube::{Client, ResourceExt};
 
 /// Field manager of the CRD; `--force` takes over fields another manager (an earlier
 /// `kubectl apply`, Helm's `crds/`) set.
 const FIELD_MANAGER: &str = "studio-operator-crds";
 
-/// Applies the CRD and waits up to `timeout` for it to be Established.
-pub async fn apply_crd(client: Client, timeout: Duration) -> anyhow::Result<String> {
+/// Applies every CRD and waits up to `timeout` (in all) for them to be Established.
+/// Returns their names.
+pub async fn apply_crds(client: Client, timeout: Duration) -> anyhow::Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
-    let crd = StudioCluster::crd();
-    let name = crd.name_any();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+    let mut names = Vec::new();
+    for (_, crd) in crate::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
     let established = |c: &CustomResourceDefinition| {
         c.status
             .as_ref()
@@ -31,14 +34,17 @@ pub async fn apply_crd(client: Client, timeout: Duration) -> anyhow::Result<Stri
             })
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let c = api.get(&name).await?;
-        if established(&c) {
-            return Ok(name);
+    for name in &names {
+        loop {
+            let c = api.get(name).await?;
+            if established(&c) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("CRD {name} applied but not Established after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("CRD {name} applied but not Established after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(names)
 }

@@ -72,8 +72,9 @@ struct Args {
     #[arg(long, env = "STUDIO_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
 
-    /// Apply the StudioCluster CRD of this build (server-side), wait until it is
-    /// Established, and exit (the chart's pre-install/pre-upgrade hook).
+    /// Apply the CRDs of this build (StudioCluster, StudioBackup, StudioScheduledBackup)
+    /// server-side, wait until they are Established, and exit (the chart's
+    /// pre-install/pre-upgrade hook).
     #[arg(long)]
     apply_crds: bool,
 }
@@ -100,10 +101,10 @@ async fn main() -> anyhow::Result<()> {
         let client = Client::try_default()
             .await
             .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-        let name =
-            studio_operator::crd_install::apply_crd(client, std::time::Duration::from_secs(60))
+        let names =
+            studio_operator::crd_install::apply_crds(client, std::time::Duration::from_secs(60))
                 .await?;
-        info!(crd = %name, "CRD applied and Established");
+        info!(crds = ?names, "CRDs applied and Established");
         return Ok(());
     }
     let identity = args
@@ -177,11 +178,17 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     info!(namespaces = ?namespaces, "starting controllers");
-    let controllers = futures::future::join_all(
-        namespaces
-            .into_iter()
-            .map(|ns| controller::run(ctx.clone(), ns)),
-    );
+    // Per namespace: the StudioCluster controller, and the StudioBackup and
+    // StudioScheduledBackup controllers with the archive upkeep (studio_operator::backup).
+    let controllers = futures::future::join_all(namespaces.into_iter().map(|ns| {
+        let ctx = ctx.clone();
+        async move {
+            futures::join!(
+                controller::run(ctx.clone(), ns.clone()),
+                studio_operator::backup::run(ctx, ns),
+            );
+        }
+    }));
 
     match leadership {
         Some((mut rx, handle)) => {

@@ -35,6 +35,14 @@ pub struct Metrics {
     pub ready_nodes: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
     /// 1 while a StudioCluster is Ready.
     pub cluster_ready: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
+    /// When the newest completed base backup of each cluster finished (unix seconds).
+    pub backup_last_success: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
+    /// When the last failed StudioBackup of each cluster failed (unix seconds).
+    pub backup_last_failure: Family<ClusterLabels, Gauge<i64, AtomicI64>>,
+    pub backups_completed: Family<ClusterLabels, Counter>,
+    pub backups_failed: Family<ClusterLabels, Counter>,
+    /// Base backups deleted by retention.
+    pub backups_pruned: Family<ClusterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,6 +62,36 @@ impl Metrics {
         let leader = Gauge::default();
         let ready_nodes = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
         let cluster_ready = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
+        let backup_last_success = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
+        let backup_last_failure = Family::<ClusterLabels, Gauge<i64, AtomicI64>>::default();
+        let backups_completed = Family::<ClusterLabels, Counter>::default();
+        let backups_failed = Family::<ClusterLabels, Counter>::default();
+        let backups_pruned = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the newest completed base backup of the StudioCluster finished",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_last_failure_timestamp_seconds",
+            "When the last StudioBackup of the StudioCluster failed",
+            backup_last_failure.clone(),
+        );
+        registry.register(
+            "backups_completed",
+            "StudioBackups completed",
+            backups_completed.clone(),
+        );
+        registry.register(
+            "backups_failed",
+            "StudioBackups failed",
+            backups_failed.clone(),
+        );
+        registry.register(
+            "backups_pruned",
+            "Base backups deleted by retention",
+            backups_pruned.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -100,6 +138,42 @@ impl Metrics {
             leader,
             ready_nodes,
             cluster_ready,
+            backup_last_success,
+            backup_last_failure,
+            backups_completed,
+            backups_failed,
+            backups_pruned,
+        }
+    }
+
+    /// A StudioBackup of the cluster finished (`at`: unix seconds).
+    pub fn observe_backup(&self, namespace: &str, cluster: &str, completed: bool, at: i64) {
+        let l = ClusterLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        };
+        if completed {
+            self.backups_completed.get_or_create(&l).inc();
+            self.note_backup_success(namespace, cluster, at);
+        } else {
+            self.backups_failed.get_or_create(&l).inc();
+            let g = self.backup_last_failure.get_or_create(&l);
+            if g.get() < at {
+                g.set(at);
+            }
+        }
+    }
+
+    /// The newest completed base backup of the cluster finished at `at` (unix seconds;
+    /// also from the archive's list, so the gauge survives an operator restart).
+    pub fn note_backup_success(&self, namespace: &str, cluster: &str, at: i64) {
+        let l = ClusterLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        };
+        let g = self.backup_last_success.get_or_create(&l);
+        if g.get() < at {
+            g.set(at);
         }
     }
 
@@ -120,6 +194,11 @@ impl Metrics {
         };
         self.ready_nodes.remove(&l);
         self.cluster_ready.remove(&l);
+        self.backup_last_success.remove(&l);
+        self.backup_last_failure.remove(&l);
+        self.backups_completed.remove(&l);
+        self.backups_failed.remove(&l);
+        self.backups_pruned.remove(&l);
     }
 
     pub fn observe_reconcile(&self, took: Duration, err: Option<&Error>) {
@@ -168,6 +247,21 @@ mod tests {
             text.contains(r#"studio_operator_reconcile_errors_total{error="missing_field"} 1"#),
             "{text}"
         );
+        m.observe_backup("cms", "acme", true, 1_800_000_000);
+        m.observe_backup("cms", "acme", false, 1_800_000_100);
+        m.note_backup_success("cms", "acme", 1_700_000_000);
+        let text = m.encode();
+        for line in [
+            r#"studio_operator_backup_last_success_timestamp_seconds{namespace="cms",cluster="acme"} 1800000000"#,
+            r#"studio_operator_backup_last_failure_timestamp_seconds{namespace="cms",cluster="acme"} 1800000100"#,
+            r#"studio_operator_backups_completed_total{namespace="cms",cluster="acme"} 1"#,
+            r#"studio_operator_backups_failed_total{namespace="cms",cluster="acme"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
         m.forget_cluster("cms", "acme");
         assert!(!m.encode().contains("acme"));
     }

@@ -1,9 +1,13 @@
-//! Calls to the nodes' HTTP API (`studio_crds::node_api`): status and switchover.
+//! Calls to the nodes' HTTP API (`studio_crds::node_api`): status, switchover and base
+//! backups.
 
 use std::time::Duration;
 
 use futures::future::join_all;
-use studio_crds::node_api::{self, AdminResponse, ClusterStatus, ErrorBody, SwitchoverRequest};
+use studio_crds::node_api::{
+    self, AdminResponse, BaseBackupList, BaseBackupRequest, BaseBackupStatus, ClusterStatus,
+    ErrorBody, PruneAnswer, PruneRequest, SwitchoverRequest,
+};
 
 use crate::build::{HTTP_PORT, INTERNAL_PORT};
 use crate::error::{Error, Result};
@@ -11,6 +15,13 @@ use crate::plan::Member;
 
 /// How long the node may take to hand over in a switchover.
 pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound of each base-backup call (start, status, list): they answer from memory or one
+/// object-store read.
+pub const BACKUP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound of a prune (deletes objects in the store).
+pub const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct NodeClient {
@@ -164,5 +175,78 @@ impl NodeClient {
             Ok(r) => Ok(r.message),
             Err(_) => Ok(text),
         }
+    }
+
+    /// Sends `req` with `timeout` to `m` and decodes a JSON answer; a non-2xx answer is
+    /// [`Error::NodeApi`] with the node's message.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        m: &Member,
+        req: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T> {
+        let base = self
+            .base(m)
+            .ok_or(Error::MissingField("status.podIP of the member"))?;
+        let resp = self
+            .authorized(req(&self.http, format!("{base}{path}")))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|source| Error::NodeUnreachable {
+                node: m.name.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.message)
+                .unwrap_or(text);
+            return Err(Error::NodeApi {
+                node: m.name.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Asks `m` to take base backup `id` (the same id again answers its status).
+    pub async fn start_backup(&self, m: &Member, id: &str) -> Result<BaseBackupStatus> {
+        let body = BaseBackupRequest { id: id.to_string() };
+        self.call(
+            m,
+            |c, u| c.post(u).json(&body),
+            node_api::BACKUPS,
+            BACKUP_CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Base backup `id` as `m` knows it (taking it, or from the archive's manifest).
+    pub async fn backup_status(&self, m: &Member, id: &str) -> Result<BaseBackupStatus> {
+        let path = format!("{}/{id}", node_api::BACKUP_PREFIX);
+        self.call(m, |c, u| c.get(u), &path, BACKUP_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Every completed base backup in the cluster's archive, oldest first.
+    pub async fn list_backups(&self, m: &Member) -> Result<BaseBackupList> {
+        self.call(m, |c, u| c.get(u), node_api::BACKUPS, BACKUP_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Deletes the named base backups (and the journal segments only they needed).
+    pub async fn prune_backups(&self, m: &Member, delete: Vec<String>) -> Result<PruneAnswer> {
+        let body = PruneRequest { delete };
+        self.call(
+            m,
+            |c, u| c.post(u).json(&body),
+            node_api::BACKUPS_PRUNE,
+            PRUNE_TIMEOUT,
+        )
+        .await
     }
 }

@@ -511,18 +511,24 @@ fn an_object_without_uid_cannot_be_owned() {
 
 #[test]
 fn committed_crd_yaml_matches_the_types() {
-    let generated = studio_operator::crd_yaml().expect("crd yaml");
-    for path in [
-        "deploy/crds/studiocluster.yaml",
-        "charts/studio-operator/crds/studiocluster.yaml",
-    ] {
-        let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
-        let committed =
-            std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {full}: {e}"));
-        assert!(
-            committed == generated,
-            "{path} drifted from the API types: run `cargo run -q -p studio-operator --bin crdgen > {path}`"
-        );
+    for (file, crd) in studio_operator::crds() {
+        let generated = studio_operator::crd_file_yaml(&crd).expect("crd yaml");
+        for dir in ["deploy/crds", "charts/studio-operator/crds"] {
+            let path = format!("{dir}/{file}");
+            let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+            let committed =
+                std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {full}: {e}"));
+            assert!(
+                committed == generated,
+                "{path} drifted from the API types: run `cargo run -q -p studio-operator --bin crdgen -- --dir deploy/crds && cp deploy/crds/*.yaml charts/studio-operator/crds/`"
+            );
+        }
+    }
+    // The multi-document form is the files joined.
+    let all = studio_operator::crd_yaml().expect("crd yaml");
+    assert_eq!(all.matches("kind: CustomResourceDefinition").count(), 3);
+    for kind in ["StudioCluster", "StudioBackup", "StudioScheduledBackup"] {
+        assert!(all.contains(&format!("  kind: {kind}\n")), "{kind} missing");
     }
 }
 

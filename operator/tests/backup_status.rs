@@ -170,6 +170,17 @@ fn continuous_archiving_condition() {
         .expect("ts")
         .to_string();
     assert!(f.message.contains(&since), "{}", f.message);
+    // The message does not move with the journal (no status write per write).
+    let later = check(
+        &sc,
+        &observed(Some(ArchiveStatus {
+            lag_entries: 500,
+            lag_seconds: 60.0,
+            archived_seq: 95,
+            ..failing.clone()
+        })),
+    );
+    assert_eq!(later, f);
 
     let gap = check(
         &sc,

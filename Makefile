@@ -59,7 +59,9 @@ chart-check:
 	@scripts/test-chart.sh
 	@scripts/test-alerts.sh
 
+# The node's backup tests run a real S3 server (versitygw, built from the Go module proxy).
 unit:
+	@scripts/build-versitygw.sh >/dev/null
 	$(CARGO) test --workspace --exclude studio-e2e
 	@scripts/test-krew.sh
 

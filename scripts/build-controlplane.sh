@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm
 # (and the test tools studio-health, tests/health, prometheus/promtool,
-# scripts/build-prometheus.sh, and the cert-manager controller, scripts/build-cert-manager.sh)
+# scripts/build-prometheus.sh, the cert-manager controller, scripts/build-cert-manager.sh,
+# and the S3 server versitygw, scripts/build-versitygw.sh)
 # from the Go module proxy into a cache outside the repository. Each binary set is keyed
 # by its pinned version, so a rebuild happens only when tests/controlplane/versions.env
 # changes. Prints the bin directory on success.
@@ -63,6 +64,8 @@ fi
 
 # Prometheus (server + promtool) for the monitoring suite and the alert-rule tests.
 STUDIO_CACHE="$cache" "$here/scripts/build-prometheus.sh" >/dev/null
+# versitygw (a real S3 server) for the backup tests (tests/harness/src/s3.rs).
+STUDIO_CACHE="$cache" "$here/scripts/build-versitygw.sh" >/dev/null
 # The cert-manager controller and its CRDs for the certificates suite.
 STUDIO_CACHE="$cache" "$here/scripts/build-cert-manager.sh" >/dev/null
 echo "$bin"

@@ -11,6 +11,8 @@
 //!   last observed.
 //! - [`pod_logs`], [`pod_pids`], [`kubectl`], [`http`]: reading container log files,
 //!   finding a pod's processes, running kubectl with the admin kubeconfig, HTTP to pods.
+//! - [`s3::S3Server`]: a real S3 server (versitygw) that the test process and the pods
+//!   reach, for the backup tests.
 //!
 //! Environment: `STUDIO_CLUSTER_DIR` (default `<repo>/.cache/cluster`), `STUDIO_CP_BIN`
 //! (default: the output of `scripts/build-controlplane.sh`), `STUDIO_TARGET_DIR`
@@ -35,6 +37,8 @@ use kube::{
     api::{DeleteParams, ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
+
+pub mod s3;
 
 /// Where the local cluster lives and the tools to reach it.
 #[derive(Debug, Clone)]

@@ -99,6 +99,71 @@ pub enum RestorePoint {
     Time(String),
 }
 
+/// `--from`: `cluster/<name>`, `backup/<name>`, or a bare name (`None`: look it up).
+pub fn parse_from(s: &str) -> Result<(Option<RestoreFrom>, String), String> {
+    let s = s.trim();
+    let (kind, name) = match s.split_once('/') {
+        Some((k, n)) => (Some(k), n),
+        None => (None, s),
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(format!(
+            "--from {s:?}: give a StudioCluster or StudioBackup name (or cluster/NAME, backup/NAME)"
+        ));
+    }
+    match kind {
+        None => Ok((None, name.to_string())),
+        Some("cluster" | "studiocluster" | "stc") => {
+            Ok((Some(RestoreFrom::Cluster(name.into())), name.into()))
+        }
+        Some("backup" | "studiobackup" | "sbk") => {
+            Ok((Some(RestoreFrom::Backup(name.into())), name.into()))
+        }
+        Some(k) => Err(format!("--from {s:?}: {k:?} is neither cluster nor backup")),
+    }
+}
+
+/// A bare `--from` name: a StudioBackup or a StudioCluster of that name, refused when
+/// both or neither exist.
+pub fn resolve_from(
+    name: &str,
+    backup_exists: bool,
+    cluster_exists: bool,
+) -> Result<RestoreFrom, String> {
+    match (backup_exists, cluster_exists) {
+        (true, false) => Ok(RestoreFrom::Backup(name.into())),
+        (false, true) => Ok(RestoreFrom::Cluster(name.into())),
+        (true, true) => Err(format!(
+            "both a StudioBackup and a StudioCluster are named {name}: use --from backup/{name} or --from cluster/{name}"
+        )),
+        (false, false) => Err(format!(
+            "no StudioBackup or StudioCluster named {name} in this namespace"
+        )),
+    }
+}
+
+/// The one-line result `kubectl studio backup --wait` prints (None while it runs).
+pub fn backup_result(b: &StudioBackup) -> Option<Result<String, String>> {
+    let st = b.status.clone().unwrap_or_default();
+    let name = b.metadata.name.clone().unwrap_or_default();
+    let msg = st.message.clone().unwrap_or_default();
+    match st.phase.as_deref() {
+        Some(super::decide::COMPLETED) => Ok(format!(
+            "{name}: Completed on {} (base backup {}, seq {}, {} bytes) at {}",
+            st.node.as_deref().unwrap_or("?"),
+            st.backup_id.as_deref().unwrap_or("?"),
+            st.seq.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            st.size_bytes
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "?".into()),
+            st.location.as_deref().unwrap_or("?"),
+        ))
+        .into(),
+        Some(super::decide::FAILED) => Some(Err(format!("{name}: Failed: {msg}"))),
+        _ => None,
+    }
+}
+
 /// Checks a `--to-time` value: RFC 3339, or a date-time without zone (UTC).
 pub fn check_time(s: &str) -> Result<(), String> {
     if DateTime::parse_from_rfc3339(s).is_ok()
@@ -348,5 +413,64 @@ status: {clusterId: c-1}
             .is_ok()
         );
         assert!(restore_cluster("r", &source(), &from, &RestorePoint::Seq(-1)).is_err());
+    }
+
+    #[test]
+    fn from_names_a_cluster_or_a_backup() {
+        assert_eq!(parse_from("content"), Ok((None, "content".into())));
+        assert_eq!(
+            parse_from("backup/nightly-1"),
+            Ok((
+                Some(RestoreFrom::Backup("nightly-1".into())),
+                "nightly-1".into()
+            ))
+        );
+        assert_eq!(
+            parse_from("cluster/content"),
+            Ok((
+                Some(RestoreFrom::Cluster("content".into())),
+                "content".into()
+            ))
+        );
+        assert!(parse_from("pod/x").is_err());
+        assert!(parse_from("backup/").is_err());
+        assert_eq!(
+            resolve_from("x", true, false),
+            Ok(RestoreFrom::Backup("x".into()))
+        );
+        assert_eq!(
+            resolve_from("x", false, true),
+            Ok(RestoreFrom::Cluster("x".into()))
+        );
+        assert!(resolve_from("x", true, true).is_err_and(|e| e.contains("backup/x")));
+        assert!(resolve_from("x", false, false).is_err());
+    }
+
+    #[test]
+    fn the_wait_result_says_where_and_what() {
+        let mut b = studio_backup("cms", "b1", "content", None, None);
+        assert_eq!(backup_result(&b), None);
+        b.status = Some(studio_crds::StudioBackupStatus {
+            phase: Some("Completed".into()),
+            node: Some("content-2".into()),
+            backup_id: Some("b1-1234abcd".into()),
+            seq: Some(42),
+            size_bytes: Some(1000),
+            location: Some("s3://b/c-1/base/b1-1234abcd".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            backup_result(&b),
+            Some(Ok("b1: Completed on content-2 (base backup b1-1234abcd, seq 42, 1000 bytes) at s3://b/c-1/base/b1-1234abcd".into()))
+        );
+        b.status = Some(studio_crds::StudioBackupStatus {
+            phase: Some("Failed".into()),
+            message: Some("bucket gone".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            backup_result(&b),
+            Some(Err("b1: Failed: bucket gone".into()))
+        );
     }
 }

@@ -1,15 +1,17 @@
-//! `kubectl studio`: status of a StudioCluster, planned switchover, merged logs and a
-//! support bundle.
+//! `kubectl studio`: status of a StudioCluster, planned switchover, merged logs, a
+//! support bundle, base backups and restores.
 //!
 //! Install by putting `kubectl-studio` on the PATH (or `kubectl krew install --manifest
 //! deploy/krew/studio.yaml`); then `kubectl studio status demo`, `kubectl studio
-//! promote demo demo-2`, `kubectl studio logs demo`, `kubectl studio report demo`.
+//! promote demo demo-2`, `kubectl studio logs demo`, `kubectl studio report demo`,
+//! `kubectl studio backup demo --wait`, `kubectl studio restore demo2 --from demo`.
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config, ResourceExt};
-use studio_crds::{StudioCluster, annotations, labels};
+use studio_crds::{BackupTarget, StudioBackup, StudioCluster, annotations, labels};
+use studio_operator::backup::manifest::{self, RestoreFrom, RestorePoint};
 use studio_operator::{cli, support_bundle};
 
 /// Inspect and operate Studio clusters.
@@ -70,6 +72,43 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
     },
+    /// Take a base backup now: creates a StudioBackup `<cluster>-<yyyymmddhhmmss>`.
+    Backup {
+        /// StudioCluster name (it needs spec.backup).
+        cluster: String,
+        /// Wait until the backup is Completed or Failed and print the result (exit
+        /// status 1 when it failed).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        timeout: u64,
+        /// Which member takes it (default: the cluster's spec.backup.target).
+        #[arg(long, value_parser = ["prefer-standby", "primary"])]
+        target: Option<String>,
+        /// Name of the StudioBackup (default `<cluster>-<yyyymmddhhmmss>`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Create a new StudioCluster restored from a cluster's archive or a StudioBackup,
+    /// with the source cluster's image, nodes, replication, TLS and backup settings.
+    Restore {
+        /// Name of the new StudioCluster (must not exist).
+        new_cluster: String,
+        /// A StudioCluster (its archive) or a StudioBackup; `cluster/NAME` or
+        /// `backup/NAME` when both kinds have that name.
+        #[arg(long)]
+        from: String,
+        /// Restore up to and including this journal seq.
+        #[arg(long, value_name = "N", conflicts_with = "to_time")]
+        to_seq: Option<i64>,
+        /// Restore every write made at or before this time (RFC 3339; UTC if no zone).
+        #[arg(long, value_name = "RFC3339")]
+        to_time: Option<String>,
+        /// Print the StudioCluster as YAML instead of creating it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -92,6 +131,142 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::try_from(config)?;
     let api: Api<StudioCluster> = Api::namespaced(client.clone(), &ns);
     match args.command {
+        Command::Backup {
+            cluster,
+            wait,
+            timeout,
+            target,
+            name,
+        } => {
+            let sc = api.get(&cluster).await?;
+            if sc.spec.backup.is_none() {
+                anyhow::bail!(
+                    "StudioCluster {cluster} has no spec.backup: set spec.backup.objectStore first"
+                );
+            }
+            let target = match target.as_deref() {
+                Some("primary") => Some(BackupTarget::Primary),
+                Some(_) => Some(BackupTarget::PreferStandby),
+                None => None,
+            };
+            let name = name.unwrap_or_else(|| manifest::stamped_name(&cluster, chrono::Utc::now()));
+            let backups: Api<StudioBackup> = Api::namespaced(client.clone(), &ns);
+            let b = manifest::studio_backup(&ns, &name, &cluster, target, None);
+            backups
+                .create(&PostParams::default(), &b)
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(ae) if ae.code == 409 => {
+                        anyhow::anyhow!("StudioBackup {name} already exists")
+                    }
+                    e => e.into(),
+                })?;
+            println!("studiobackup.studio.cms.io/{name} created");
+            if wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+                let mut last_phase = None;
+                loop {
+                    let b = backups.get(&name).await?;
+                    let phase = b.status.as_ref().and_then(|s| s.phase.clone());
+                    if phase != last_phase {
+                        if let Some(p) = &phase {
+                            let msg = b
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.message.clone())
+                                .unwrap_or_default();
+                            eprintln!("{name}: {p} {msg}");
+                        }
+                        last_phase = phase;
+                    }
+                    match manifest::backup_result(&b) {
+                        Some(Ok(done)) => {
+                            println!("{done}");
+                            break;
+                        }
+                        Some(Err(failed)) => anyhow::bail!("{failed}"),
+                        None => {}
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!(
+                            "{name} did not finish within {timeout} s (phase {last_phase:?})"
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        }
+        Command::Restore {
+            new_cluster,
+            from,
+            to_seq,
+            to_time,
+            dry_run,
+        } => {
+            let backups: Api<StudioBackup> = Api::namespaced(client.clone(), &ns);
+            let (kind, name) = manifest::parse_from(&from).map_err(anyhow::Error::msg)?;
+            let from = match kind {
+                Some(f) => f,
+                None => manifest::resolve_from(
+                    &name,
+                    backups.get_opt(&name).await?.is_some(),
+                    api.get_opt(&name).await?.is_some(),
+                )
+                .map_err(anyhow::Error::msg)?,
+            };
+            // The cluster whose spec is copied: the source itself, or the backup's.
+            let source_name = match &from {
+                RestoreFrom::Cluster(c) => c.clone(),
+                RestoreFrom::Backup(b) => {
+                    let bk = backups
+                        .get_opt(b)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no StudioBackup {b} in namespace {ns}"))?;
+                    let phase = bk.status.as_ref().and_then(|s| s.phase.clone());
+                    if phase.as_deref() != Some("Completed") {
+                        anyhow::bail!(
+                            "StudioBackup {b} is {}, not Completed: nothing to restore from yet",
+                            phase.unwrap_or_else(|| "new".into())
+                        );
+                    }
+                    bk.spec.cluster
+                }
+            };
+            let source = api.get_opt(&source_name).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "StudioCluster {source_name} (whose spec the new cluster copies) does not exist; write the new StudioCluster by hand with spec.bootstrap.recovery"
+                )
+            })?;
+            let point = match (to_seq, to_time) {
+                (Some(s), _) => RestorePoint::Seq(s),
+                (None, Some(t)) => RestorePoint::Time(t),
+                (None, None) => RestorePoint::Latest,
+            };
+            let sc = manifest::restore_cluster(&new_cluster, &source, &from, &point)
+                .map_err(anyhow::Error::msg)?;
+            if dry_run {
+                print!("{}", serde_yaml::to_string(&sc)?);
+                return Ok(());
+            }
+            if api.get_opt(&new_cluster).await?.is_some() {
+                anyhow::bail!(
+                    "StudioCluster {new_cluster} already exists: a restore needs a new cluster"
+                );
+            }
+            api.create(&PostParams::default(), &sc).await.map_err(|e| match e {
+                kube::Error::Api(ae) if ae.code == 409 => {
+                    anyhow::anyhow!("StudioCluster {new_cluster} already exists: a restore needs a new cluster")
+                }
+                e => e.into(),
+            })?;
+            println!(
+                "studiocluster.studio.cms.io/{new_cluster} created from {}; follow with `kubectl studio status {new_cluster} -n {ns}`",
+                match &from {
+                    RestoreFrom::Cluster(c) => format!("the archive of {c}"),
+                    RestoreFrom::Backup(b) => format!("StudioBackup {b}"),
+                }
+            );
+        }
         Command::Logs {
             cluster,
             tail,

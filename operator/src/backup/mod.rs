@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use studio_crds::{MemberStatus, StudioCluster, roles, secret_keys};
 use tracing::warn;
@@ -181,11 +180,5 @@ pub fn member(m: &MemberStatus) -> Member {
     }
 }
 
-/// An ObjectRef of a StudioCluster in `ns` (for the secondary watches).
-pub fn cluster_ref(name: &str, ns: Option<String>) -> ObjectRef<StudioCluster> {
-    let r = ObjectRef::<StudioCluster>::new(name);
-    match ns {
-        Some(ns) => r.within(&ns),
-        None => r,
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -182,7 +182,9 @@ pub fn decide(input: &Input) -> Decision {
         d.state = State::Suspended;
         return d;
     }
-    let now = input.now;
+    // Whole seconds: run names are stamped to the second, and croner carries a
+    // start time's fraction into the occurrences it finds.
+    let now = input.now.with_nanosecond(0).unwrap_or(input.now);
     if let Some(r) = last.filter(|r| r.outcome == Outcome::Active) {
         d.state = State::Running(r.name.clone());
         d.requeue = Some(RUNNING_POLL);
@@ -238,7 +240,7 @@ fn on_schedule(
     finish: impl Fn(Decision, Option<DateTime<Utc>>) -> Decision,
     next_after: impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>>,
 ) -> Decision {
-    let now = input.now;
+    let now = input.now.with_nanosecond(0).unwrap_or(input.now);
     let latest = cron
         .find_previous_occurrence(&now, true)
         .ok()
@@ -326,6 +328,15 @@ mod tests {
         let d = decide(&input("0 2 * * *", &runs, "2026-01-01T02:00:05Z"));
         assert_eq!(d.create, None);
         assert_eq!(d.last_successful, Some(t("2026-01-01T02:00:20Z")));
+    }
+
+    #[test]
+    fn times_are_whole_seconds() {
+        let mut i = input("0 2 * * *", &[], "2026-01-01T00:00:31.75Z");
+        i.immediate = true;
+        let d = decide(&i);
+        assert_eq!(d.create, Some((t("2026-01-01T00:00:31Z"), Why::Immediate)));
+        assert_eq!(d.next, Some(t("2026-01-01T02:00:00Z")));
     }
 
     #[test]

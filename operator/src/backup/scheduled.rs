@@ -122,7 +122,10 @@ pub fn condition(d: &Decision, generation: Option<i64>, prev: &[Condition]) -> C
     }
 }
 
-async fn reconcile(s: Arc<StudioScheduledBackup>, bctx: Arc<BackupContext>) -> Result<Action> {
+pub(crate) async fn reconcile(
+    s: Arc<StudioScheduledBackup>,
+    bctx: Arc<BackupContext>,
+) -> Result<Action> {
     let ctx = &bctx.ctx;
     let ns = s
         .namespace()

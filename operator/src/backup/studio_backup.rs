@@ -72,7 +72,7 @@ async fn write_status(
     Ok(())
 }
 
-async fn reconcile(bk: Arc<StudioBackup>, bctx: Arc<BackupContext>) -> Result<Action> {
+pub(crate) async fn reconcile(bk: Arc<StudioBackup>, bctx: Arc<BackupContext>) -> Result<Action> {
     let ctx = &bctx.ctx;
     let ns = bk
         .namespace()

@@ -1,0 +1,241 @@
+//! The controllers' reconcile steps against a mock API server (no node is called on
+//! these paths).
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+use studio_crds::{StudioBackup, StudioScheduledBackup};
+use tower_test::mock;
+
+use super::BackupContext;
+use super::manifest::{SCHEDULE_LABEL, SCHEDULED_AT};
+use crate::controller::Context;
+use crate::metrics::Metrics;
+
+type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// Serves every request with `answer(method, path)` (status, JSON body); records
+/// (method, path and query, body).
+fn serve(
+    answer: fn(&str, &str) -> (u16, Value),
+) -> (BackupContext, Seen, tokio::task::JoinHandle<()>) {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let rec = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut handle = Box::pin(handle);
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let full = req.uri().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Ok(mut s) = rec.lock() {
+                s.push((method.clone(), full, body));
+            }
+            let (code, json) = answer(&method, &path);
+            if let Ok(r) = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&json).unwrap_or_default()))
+            {
+                send.send_response(r);
+            }
+        }
+    });
+    let client = Client::new(svc, "cms");
+    let reporter = Reporter {
+        controller: "studio-operator".into(),
+        instance: Some("test".into()),
+    };
+    let ctx = Context::new(client, reporter, Arc::new(Metrics::new()));
+    (BackupContext::new(Arc::new(ctx)), seen, task)
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+fn backup_json() -> Value {
+    json!({
+        "apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioBackup",
+        "metadata": {"name": "b1", "namespace": "cms", "uid": "0c1d2e3f-aaaa-bbbb-cccc-dddddddddddd",
+                     "creationTimestamp": "2026-11-30T02:00:00Z"},
+        "spec": {"cluster": "content"}
+    })
+}
+
+fn schedule_json() -> Value {
+    json!({
+        "apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioScheduledBackup",
+        "metadata": {"name": "nightly", "namespace": "cms", "uid": "s-uid-1", "generation": 1,
+                     "creationTimestamp": "2026-11-30T02:00:00Z"},
+        "spec": {"cluster": "content", "schedule": "0 2 * * *", "immediate": true}
+    })
+}
+
+fn seen(s: &Seen) -> Vec<(String, String, Value)> {
+    s.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_backup_of_a_missing_cluster_fails_with_a_message_and_an_event() {
+    let (bctx, rec, task) = serve(|method, path| match (method, path) {
+        ("GET", "/apis/studio.cms.io/v1alpha1/namespaces/cms/studioclusters/content") => {
+            not_found()
+        }
+        ("PATCH", _) => (200, backup_json()),
+        _ => (201, json!({})),
+    });
+    let bk: StudioBackup = serde_json::from_value(backup_json()).unwrap_or_else(|e| panic!("{e}"));
+    let action = super::studio_backup::reconcile(Arc::new(bk), Arc::new(bctx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    task.abort();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let seen = seen(&rec);
+    let patch = seen
+        .iter()
+        .find(|(m, p, _)| m == "PATCH" && p.contains("/studiobackups/b1/status"))
+        .unwrap_or_else(|| panic!("no status patch: {seen:?}"));
+    assert_eq!(patch.2["status"]["phase"], "Failed");
+    assert!(
+        patch.2["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("StudioCluster content does not exist")),
+        "{}",
+        patch.2
+    );
+    let event = seen
+        .iter()
+        .find(|(m, p, _)| m == "POST" && p.contains("events"))
+        .unwrap_or_else(|| panic!("no Event: {seen:?}"));
+    assert_eq!(event.2["reason"], "Failed");
+    assert_eq!(event.2["type"], "Warning");
+}
+
+#[tokio::test]
+async fn a_backup_of_a_cluster_without_spec_backup_fails() {
+    let (bctx, rec, task) = serve(|method, path| match (method, path) {
+        ("GET", "/apis/studio.cms.io/v1alpha1/namespaces/cms/studioclusters/content") => (
+            200,
+            json!({"apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioCluster",
+                   "metadata": {"name": "content", "namespace": "cms"}, "spec": {"image": "studio-node:1"}}),
+        ),
+        ("PATCH", _) => (200, backup_json()),
+        _ => (201, json!({})),
+    });
+    let bk: StudioBackup = serde_json::from_value(backup_json()).unwrap_or_else(|e| panic!("{e}"));
+    super::studio_backup::reconcile(Arc::new(bk), Arc::new(bctx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    task.abort();
+    let seen = seen(&rec);
+    let patch = seen
+        .iter()
+        .find(|(m, _, _)| m == "PATCH")
+        .unwrap_or_else(|| panic!("no status patch: {seen:?}"));
+    assert_eq!(patch.2["status"]["phase"], "Failed");
+    assert!(
+        patch.2["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no spec.backup"))
+    );
+}
+
+#[tokio::test]
+async fn a_finished_backup_is_left_alone() {
+    let (bctx, rec, task) = serve(|_, _| (500, json!({})));
+    let mut v = backup_json();
+    v["status"] = json!({"phase": "Completed"});
+    let bk: StudioBackup = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+    super::studio_backup::reconcile(Arc::new(bk), Arc::new(bctx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    task.abort();
+    assert!(seen(&rec).is_empty(), "no request for a finished backup");
+}
+
+#[tokio::test]
+async fn an_immediate_schedule_creates_one_owned_backup_and_records_it() {
+    let (bctx, rec, task) = serve(|method, path| match (method, path) {
+        ("GET", "/apis/studio.cms.io/v1alpha1/namespaces/cms/studiobackups") => (
+            200,
+            json!({"apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioBackupList", "metadata": {}, "items": []}),
+        ),
+        ("POST", "/apis/studio.cms.io/v1alpha1/namespaces/cms/studiobackups") => {
+            (201, backup_json())
+        }
+        ("PATCH", _) => (200, schedule_json()),
+        _ => (201, json!({})),
+    });
+    let s: StudioScheduledBackup =
+        serde_json::from_value(schedule_json()).unwrap_or_else(|e| panic!("{e}"));
+    let action = super::scheduled::reconcile(Arc::new(s), Arc::new(bctx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    task.abort();
+    assert_ne!(action, kube::runtime::controller::Action::await_change());
+    let seen = seen(&rec);
+    let list = &seen[0];
+    assert!(
+        list.1.contains(&format!(
+            "labelSelector={}",
+            SCHEDULE_LABEL.replace('/', "%2F")
+        )),
+        "{}",
+        list.1
+    );
+    let create = seen
+        .iter()
+        .find(|(m, p, _)| m == "POST" && p.contains("/studiobackups?"))
+        .unwrap_or_else(|| panic!("no StudioBackup created: {seen:?}"));
+    let b = &create.2;
+    let name = b["metadata"]["name"].as_str().unwrap_or_default();
+    assert!(
+        name.starts_with("nightly-") && name.len() == "nightly-".len() + 14,
+        "{name}"
+    );
+    assert_eq!(b["spec"]["cluster"], "content");
+    assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "s-uid-1");
+    assert_eq!(b["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(b["metadata"]["labels"][SCHEDULE_LABEL], "nightly");
+    let at = b["metadata"]["annotations"][SCHEDULED_AT]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        at.ends_with(":00") || !at.contains('.'),
+        "whole seconds: {at}"
+    );
+    let status = seen
+        .iter()
+        .find(|(m, p, _)| m == "PATCH" && p.contains("/studioscheduledbackups/nightly/status"))
+        .unwrap_or_else(|| panic!("no status: {seen:?}"));
+    let st = &status.2["status"];
+    assert_eq!(st["lastBackup"], name);
+    assert!(st["lastScheduleTime"].is_string());
+    assert!(
+        st["nextScheduleTime"]
+            .as_str()
+            .is_some_and(|t| t.contains("T02:00:00")),
+        "{st}"
+    );
+    assert_eq!(st["conditions"][0]["type"], "Ready");
+    assert!(
+        seen.iter()
+            .any(|(m, p, b)| m == "POST" && p.contains("events") && b["reason"] == "BackupCreated"),
+        "{seen:?}"
+    );
+}

@@ -29,8 +29,10 @@ use crate::node_client::NodeClient;
 /// How often every cluster's archive is looked at (retention, recoverability).
 pub const INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// The three fields this module owns in `status.backup`, from the archive's list.
-pub fn recoverability(list: &BaseBackupList) -> Value {
+/// The three fields this module owns in `status.backup`, from the archive's list;
+/// `lastSuccessfulBackup` never moves back (`known`: the value in the status, which a
+/// completion may have set before the archive lists that backup).
+pub fn recoverability(list: &BaseBackupList, known: Option<&Time>) -> Value {
     let ms = |ms: Option<i64>| {
         ms.and_then(|m| Timestamp::from_millisecond(m).ok())
             .map(|t| json!(Time(t)))
@@ -41,7 +43,8 @@ pub fn recoverability(list: &BaseBackupList) -> Value {
         .iter()
         .filter(|b| b.phase == BackupPhase::Completed)
         .filter_map(|b| b.stopped_ms)
-        .max();
+        .max()
+        .max(known.map(|t| t.0.as_millisecond()));
     json!({
         "lastSuccessfulBackup": ms(newest),
         "firstRecoverabilityPoint": ms(list.first_recoverability_time_ms),
@@ -75,6 +78,32 @@ async fn list(nodes: &NodeClient, members: &[MemberStatus]) -> Result<(String, B
         }
     }
     Err(last.unwrap_or_else(|| Error::Waiting("no ready member to list the archive".into())))
+}
+
+/// A backup of `sc` completed at `at`: `status.backup.lastSuccessfulBackup` moves
+/// forward to it at once (merge patch of that field alone), whether or not the archive
+/// can be listed right now.
+pub async fn note_success(bctx: &BackupContext, sc: &StudioCluster, at: &Time) -> Result<()> {
+    let current = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.as_ref())
+        .and_then(|b| b.last_successful_backup.as_ref());
+    if current.is_some_and(|c| c.0 >= at.0) {
+        return Ok(());
+    }
+    let ns = sc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let clusters: Api<StudioCluster> = Api::namespaced(bctx.ctx.client.clone(), &ns);
+    clusters
+        .patch_status(
+            &sc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"backup": {"lastSuccessfulBackup": at}}})),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Retention and the recoverability fields of one cluster.
@@ -142,7 +171,12 @@ pub async fn maintain(bctx: &BackupContext, sc: &StudioCluster) -> Result<()> {
             }
         }
     }
-    let fields = recoverability(&listed);
+    let known = sc
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.as_ref())
+        .and_then(|b| b.last_successful_backup.as_ref());
+    let fields = recoverability(&listed, known);
     if let Some(at) = fields["lastSuccessfulBackup"]
         .as_str()
         .and_then(|t| t.parse::<Timestamp>().ok())
@@ -230,7 +264,7 @@ mod tests {
             first_recoverability_seq: Some(17),
             first_recoverability_time_ms: Some(1_799_999_000_000),
         };
-        let f = recoverability(&list);
+        let f = recoverability(&list, None);
         assert_eq!(f["lastSuccessfulBackup"], "2027-01-15T08:08:20Z");
         assert_eq!(f["firstRecoverabilityPoint"], "2027-01-15T07:43:20Z");
         assert_eq!(f["firstRecoverabilitySeq"], 17);
@@ -247,7 +281,14 @@ mod tests {
             shows(Some(&st), &f),
             "other fields of status.backup do not matter"
         );
-        let empty = recoverability(&BaseBackupList::default());
+        let later: Time =
+            serde_json::from_value(json!("2027-01-16T00:00:00Z")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            recoverability(&list, Some(&later))["lastSuccessfulBackup"],
+            "2027-01-16T00:00:00Z",
+            "never moves back"
+        );
+        let empty = recoverability(&BaseBackupList::default(), None);
         assert_eq!(
             empty,
             json!({"lastSuccessfulBackup": null, "firstRecoverabilityPoint": null, "firstRecoverabilitySeq": null})

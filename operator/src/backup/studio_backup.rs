@@ -308,6 +308,11 @@ async fn finished(
         ),
     )
     .await;
+    if let Some(at) = &st.stopped_at
+        && let Err(e) = super::archive::note_success(bctx, sc, at).await
+    {
+        warn!(cluster = %key(sc), error = %e, "cannot record the last successful backup");
+    }
     if let Err(e) = super::archive::maintain(bctx, sc).await {
         warn!(cluster = %key(sc), error = %e, "archive upkeep after a backup failed (retried periodically)");
     }

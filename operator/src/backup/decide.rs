@@ -148,7 +148,8 @@ pub fn status_from(prev: &StudioBackupStatus, b: &BaseBackupStatus) -> StudioBac
         BackupPhase::Failed => FAILED,
     };
     let message = match b.phase {
-        BackupPhase::Running => format!("running on {}", b.node_id),
+        BackupPhase::Running if b.message.is_empty() => format!("running on {}", b.node_id),
+        BackupPhase::Running => format!("running on {}: {}", b.node_id, b.message),
         BackupPhase::Completed => format!(
             "completed on {}: {} bytes, content at seq {}",
             b.node_id, b.size_bytes, b.seq

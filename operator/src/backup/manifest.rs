@@ -28,11 +28,20 @@ pub fn stamped_name(prefix: &str, at: DateTime<Utc>) -> String {
     format!("{p}-{stamp}")
 }
 
+/// The longest id a node accepts (`1-128 letters, digits, '-', '_' or '.'`).
+pub const MAX_BACKUP_ID: usize = 128;
+
 /// The base backup's id in the archive: stable for the StudioBackup (its name and the
 /// first 8 characters of its uid, so a re-created StudioBackup of the same name gets
-/// another id).
+/// another id); a name too long for an id is cut (the uid part keeps it unique).
 pub fn backup_id(name: &str, uid: &str) -> String {
-    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    let short: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    let mut name = name.to_string();
+    name.truncate(MAX_BACKUP_ID - short.len() - 1);
     format!("{name}-{short}")
 }
 
@@ -294,6 +303,9 @@ status: {clusterId: c-1}
             ),
             "nightly-20261130180509-6f1c2a9e"
         );
+        let long = backup_id(&"n".repeat(253), "6f1c2a9e-1111");
+        assert_eq!(long.len(), MAX_BACKUP_ID);
+        assert!(long.ends_with("n-6f1c2a9e"), "{long}");
     }
 
     #[test]

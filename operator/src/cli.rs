@@ -74,6 +74,22 @@ pub fn render_status(sc: &StudioCluster) -> String {
         "Last failover: {}",
         failover.unwrap_or_else(|| "none".into())
     );
+    if sc.spec.backup.is_some() {
+        let b = st.backup.clone().unwrap_or_default();
+        let t = |t: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+            t.map(|t| t.0.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "Backups:      last successful {}, recoverable from {}{}, archived up to seq {}",
+            dash(t(b.last_successful_backup)),
+            dash(t(b.first_recoverability_point)),
+            b.first_recoverability_seq
+                .map(|s| format!(" (seq {s})"))
+                .unwrap_or_default(),
+            dash(b.last_archived_seq.map(|s| s.to_string()))
+        );
+    }
     let _ = writeln!(out);
     let rows: Vec<[String; 9]> = st
         .members
@@ -238,6 +254,37 @@ status:
         assert_eq!(arbiter.split_whitespace().last(), Some("no"), "{out}");
         // No WriteQuorum condition yet (an operator before 0.2 wrote this status).
         assert!(out.contains("WriteQuorum:  -"), "{out}");
+        assert!(!out.contains("Backups:"), "no spec.backup: {out}");
+    }
+
+    #[test]
+    fn status_shows_backups_when_configured() {
+        let mut sc = sc();
+        sc.spec.backup = serde_json::from_value(serde_json::json!({
+            "objectStore": {"bucket": "backups", "credentials": {"secretName": "s3"}}
+        }))
+        .ok();
+        let out = render_status(&sc);
+        assert!(
+            out.contains(
+                "Backups:      last successful -, recoverable from -, archived up to seq -"
+            ),
+            "{out}"
+        );
+        if let Some(st) = sc.status.as_mut() {
+            st.backup = serde_json::from_value(serde_json::json!({
+                "lastSuccessfulBackup": "2026-11-30T02:01:00Z",
+                "firstRecoverabilityPoint": "2026-11-23T02:00:00Z",
+                "firstRecoverabilitySeq": 17,
+                "lastArchivedSeq": 4711
+            }))
+            .ok();
+        }
+        let out = render_status(&sc);
+        assert!(
+            out.contains("Backups:      last successful 2026-11-30T02:01:00Z, recoverable from 2026-11-23T02:00:00Z (seq 17), archived up to seq 4711"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl NodeClient {
         })
     }
 
+    /// This client calling the nodes on `port` (tests: a fake node on a free port).
+    pub fn with_port(mut self, port: i32) -> NodeClient {
+        self.port = port;
+        self
+    }
+
     /// This client presenting the cluster token (clusters without TLS).
     pub fn with_token(mut self, token: Option<String>) -> NodeClient {
         self.token = token;

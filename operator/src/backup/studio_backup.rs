@@ -77,6 +77,17 @@ pub(crate) async fn reconcile(bk: Arc<StudioBackup>, bctx: Arc<BackupContext>) -
     let ns = bk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    if decide::step(bk.status.as_ref()) == Step::Done {
+        return Ok(Action::await_change());
+    }
+    // The controller's cache can lag behind our own last status write (a watch event
+    // of the Pending write wakes us after Running was written): read the object
+    // itself, so that a backup is never announced, counted or finished twice.
+    let backups: Api<StudioBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(bk) = backups.get_opt(&bk.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let bk = Arc::new(bk);
     let prev = bk.status.clone().unwrap_or_default();
     let step = decide::step(bk.status.as_ref());
     if step == Step::Done {

@@ -20,9 +20,17 @@ use crate::metrics::Metrics;
 type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
 
 /// Serves every request with `answer(method, path)` (status, JSON body); records
-/// (method, path and query, body).
+/// (method, path and query, body). A GET of StudioBackup `b1` answers `b1` with every
+/// status merge patch it got so far applied (the controller reads it fresh).
 fn serve(
     answer: fn(&str, &str) -> (u16, Value),
+) -> (BackupContext, Seen, tokio::task::JoinHandle<()>) {
+    serve_backup(answer, backup_json())
+}
+
+fn serve_backup(
+    answer: fn(&str, &str) -> (u16, Value),
+    b1: Value,
 ) -> (BackupContext, Seen, tokio::task::JoinHandle<()>) {
     let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let seen: Seen = Arc::default();
@@ -43,7 +51,25 @@ fn serve(
             if let Ok(mut s) = rec.lock() {
                 s.push((method.clone(), full, body));
             }
-            let (code, json) = answer(&method, &path);
+            let (code, json) = if method == "GET"
+                && path == "/apis/studio.cms.io/v1alpha1/namespaces/cms/studiobackups/b1"
+            {
+                let mut b = b1.clone();
+                for (m, p, body) in rec.lock().map(|s| s.clone()).unwrap_or_default() {
+                    if m == "PATCH" && p.contains("/studiobackups/b1/status") {
+                        let mut st = b["status"].as_object().cloned().unwrap_or_default();
+                        if let Some(n) = body["status"].as_object() {
+                            for (k, v) in n {
+                                st.insert(k.clone(), v.clone());
+                            }
+                        }
+                        b["status"] = Value::Object(st);
+                    }
+                }
+                (200, b)
+            } else {
+                answer(&method, &path)
+            };
             if let Ok(r) = Response::builder()
                 .status(code)
                 .body(Body::from(serde_json::to_vec(&json).unwrap_or_default()))
@@ -134,6 +160,9 @@ async fn a_backup_of_a_cluster_without_spec_backup_fails() {
             json!({"apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioCluster",
                    "metadata": {"name": "content", "namespace": "cms"}, "spec": {"image": "studio-node:1"}}),
         ),
+        ("GET", "/apis/studio.cms.io/v1alpha1/namespaces/cms/studiobackups/b1") => {
+            (200, backup_json())
+        }
         ("PATCH", _) => (200, backup_json()),
         _ => (201, json!({})),
     });
@@ -376,8 +405,10 @@ async fn a_backup_is_started_on_the_standby_followed_to_completion_and_pruned() 
     assert_eq!(calls[0].2, "Bearer token", "the cluster token");
 
     // 2. Running: the node says Completed; status, Event, cluster fields, retention.
+    // Woken by the Pending write with a cache that has not seen Running yet: the
+    // fresh read finds Running, so nothing is started or announced twice.
     let mut v = backup_json();
-    v["status"] = patches[1].clone();
+    v["status"] = patches[0].clone();
     let bk: StudioBackup = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
     super::studio_backup::reconcile(Arc::new(bk), bctx.clone())
         .await
@@ -400,7 +431,20 @@ async fn a_backup_is_started_on_the_standby_followed_to_completion_and_pruned() 
         api.iter()
             .any(|(m, p, b)| m == "POST" && p.contains("events") && b["reason"] == "Completed")
     );
+    let started = api
+        .iter()
+        .filter(|(m, p, b)| m == "POST" && p.contains("events") && b["reason"] == "Started")
+        .count();
+    assert_eq!(started, 1, "one Started Event");
     let calls = seen(&node_seen);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|(m, p, _)| m == "POST" && p.starts_with("/internal/v1/backups \""))
+            .count(),
+        1,
+        "asked to start once: {calls:?}"
+    );
     assert!(
         calls
             .iter()

@@ -133,7 +133,9 @@ pub(crate) async fn reconcile(
     let name = s.name_any();
     let uid = s.uid().ok_or(Error::MissingField("metadata.uid"))?;
     if s.meta().deletion_timestamp.is_some() {
-        bctx.forget(&key(s.as_ref()));
+        for what in ["invalid", "skipped"] {
+            bctx.forget(&format!("{}#{what}", key(s.as_ref())));
+        }
         return Ok(Action::await_change());
     }
     let backups: Api<StudioBackup> = Api::namespaced(ctx.client.clone(), &ns);
@@ -163,7 +165,7 @@ pub(crate) async fn reconcile(
     });
 
     if let State::Invalid(why) = &d.state
-        && bctx.first_time(&key(s.as_ref()), why)
+        && bctx.first_time(&format!("{}#invalid", key(s.as_ref())), why)
     {
         bctx.event(
             s.as_ref(),
@@ -180,7 +182,7 @@ pub(crate) async fn reconcile(
             s.spec.starting_deadline_seconds,
             d.next.map(|n| n.to_rfc3339()).unwrap_or_else(|| "-".into())
         );
-        if bctx.first_time(&key(s.as_ref()), &format!("skipped {t}")) {
+        if bctx.first_time(&format!("{}#skipped", key(s.as_ref())), &t.to_rfc3339()) {
             bctx.event(s.as_ref(), EventType::Warning, "MissedRunSkipped", note)
                 .await;
         }

@@ -211,7 +211,16 @@ pub async fn run(
         fetch_blob(store, objects, src, sha).await?;
     }
     let db2 = db.clone();
-    let pos = store.call(move |s| s.restore_from(&db2)).await?;
+    // The snapshot carries the source's cluster id: drop it at once, so a restore
+    // refused or interrupted from here on leaves data that belongs to no cluster (the
+    // bootstrap then retries or reports, instead of refusing "another cluster's data").
+    let pos = store
+        .call(move |s| {
+            let pos = s.restore_from(&db2)?;
+            s.forget_cluster_id()?;
+            Ok(pos)
+        })
+        .await?;
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     progress(
         format!("base backup {} restored at seq {}", b.id, pos.seq),

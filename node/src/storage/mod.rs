@@ -600,6 +600,14 @@ impl Store {
     pub fn set_cluster_id(&self, id: &str) -> Result<()> {
         self.meta_set("cluster_id", id)
     }
+
+    /// Drops the cluster id (restored data belongs to no cluster until the restore
+    /// completes and the new cluster's id is set).
+    pub fn forget_cluster_id(&self) -> Result<()> {
+        let conn = lock(&self.writer);
+        exec(&conn, "DELETE FROM meta WHERE key = 'cluster_id'", [])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

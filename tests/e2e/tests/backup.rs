@@ -363,7 +363,7 @@ async fn restores_bring_back_every_acknowledged_write_at_latest_a_seq_and_a_time
             .send()
             .await?;
         ensure!(r.status().is_success(), "binary {sha}: {}", r.status());
-        ensure!(&r.bytes().await?[..] == &data[..], "binary {sha} differs");
+        ensure!(r.bytes().await?[..] == data[..], "binary {sha} differs");
     }
     let latest_id = cluster_id(&env, "latest").await?;
     ensure!(

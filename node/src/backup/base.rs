@@ -17,7 +17,8 @@ use crate::replication::Replication;
 use crate::storage::Store;
 
 /// Starts base backup `id` in the background. Answers its status: Running, or the
-/// recorded outcome when `id` already ran (on this node or, per its manifest, on any).
+/// recorded outcome when `id` already ran on this node (one completed elsewhere is
+/// found by the background task from its manifest).
 pub async fn start(
     state: &Replication,
     backups: &Arc<Backups>,
@@ -35,9 +36,6 @@ pub async fn start(
     let Some(cluster_id) = state.store.call(|s| s.cluster_id()).await? else {
         return Err(BackupError::NoClusterId);
     };
-    if let Some(done) = manifest(&objects, &cluster_id, id).await? {
-        return Ok(done);
-    }
     let status = BaseBackupStatus {
         id: id.to_string(),
         phase: BackupPhase::Running,
@@ -56,7 +54,14 @@ pub async fn start(
     let (state, backups, run) = (state.clone(), backups.clone(), status.clone());
     tokio::spawn(async move {
         let tmp = state.config.data_dir.join(format!(".backup-{}", run.id));
-        let result = take(&state, &objects, &run, &tmp).await;
+        // A backup of this id already in the archive (the node restarted since) is
+        // answered, not taken again; the object store is only asked here, in the
+        // background, so an unreachable store fails the run instead of the request.
+        let result = match manifest(&objects, &run.cluster_id, &run.id).await {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => take(&state, &objects, &run, &tmp).await,
+            Err(e) => Err(e),
+        };
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         let m = &state.metrics.backup;
         let mut done = run.clone();

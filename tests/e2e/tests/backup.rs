@@ -569,3 +569,164 @@ fn ms_to_rfc3339(ms: i64) -> String {
         ms.rem_euclid(1000)
     )
 }
+
+fn schedules(env: &TestEnv) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &resource("StudioScheduledBackup", "studioscheduledbackups"),
+    )
+}
+
+/// (name, created, phase) of every StudioBackup, oldest first.
+async fn backup_runs(env: &TestEnv) -> anyhow::Result<Vec<(String, String, String)>> {
+    let mut v: Vec<(String, String, String)> = backups(env)
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|b| {
+            let created = b
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default();
+            let phase = b.data["status"]["phase"].as_str().unwrap_or("").to_string();
+            (b.metadata.name.unwrap_or_default(), created, phase)
+        })
+        .collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(v)
+}
+
+#[tokio::test]
+async fn scheduled_backups_run_on_schedule_prune_by_retention_and_back_off() -> anyhow::Result<()> {
+    let env = OpEnv::new("backup-schedule").await?;
+    let mut s3 = S3Server::start("e2e-schedule").await?;
+    let backup = backup_spec(&env, &s3, json!({"retention": {"maxCount": 2}})).await?;
+    // One data node and the arbiter: the arbiter is the standby that takes backups.
+    let spec = json!({"nodes": 1, "replication": {"mode": "async", "syncReplicas": null}, "backup": backup});
+    apply(&env, "s.yaml", &cluster_manifest("s", spec))?;
+    wait_ready(&env, "s", 1, Duration::from_secs(240)).await?;
+    let content = Content::new(&env, "s").await?;
+    let ip = primary(&env, "s").await?;
+    content.put(ip, "a/b", "c").await?;
+    let sched: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "studio.cms.io/v1alpha1",
+        "kind": "StudioScheduledBackup",
+        "metadata": {"name": "every20s"},
+        "spec": {"cluster": "s", "schedule": "*/20 * * * * *", "immediate": true}
+    }))?;
+    schedules(&env)
+        .create(&PostParams::default(), &sched)
+        .await?;
+
+    // On schedule: the immediate run plus two scheduled ones complete.
+    let runs = wait_for(
+        "three completed scheduled backups",
+        Duration::from_secs(180),
+        || async {
+            let runs = backup_runs(&env).await?;
+            let done = runs.iter().filter(|r| r.2 == "Completed").count();
+            if done >= 3 {
+                Ok(runs)
+            } else {
+                bail!("{runs:?}")
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        runs.iter().all(|r| r.0.starts_with("every20s-")),
+        "{runs:?}"
+    );
+    // Retention keeps two base backups in the archive.
+    let id = cluster_id(&env, "s").await?;
+    let base = s3
+        .data_dir()
+        .join(s3.bucket())
+        .join(ARCHIVE_PATH)
+        .join(&id)
+        .join("base");
+    wait_for(
+        "retention to keep 2 base backups",
+        Duration::from_secs(120),
+        || async {
+            let n = std::fs::read_dir(&base)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().join("manifest.json").is_file())
+                        .count()
+                })
+                .unwrap_or(0);
+            if n == 2 {
+                Ok(())
+            } else {
+                bail!("{n} base backups in {}", base.display())
+            }
+        },
+    )
+    .await?;
+
+    // The object store goes away for 80 s: runs fail, at most one per period, with
+    // the schedule backing off; after it returns, one run, not a burst of catch-ups.
+    s3.stop()?;
+    let before = backup_runs(&env).await?.len();
+    let stopped = std::time::Instant::now();
+    let saw_backoff = std::sync::atomic::AtomicBool::new(false);
+    wait_for("80 s of outage", Duration::from_secs(100), || async {
+        let s = schedules(&env).get("every20s").await?;
+        if s.data["status"]["consecutiveFailures"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+        {
+            saw_backoff.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if stopped.elapsed() >= Duration::from_secs(80) {
+            Ok(())
+        } else {
+            bail!("waiting")
+        }
+    })
+    .await?;
+    let during = backup_runs(&env).await?;
+    let created = during.len() - before;
+    ensure!(
+        created <= 5,
+        "{created} backups created in 80 s of outage with a 20 s schedule: {during:?}"
+    );
+    ensure!(
+        during.iter().any(|r| r.2 == "Failed"),
+        "no failed run during the outage: {during:?}"
+    );
+    ensure!(
+        saw_backoff.load(std::sync::atomic::Ordering::Relaxed),
+        "the schedule never counted a failure"
+    );
+    s3.start_again().await?;
+    let back = std::time::Instant::now();
+    let n_back = backup_runs(&env).await?.len();
+    wait_for(
+        "a completed run after the outage",
+        Duration::from_secs(180),
+        || async {
+            let runs = backup_runs(&env).await?;
+            if runs.iter().skip(n_back).any(|r| r.2 == "Completed") {
+                Ok(())
+            } else {
+                bail!("{runs:?}")
+            }
+        },
+    )
+    .await?;
+    let after = backup_runs(&env).await?.len() - n_back;
+    let periods = back.elapsed().as_secs() / 20 + 1;
+    ensure!(
+        after as u64 <= periods,
+        "{after} runs in {} s after the outage: a burst",
+        back.elapsed().as_secs()
+    );
+    env.pass().await
+}

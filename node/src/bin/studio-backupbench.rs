@@ -11,7 +11,8 @@
 //!   archiving with `--archive-timeout 1`; write rate, the time the archive needs to
 //!   catch up once the writers stop, archived entries/s and compressed MB/s
 //!   (`studio_archive_bytes_total`), and the largest archive lag the status showed
-//!   (polled every 200 ms).
+//!   (polled every 200 ms); then the archiver's own speed: the same journal archived
+//!   again from seq 1 into an empty folder after a restart.
 //! - `base`: fills a primary with binaries of `--binary-mib` (pseudo-random, distinct),
 //!   an item referencing each and `--small-items` small items; times a base backup
 //!   while none of the binaries is archived yet ("cold": the archive timeout is an
@@ -25,7 +26,8 @@
 //!   read from the S3 server's data dir: acknowledged writes absent from it (entries)
 //!   and the time between the last archived entry's write and the kill (seconds).
 //!
-//! `STUDIO_BENCH_KEEP=1` keeps the temporary dir (node and versitygw logs).
+//! `STUDIO_BENCH_KEEP=1` keeps the temporary dir (node and versitygw logs). The base
+//! part needs about three times `--size-mib` of space in `--work-dir` at its peak.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -555,8 +557,12 @@ fn unix_ms() -> i64 {
 struct Rng(u64);
 
 impl Rng {
+    /// Distinct seeds give distinct streams (splitmix64 of the seed; never 0).
     fn new(seed: u64) -> Rng {
-        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)).max(1))
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -797,6 +803,42 @@ async fn archive_part(ctx: &Ctx) -> anyhow::Result<()> {
         "archive: max lag seen (status every 200 ms, {} samples): {max_lag_entries} entries, {max_lag_secs:.2}s",
         samples.len()
     );
+
+    // The archiver's own speed, not bounded by the writers: the same journal archived
+    // again from seq 1 into an empty folder (another --backup-path), after a restart.
+    let mut node = node;
+    let drain_path = "archive-drain";
+    let mut drain = ctx.s3.node_args(drain_path);
+    drain.extend(["--archive-timeout".into(), "1".into()]);
+    let keep = node.args.len() - flags.len();
+    node.args.truncate(keep);
+    node.args.extend(drain);
+    let started = Instant::now();
+    node.spawn(Duration::from_secs(60)).await?;
+    let healthy = started.elapsed().as_secs_f64();
+    api.archived(&url, end_seq, Duration::from_secs(600))
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = api.metric(&url, "studio_archive_bytes_total").await?;
+    let drained = read_segments(&ctx.s3.dir(drain_path, &cid, "wal"))?;
+    let n = drained.len();
+    let raw = drained
+        .iter()
+        .map(|(_, b)| {
+            let mut d = flate2::read::GzDecoder::new(&b[..]);
+            std::io::copy(&mut d, &mut std::io::sink())
+        })
+        .sum::<Result<u64, _>>()?;
+    println!(
+        "archive: backlog of {end_seq} entries archived again from seq 1 after a restart (healthy at {healthy:.2}s): \
+         {secs:.2}s = {:.0} entries/s, {:.1} MB compressed = {:.2} MB/s compressed ({:.2} MB/s as JSON), {n} segments",
+        end_seq as f64 / secs,
+        mb(bytes),
+        mb(bytes) / secs,
+        mb(raw as f64) / secs,
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(ctx.dir.join("archive"));
     Ok(())
 }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Shared settings of scripts/real-node-up.sh and scripts/real-node-down.sh (the opt-in
+# real node: containerd + runc + CNI + the upstream kubelet; docs/real-node.md).
+# Sourced after scripts/lib-cluster.sh. Everything the real node creates is named here.
+# shellcheck disable=SC2034
+# Another API server with the same layout under STUDIO_CLUSTER_DIR (pki/ca.*, kubeconfig),
+# e.g. a private control plane on 127.0.0.1 while the shared cluster is in use.
+API_URL=${STUDIO_REAL_NODE_API_URL:-$API_URL}
+RN_DIR=$DIR/real-node                 # containerd root/state, kubelet root, logs, pki
+RN_NODE=${STUDIO_REAL_NODE_NAME:-real-1}
+RN_BRIDGE=studiorn0                   # not the process kubelet's studiobr0
+RN_SUBNET=10.215.0.0/24               # not 10.213.0.0/16 (pods, control plane) nor 10.214.0.0/16 (Services)
+RN_GATEWAY=10.215.0.1
+RN_CNI_NET=studio-real                # CNI network name (host-local keeps its leases under RN_DIR)
+RN_CGROUP=studio-real                 # kubelet cgroupRoot: /studio-real/kubepods/... in every v1 hierarchy
+RN_KUBELET_PORT=10260
+RN_HEALTHZ_PORT=10268
+RN_SOCK=$RN_DIR/containerd/containerd.sock
+RN_PAUSE_IMAGE=studio.local/pause:1
+RN_BUSYBOX_IMAGE=studio.local/busybox:1
+# Sysctls a kubelet with protectKernelDefaults=false rewrites (restored by real-node-down).
+RN_SYSCTLS="vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes"
+# iptables chains the kubelet creates (its canary and hint chains; portmap's when a pod
+# has a hostPort). real-node-down deletes the ones real-node-up found absent.
+RN_CHAINS="filter:KUBE-FIREWALL mangle:KUBE-IPTABLES-HINT mangle:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY filter:KUBE-KUBELET-CANARY nat:CNI-HOSTPORT-DNAT nat:CNI-HOSTPORT-SNAT nat:CNI-HOSTPORT-MASQ nat:CNI-HOSTPORT-SETMARK"
+
+rn_log() { echo "[real-node] $*" >&2; }
+rn_die() {
+  echo "[real-node] error: $*" >&2
+  exit 1
+}
+ctr_() { ctr --address "$RN_SOCK" -n k8s.io "$@"; }

@@ -15,6 +15,8 @@ RN_CNI_NET=studio-real                # CNI network name (host-local keeps its l
 RN_CGROUP=studio-real                 # kubelet cgroupRoot: /studio-real/kubepods/... in every v1 hierarchy
 RN_KUBELET_PORT=10260
 RN_HEALTHZ_PORT=10268
+RN_PROXY_HEALTHZ_PORT=10276
+RN_NFT_TABLE=studio-real              # our forward filter (STUDIO_REAL_NODE_PROXY=1)
 RN_SOCK=$RN_DIR/containerd/containerd.sock
 RN_PAUSE_IMAGE=studio.local/pause:1
 RN_BUSYBOX_IMAGE=studio.local/busybox:1

@@ -34,7 +34,11 @@ if [ -x "$CP_BIN/kubectl" ] && [ -f "$DIR/kubeconfig" ] && kubectl_ get node "$R
   fi
   kubectl_ delete node "$RN_NODE" --wait=false >/dev/null 2>&1 || true
 fi
-# 2. the kubelet.
+# 2. kube-proxy (its nft tables are deleted in 8.), the kubelet.
+if pid=$(rn_pid kube-proxy); then
+  rn_log "stopping kube-proxy (pid $pid)"
+  stop_pid "$pid" 10
+fi
 if pid=$(rn_pid kubelet); then
   rn_log "stopping kubelet (pid $pid)"
   stop_pid "$pid" 15
@@ -97,6 +101,10 @@ if [ -f "$RN_DIR/prestate" ]; then
         ;;
       sysctl)
         [ "$(cat "/proc/sys/$a")" = "$b" ] || { echo "$b" >"/proc/sys/$a" 2>/dev/null || rn_log "  warning: could not restore $a=$b"; }
+        ;;
+      nft)
+        nft list table "$a" "$b" >/dev/null 2>&1 || continue
+        nft delete table "$a" "$b" 2>/dev/null || rn_log "  warning: could not delete nft table $a $b"
         ;;
       dir)
         [ -d "$a" ] && rm -rf --one-file-system "$a" 2>/dev/null

@@ -15,7 +15,9 @@
 #
 # Environment: STUDIO_CLUSTER_DIR (as cluster-up), STUDIO_REAL_NODE_NAME (default real-1),
 # STUDIO_UP_TIMEOUT (default 90 s), STUDIO_REAL_NODE_STANDALONE=1, STUDIO_REAL_NODE_API_URL
-# and STUDIO_REAL_NODE_IP (another API server and the address it reaches the kubelet at).
+# and STUDIO_REAL_NODE_IP (another API server and the address it reaches the kubelet at),
+# STUDIO_REAL_NODE_PROXY=1 (also kube-proxy, nftables mode, in its own nft table; pods may
+# then forward through studiorn0 to Service backends on it, and nowhere else).
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
@@ -23,6 +25,7 @@ source "$(dirname "$0")/lib-cluster.sh"
 source "$(dirname "$0")/lib-real-node.sh"
 TIMEOUT=${STUDIO_UP_TIMEOUT:-90}
 STANDALONE=${STUDIO_REAL_NODE_STANDALONE:-0}
+PROXY=${STUDIO_REAL_NODE_PROXY:-0}
 start_ns=$(date +%s%N)
 
 [ "$(id -u)" = 0 ] || rn_die "the real node needs root"
@@ -59,7 +62,7 @@ rn_launch() { # rn_launch NAME CMD...
 }
 rn_fail() {
   echo "[real-node] error: $*" >&2
-  for c in containerd kubelet; do
+  for c in containerd kubelet kube-proxy; do
     [ -s "$RN_DIR/logs/$c.log" ] || continue
     echo "----- last lines of $RN_DIR/logs/$c.log" >&2
     tail -n 25 "$RN_DIR/logs/$c.log" >&2
@@ -111,6 +114,11 @@ if [ ! -f "$RN_DIR/prestate" ]; then
       done
     done
     [ -d /run/containerd ] || echo "dir /run/containerd"
+    if command -v nft >/dev/null; then
+      for t in "ip kube-proxy" "ip6 kube-proxy" "inet $RN_NFT_TABLE"; do
+        nft list table $t >/dev/null 2>&1 || echo "nft $t"
+      done
+    fi
   } >"$RN_DIR/prestate"
 fi
 
@@ -288,5 +296,36 @@ if [ "$STANDALONE" != 1 ]; then
   # node lifecycle controller lifts it once the Node is Ready; the local cluster runs
   # kube-controller-manager without that controller (cluster-up.sh), so lift it here.
   kubectl_ taint node "$RN_NODE" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+  if [ "$PROXY" = 1 ]; then
+    command -v nft >/dev/null || rn_fail "kube-proxy's nftables mode needs nft (apt-get install -y nftables)"
+    # Pod -> ClusterIP -> pod is routed by the host (DNAT in prerouting, then forwarded back
+    # onto studiorn0): forwarding on studiorn0, and our own table drops whatever would be
+    # forwarded anywhere else.
+    nft -f - <<NFT
+table inet $RN_NFT_TABLE {
+  chain forward {
+    type filter hook forward priority filter - 5; policy accept;
+    iifname "$RN_BRIDGE" oifname != "$RN_BRIDGE" drop
+  }
+}
+NFT
+    echo 1 >"/proc/sys/net/ipv4/conf/$RN_BRIDGE/forwarding"
+    # system:kube-proxy is bound to system:node-proxier by the default RBAC policy.
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$RN_DIR/pki/proxy.key" 2>/dev/null
+    openssl req -new -key "$RN_DIR/pki/proxy.key" -subj "/CN=system:kube-proxy" -out "$RN_DIR/pki/proxy.csr" 2>/dev/null
+    openssl x509 -req -in "$RN_DIR/pki/proxy.csr" -CA "$DIR/pki/ca.crt" -CAkey "$DIR/pki/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+      -days 365 -extfile "$RN_DIR/pki/node.ext" -out "$RN_DIR/pki/proxy.crt" 2>/dev/null
+    sed -e "s#$RN_DIR/pki/node.crt#$RN_DIR/pki/proxy.crt#" -e "s#$RN_DIR/pki/node.key#$RN_DIR/pki/proxy.key#" \
+      "$RN_DIR/kubelet.kubeconfig" >"$RN_DIR/proxy.kubeconfig"
+    chmod 600 "$RN_DIR/proxy.kubeconfig"
+    # conntrack settings 0 = leave the machine's sysctls alone.
+    rn_log "starting kube-proxy (nftables mode)"
+    rn_launch kube-proxy "$NODE_BIN/kube-proxy" --proxy-mode=nftables --kubeconfig "$RN_DIR/proxy.kubeconfig" \
+      --hostname-override "$RN_NODE" --cluster-cidr "$RN_SUBNET" --nodeport-addresses "$RN_GATEWAY/32" \
+      --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 \
+      --healthz-bind-address "127.0.0.1:$RN_PROXY_HEALTHZ_PORT" --metrics-bind-address 127.0.0.1:10279 --v=1
+    proxy_healthy() { curl -s --max-time 2 "http://127.0.0.1:$RN_PROXY_HEALTHZ_PORT/healthz" | grep -q lastUpdated; }
+    wait_until "kube-proxy's healthz" kubelet,kube-proxy proxy_healthy
+  fi
 fi
 rn_log "real node $RN_NODE is up in $((($(date +%s%N) - start_ns) / 1000000)) ms (logs in $RN_DIR/logs)"

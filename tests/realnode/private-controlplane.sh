@@ -55,5 +55,6 @@ down)
     for i in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
     kill -9 $pid 2>/dev/null || true
   done
-  rm -rf "$D" ;;
+  rm -rf "$D"
+  rmdir "$(dirname "$D")" 2>/dev/null || true ;;
 esac

@@ -47,7 +47,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: real-busybox, namespace: default}
+metadata: {name: real-busybox, namespace: default, labels: {app: real-busybox}}
 spec:
   nodeSelector: {kubernetes.io/hostname: real-1}
   tolerations: [{key: studio.cms.io/real-node, operator: Exists, effect: NoSchedule}]
@@ -73,5 +73,15 @@ k logs real-busybox || echo "(logs through the API server failed: see docs/real-
 ip=$(k get pod real-busybox -o jsonpath='{.status.podIP}')
 echo "== curl http://$ip:8080/index.html (from the host)"
 curl -sS --max-time 5 "http://$ip:8080/index.html" || rc=1
+if [ "${STUDIO_REAL_NODE_PROXY:-0}" = 1 ]; then
+  k create service clusterip real-busybox --tcp=80:8080 >/dev/null || rc=1
+  sleep 3
+  cip=$(k get service real-busybox -o jsonpath='{.spec.clusterIP}')
+  echo "== kube-proxy: curl http://$cip/index.html (the Service's ClusterIP, from the host)"
+  curl -sS --max-time 5 "http://$cip/index.html" || rc=1
+  echo "== kube-proxy: the same from inside the pod (hairpin through the ClusterIP)"
+  k exec real-busybox -- sh -c "printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 5 $cip 80 | tail -1" || rc=1
+  k delete service real-busybox >/dev/null || rc=1
+fi
 echo "== kubectl delete pods"
 k delete pod real-pause real-busybox --wait=true --timeout=60s || rc=1

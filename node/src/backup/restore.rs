@@ -337,16 +337,30 @@ async fn replay(
         at += batch.len() as u64;
         progress(at);
     }
-    let next_missing = segments
+    let next_first = segments
         .iter()
         .map(|(n, _)| n)
-        .find(|n| n.first > at + 1 && n.last > at);
+        .find(|n| n.first > at + 1 && n.last > at)
+        .map(|n| n.first);
+    judge_end(target, at, passed_target, next_first, mark)
+}
+
+/// Whether a replay that ended at `at` reached its target (pure). `passed_target`: an
+/// entry at or past the target was seen; `next_first`: the first seq of a segment that
+/// starts beyond `at + 1` (entries missing in between).
+fn judge_end(
+    target: Target,
+    at: u64,
+    passed_target: bool,
+    next_first: Option<u64>,
+    mark: Option<ArchiveMark>,
+) -> Result<u64, BackupError> {
     match target {
-        Target::Seq(s) if at < s => Err(BackupError::Refused(match next_missing {
+        Target::Seq(s) if at < s => Err(BackupError::Refused(match next_first {
             Some(n) => format!(
                 "the archive misses entries {}..{} (a gap) before target seq {s}",
                 at + 1,
-                n.first - 1
+                n - 1
             ),
             None => format!("the archive ends at seq {at}, before target seq {s}"),
         })),
@@ -363,15 +377,16 @@ async fn replay(
                 ))),
             }
         }
-        _ if next_missing.is_some() => {
-            let n = next_missing.map(|n| n.first).unwrap_or(at + 1);
-            Err(BackupError::Refused(format!(
+        // Reached: whatever lies beyond the target does not matter.
+        Target::Seq(_) | Target::Time(_) | Target::Immediate => Ok(at),
+        Target::Latest => match next_first {
+            Some(n) => Err(BackupError::Refused(format!(
                 "the archive misses entries {}..{} (a gap): restore to a seq or time before it",
                 at + 1,
                 n - 1
-            )))
-        }
-        _ => Ok(at),
+            ))),
+            None => Ok(at),
+        },
     }
 }
 
@@ -470,6 +485,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no completed base backup"), "{err}");
+    }
+
+    #[test]
+    fn a_reached_target_ignores_what_lies_beyond_but_a_gap_before_it_is_refused() {
+        // Restored to 494; later segments start at 558 (entries 495..557 are in a
+        // segment not needed): reached, not a gap.
+        assert_eq!(
+            judge_end(Target::Seq(494), 494, true, Some(558), None).unwrap(),
+            494
+        );
+        let t = judge_end(Target::Time(5_000), 494, true, Some(558), None).unwrap();
+        assert_eq!(t, 494);
+        // Stopped short of the target at a hole.
+        let err = judge_end(Target::Seq(600), 494, false, Some(558), None).unwrap_err();
+        assert!(err.to_string().contains("misses entries 495..557"), "{err}");
+        let err = judge_end(Target::Latest, 494, false, Some(558), None).unwrap_err();
+        assert!(err.to_string().contains("misses entries 495..557"), "{err}");
+        assert_eq!(
+            judge_end(Target::Latest, 494, false, None, None).unwrap(),
+            494
+        );
+        let err = judge_end(Target::Seq(600), 494, false, None, None).unwrap_err();
+        assert!(err.to_string().contains("ends at seq 494"), "{err}");
+        // A time past the last entry: covered only up to the completeness mark.
+        let mark = Some(ArchiveMark {
+            archived_seq: 494,
+            as_of_ms: 9_000,
+        });
+        assert_eq!(
+            judge_end(Target::Time(8_000), 494, false, None, mark).unwrap(),
+            494
+        );
+        let err = judge_end(Target::Time(10_000), 494, false, None, mark).unwrap_err();
+        assert!(
+            err.to_string().contains("after the end of the archive"),
+            "{err}"
+        );
     }
 
     #[test]

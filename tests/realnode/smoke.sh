@@ -69,7 +69,10 @@ k get pods -o wide
 echo "== containerStatuses"
 k get pods real-pause real-busybox -o jsonpath='{range .items[*]}{.metadata.name}{": "}{.status.containerStatuses[0].containerID}{" "}{.status.containerStatuses[0].imageID}{" ready="}{.status.containerStatuses[0].ready}{"\n"}{end}'
 echo "== kubectl logs real-busybox"
-k logs real-busybox || echo "(logs through the API server failed: see docs/real-node.md)"
+k logs real-busybox || {
+  echo "(logs through the API server failed: see docs/real-node.md; the kubelet's log file:)"
+  cat "$RN_DIR"/pod-logs/default_real-busybox_*/sh/0.log
+}
 ip=$(k get pod real-busybox -o jsonpath='{.status.podIP}')
 echo "== curl http://$ip:8080/index.html (from the host)"
 curl -sS --max-time 5 "http://$ip:8080/index.html" || rc=1
@@ -79,8 +82,13 @@ if [ "${STUDIO_REAL_NODE_PROXY:-0}" = 1 ]; then
   cip=$(k get service real-busybox -o jsonpath='{.spec.clusterIP}')
   echo "== kube-proxy: curl http://$cip/index.html (the Service's ClusterIP, from the host)"
   curl -sS --max-time 5 "http://$cip/index.html" || rc=1
-  echo "== kube-proxy: the same from inside the pod (hairpin through the ClusterIP)"
-  k exec real-busybox -- sh -c "printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 5 $cip 80 | tail -1" || rc=1
+  echo "== kube-proxy: the same from the pod's network namespace (hairpin through the ClusterIP)"
+  # nsenter into the container's netns (its PID from containerd), not `kubectl exec`:
+  # exec through the API server needs cluster-up.sh flags it does not set (docs/real-node.md).
+  cid=$(k get pod real-busybox -o jsonpath='{.status.containerStatuses[0].containerID}')
+  pid=$(ctr_ tasks ls | awk -v id="${cid#containerd://}" '$1 == id {print $2}')
+  echo "(container ${cid#containerd://} pid $pid)"
+  nsenter -t "$pid" -n curl -sS --max-time 5 "http://$cip/index.html" || rc=1
   k delete service real-busybox >/dev/null || rc=1
 fi
 echo "== kubectl delete pods"

@@ -367,8 +367,6 @@ async fn writes_go_on_while_the_object_store_is_down_and_the_archive_catches_up(
 /// restore at latest holds every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_primary_continues_the_archive_without_a_gap_and_every_acknowledged_write_restores() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
     let s3 = LocalS3::start("studio-failover");
     let dir = tempfile::tempdir().unwrap();
     let store_args = s3.node_args("ha");
@@ -400,35 +398,7 @@ async fn a_new_primary_continues_the_archive_without_a_gap_and_every_acknowledge
         .to_string();
     put_item(&http, &primary.url, "/before/backup", json!({"n": 0})).await;
     base_backup(&http, &primary.url, "early").await;
-    let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let (http, url, acked) = (http.clone(), primary.url.clone(), acked.clone());
-        writers.push(tokio::spawn(async move {
-            for j in 0u64.. {
-                let path = format!("/f/w{w}/n{}", j % 30);
-                let Ok(r) = http
-                    .put(format!("{url}/api/v1/content{path}"))
-                    .bearer_auth(editor())
-                    .json(&json!({"type": "doc", "properties": {"j": j}}))
-                    .send()
-                    .await
-                else {
-                    return;
-                };
-                if !r.status().is_success() {
-                    return;
-                }
-                let Ok(v) = r.json::<Value>().await else {
-                    return;
-                };
-                let version = v["version"].as_u64().unwrap();
-                let mut a = acked.lock().unwrap();
-                let e = a.entry(path).or_insert(0);
-                *e = (*e).max(version);
-            }
-        }));
-    }
+    let (acked, writers) = cluster::acked_writers(&http, &primary.url, "/f", 4);
     // Some writes archived, some not yet: then the primary dies.
     wait_for(
         "writes archived while more arrive",
@@ -467,24 +437,6 @@ async fn a_new_primary_continues_the_archive_without_a_gap_and_every_acknowledge
     assert_eq!(digest(&http, &restored.url).await.map(|d| d.1), Some(end));
     let st = status(&http, &restored.url).await;
     assert_eq!(st["lastTerm"], 2, "{st}");
-    let mut lost = Vec::new();
-    for (path, version) in &acked {
-        let r = http
-            .get(format!("{}/api/v1/content{path}", restored.url))
-            .bearer_auth(editor())
-            .send()
-            .await
-            .unwrap();
-        let have = if r.status().is_success() {
-            r.json::<Value>().await.unwrap()["version"]
-                .as_u64()
-                .unwrap()
-        } else {
-            0
-        };
-        if have < *version {
-            lost.push(format!("{path}: acknowledged v{version}, restored v{have}"));
-        }
-    }
+    let lost = cluster::lost_writes(&http, &restored.url, &acked).await;
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }

@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
 use reqwest::{Client, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use studio_crds::node_api;
 
 async fn put(http: &Client, url: &str, path: &str, n: u64) -> reqwest::Response {
@@ -119,35 +117,7 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
         (connected_peers(&http, &primary.url).await? == 1).then_some(())
     })
     .await;
-    let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let (http, url, acked) = (http.clone(), primary.url.clone(), acked.clone());
-        writers.push(tokio::spawn(async move {
-            for j in 0u64.. {
-                let path = format!("/s/w{w}/n{}", j % 25);
-                let Ok(r) = http
-                    .put(format!("{url}/api/v1/content{path}"))
-                    .bearer_auth(editor())
-                    .json(&json!({"type": "doc", "properties": {"j": j}}))
-                    .send()
-                    .await
-                else {
-                    return;
-                };
-                if !r.status().is_success() {
-                    return;
-                }
-                let Ok(v) = r.json::<Value>().await else {
-                    return;
-                };
-                let version = v["version"].as_u64().unwrap();
-                let mut a = acked.lock().unwrap();
-                let e = a.entry(path).or_insert(0);
-                *e = (*e).max(version);
-            }
-        }));
-    }
+    let (acked, writers) = acked_writers(&http, &primary.url, "/s", 8);
     wait_for(
         "300 acknowledged writes",
         Duration::from_secs(120),
@@ -166,25 +136,7 @@ async fn sync_quorum_refuses_without_replicas_and_keeps_acknowledged_writes_thro
     // A stale term is refused.
     let (st, _) = admin_post(&http, &r1.url, node_api::ADMIN_PROMOTE, json!({"term": 1})).await;
     assert_eq!(st, StatusCode::CONFLICT);
-    let mut lost = Vec::new();
-    for (path, version) in &acked {
-        let r = http
-            .get(format!("{}/api/v1/content{path}", r1.url))
-            .bearer_auth(editor())
-            .send()
-            .await
-            .unwrap();
-        let have = if r.status().is_success() {
-            r.json::<Value>().await.unwrap()["version"]
-                .as_u64()
-                .unwrap()
-        } else {
-            0
-        };
-        if have < *version {
-            lost.push(format!("{path}: acknowledged v{version}, have v{have}"));
-        }
-    }
+    let lost = lost_writes(&http, &r1.url, &acked).await;
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     // The new primary takes writes.
     assert!(

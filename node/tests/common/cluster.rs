@@ -118,3 +118,76 @@ pub async fn quarantine(http: &Client, url: &str) -> Vec<Value> {
         .and_then(|v| v["entries"].as_array().cloned())
         .unwrap_or_default()
 }
+
+/// Path → highest version a client was acknowledged.
+pub type Acked = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>;
+
+/// `n` writers each rewriting 25–30 items under `prefix` on `url` until a write fails;
+/// every acknowledged version is recorded.
+pub fn acked_writers(
+    http: &Client,
+    url: &str,
+    prefix: &str,
+    n: usize,
+) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
+    let acked: Acked = Default::default();
+    let writers = (0..n)
+        .map(|w| {
+            let (http, url, acked) = (http.clone(), url.to_string(), acked.clone());
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                for j in 0u64.. {
+                    let path = format!("{prefix}/w{w}/n{}", j % 25);
+                    let Ok(r) = http
+                        .put(format!("{url}/api/v1/content{path}"))
+                        .bearer_auth(super::editor())
+                        .json(&serde_json::json!({"type": "doc", "properties": {"j": j}}))
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    if !r.status().is_success() {
+                        return;
+                    }
+                    let Ok(v) = r.json::<Value>().await else {
+                        return;
+                    };
+                    let version = v["version"].as_u64().unwrap();
+                    let mut a = acked.lock().unwrap();
+                    let e = a.entry(path).or_insert(0);
+                    *e = (*e).max(version);
+                }
+            })
+        })
+        .collect();
+    (acked, writers)
+}
+
+/// Acknowledged writes `url` does not hold at their acknowledged version.
+pub async fn lost_writes(
+    http: &Client,
+    url: &str,
+    acked: &std::collections::HashMap<String, u64>,
+) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (path, version) in acked {
+        let r = http
+            .get(format!("{url}/api/v1/content{path}"))
+            .bearer_auth(super::editor())
+            .send()
+            .await
+            .unwrap();
+        let have = if r.status().is_success() {
+            r.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        } else {
+            0
+        };
+        if have < *version {
+            lost.push(format!("{path}: acknowledged v{version}, have v{have}"));
+        }
+    }
+    lost
+}

@@ -163,14 +163,7 @@ impl NodeClient {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|e| e.message)
-                .unwrap_or(text);
-            return Err(Error::NodeApi {
-                node: primary.name.clone(),
-                status: status.as_u16(),
-                message,
-            });
+            return Err(api_error(&primary.name, status, text));
         }
         match serde_json::from_str::<AdminResponse>(&text) {
             Ok(r) if !r.ok => Err(Error::NodeApi {
@@ -207,14 +200,7 @@ impl NodeClient {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|e| e.message)
-                .unwrap_or(text);
-            return Err(Error::NodeApi {
-                node: m.name.clone(),
-                status: status.as_u16(),
-                message,
-            });
+            return Err(api_error(&m.name, status, text));
         }
         Ok(serde_json::from_str(&text)?)
     }
@@ -254,5 +240,17 @@ impl NodeClient {
             PRUNE_TIMEOUT,
         )
         .await
+    }
+}
+
+/// A non-2xx answer as [`Error::NodeApi`], with the node's JSON message if it sent one.
+fn api_error(node: &str, status: reqwest::StatusCode, text: String) -> Error {
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|e| e.message)
+        .unwrap_or(text);
+    Error::NodeApi {
+        node: node.to_string(),
+        status: status.as_u16(),
+        message,
     }
 }

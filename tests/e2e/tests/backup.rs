@@ -196,6 +196,28 @@ async fn cluster_id(env: &TestEnv, cluster: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("{cluster} has no status.clusterId"))
 }
 
+/// Waits until the cluster's `ContinuousArchiving` condition has `status`; returns it.
+async fn archiving_condition(
+    env: &TestEnv,
+    cluster: &str,
+    status: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    wait_for(
+        &format!("ContinuousArchiving {status}"),
+        timeout,
+        || async {
+            let c = condition(env, cluster, "ContinuousArchiving").await?;
+            if c["status"] == status {
+                Ok(c)
+            } else {
+                bail!("{c}")
+            }
+        },
+    )
+    .await
+}
+
 /// The condition `type` of a StudioCluster.
 async fn condition(env: &TestEnv, cluster: &str, ty: &str) -> anyhow::Result<Value> {
     let obj = studio_api(env).get(cluster).await?;
@@ -464,34 +486,14 @@ async fn archiving_survives_an_object_store_outage() -> anyhow::Result<()> {
         &cluster_manifest("c", json!({"backup": backup})),
     )?;
     wait_ready(&env, "c", 3, Duration::from_secs(240)).await?;
-    wait_for(
-        "ContinuousArchiving True",
-        Duration::from_secs(120),
-        || async {
-            let c = condition(&env, "c", "ContinuousArchiving").await?;
-            (c["status"] == "True")
-                .then_some(())
-                .ok_or_else(|| anyhow!("{c}"))
-        },
-    )
-    .await?;
+    archiving_condition(&env, "c", "True", Duration::from_secs(120)).await?;
     let content = Content::new(&env, "c").await?;
     let load = Load::start(&env, "c", content.clone(), "w");
     wait_archived(&env, "c").await.ok();
     s3.stop()?;
     let stopped_at = std::time::Instant::now();
     let acked_at_stop = load.acked_count();
-    let down = wait_for(
-        "ContinuousArchiving False",
-        Duration::from_secs(90),
-        || async {
-            let c = condition(&env, "c", "ContinuousArchiving").await?;
-            (c["status"] == "False")
-                .then_some(c.clone())
-                .ok_or_else(|| anyhow!("{c}"))
-        },
-    )
-    .await?;
+    let down = archiving_condition(&env, "c", "False", Duration::from_secs(90)).await?;
     ensure!(down["reason"] == "ArchivingFailing", "{down}");
     let events = cluster_events(&env, "c").await?;
     ensure!(
@@ -514,17 +516,7 @@ async fn archiving_survives_an_object_store_outage() -> anyhow::Result<()> {
         load.acked_count()
     );
     s3.start_again().await?;
-    wait_for(
-        "ContinuousArchiving True again",
-        Duration::from_secs(120),
-        || async {
-            let c = condition(&env, "c", "ContinuousArchiving").await?;
-            (c["status"] == "True")
-                .then_some(())
-                .ok_or_else(|| anyhow!("{c}"))
-        },
-    )
-    .await?;
+    archiving_condition(&env, "c", "True", Duration::from_secs(120)).await?;
     let (acked, _) = load.stop().await;
     let archived = wait_archived(&env, "c").await?;
     let (_, seq) = digest(&env, "c").await?;

@@ -583,6 +583,26 @@ pub async fn cluster_events(env: &TestEnv, cluster: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// Waits until an Event with `reason` about the StudioCluster `cluster` exists and
+/// returns its message. The operator writes the status and then records the Event, so
+/// a test that saw a condition change must wait for the Event rather than list once.
+pub async fn wait_cluster_event(
+    env: &TestEnv,
+    cluster: &str,
+    reason: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    wait_for(&format!("an Event {reason}"), timeout, || async {
+        let events = cluster_events(env, cluster).await?;
+        events
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| anyhow!("no {reason} Event yet: {events:?}"))
+    })
+    .await
+}
+
 /// A client of the nodes' content API holding a user JWT signed with the cluster's
 /// generated Secret.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ export STUDIO_CLUSTER_DIR ?= $(REPO)/.cache/cluster
 export STUDIO_TARGET_DIR ?= $(REPO)/target/debug
 CARGO ?= cargo
 
-.PHONY: help deps controlplane bins cluster-up cluster-down kubeconfig lint crd-check chart-check test unit e2e demo bench fmt
+.PHONY: help deps controlplane bins images cluster-up cluster-down kubeconfig lint crd-check chart-check test unit e2e demo bench fmt
 
 help:
 	@echo "make demo          build everything, start the local cluster, run the demo"
@@ -15,6 +15,8 @@ help:
 	@echo "make cluster-up    start the local Kubernetes (control plane + process kubelet)"
 	@echo "make cluster-down  stop it and remove everything it created"
 	@echo "make -s kubeconfig print the admin kubeconfig path"
+	@echo "make images        build the studio-node/studio-operator images (buildah, no Docker) and"
+	@echo "                   push them to the local registry 127.0.0.1:5050 (docs/real-node.md)"
 
 # Host tools the local cluster needs (Debian packages); a no-op when present.
 deps:
@@ -26,6 +28,12 @@ controlplane: deps
 bins:
 	$(CARGO) build --workspace --bins
 	@CARGO=$(CARGO) scripts/build-schema-skew.sh
+
+# The images from the Dockerfile's runtime stages, without a container engine: release
+# binaries, a distroless-like base from Debian packages, buildah; pushed to the local
+# registry (started if needed); the digests in $(STUDIO_CLUSTER_DIR)/images.env.
+images: deps
+	@CARGO=$(CARGO) scripts/build-images.sh
 
 cluster-up: controlplane bins
 	@STUDIO_CP_BIN=$$(scripts/build-controlplane.sh) scripts/cluster-up.sh

@@ -7,6 +7,10 @@ command -v ip >/dev/null || need+=(iproute2)
 for t in flock setsid unshare nsenter; do command -v $t >/dev/null || { need+=(util-linux); break; }; done
 command -v pgrep >/dev/null || need+=(procps)
 command -v curl >/dev/null || need+=(curl)
+# make images (scripts/build-images.sh, scripts/registry-up.sh)
+command -v buildah >/dev/null || need+=(buildah)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v jq >/dev/null || need+=(jq)
 command -v go >/dev/null || { echo "error: Go >= 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "error: Rust (cargo) is required (https://rustup.rs)" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then

@@ -20,6 +20,13 @@ RN_NFT_TABLE=studio-real              # our forward filter (STUDIO_REAL_NODE_PRO
 RN_SOCK=$RN_DIR/containerd/containerd.sock
 RN_PAUSE_IMAGE=studio.local/pause:1
 RN_BUSYBOX_IMAGE=studio.local/busybox:1
+# The local image registry (Debian docker-registry, distribution 2.8; scripts/registry-up.sh):
+# plain HTTP on loopback only, storage under RN_DIR (removed by real-node-down). containerd
+# pulls from it through the hosts.toml under RN_CERTS_D; scripts/build-images.sh pushes to it.
+RN_REGISTRY_PORT=5050
+RN_REGISTRY=127.0.0.1:$RN_REGISTRY_PORT
+RN_REGISTRY_DIR=$RN_DIR/registry      # config.yml and data/
+RN_CERTS_D=$RN_DIR/certs.d            # containerd's registry.config_path
 # Sysctls a kubelet with protectKernelDefaults=false rewrites (restored by real-node-down).
 RN_SYSCTLS="vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes"
 # iptables chains the kubelet creates (its canary and hint chains; portmap's when a pod

@@ -3,9 +3,9 @@
 # server when it is up, so the kubelet tears down their sandboxes and CNI), the Node
 # object, the kubelet, every container and shim of our containerd, containerd, the
 # mounts under the real node's directory (rootfs overlays, netns, shm), the bridge
-# studiorn0, the kubelet's cgroups, the iptables chains that were absent before, the
-# sysctls the kubelet rewrote, and the state directory. Idempotent. Leaves the control
-# plane and the process kubelet alone.
+# studiorn0, the local registry and its storage, the kubelet's cgroups, the iptables
+# chains that were absent before, the sysctls the kubelet rewrote, and the state
+# directory. Idempotent. Leaves the control plane and the process kubelet alone.
 set -uo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
@@ -112,7 +112,9 @@ if [ -f "$RN_DIR/prestate" ]; then
     esac
   done <"$RN_DIR/prestate"
 fi
-# 9. the state directory.
+# 9. the local registry (scripts/registry-up.sh) and its storage.
+"$repo/scripts/registry-down.sh" || rn_log "  warning: the local registry was not stopped cleanly"
+# 10. the state directory.
 if [ -d "$RN_DIR" ]; then
   if awk -v d="$RN_DIR/" 'index($2, d) == 1' /proc/self/mounts | grep -q .; then
     rn_log "  warning: mounts remain under $RN_DIR: keeping it"
@@ -123,6 +125,7 @@ fi
 # What is left (empty when clean).
 left=""
 pgrep -f -- "$RN_SOCK" >/dev/null && left="$left processes($(pgrep -f -- "$RN_SOCK" | tr '\n' ' '))"
+pgrep -f -- "docker-registry serve $RN_REGISTRY_DIR/" >/dev/null && left="$left registry($(pgrep -f -- "docker-registry serve $RN_REGISTRY_DIR/" | tr '\n' ' '))"
 ip link show "$RN_BRIDGE" >/dev/null 2>&1 && left="$left bridge:$RN_BRIDGE"
 ls -d /sys/fs/cgroup/*/"$RN_CGROUP" >/dev/null 2>&1 && left="$left cgroups"
 [ -d "$RN_DIR" ] && left="$left dir:$RN_DIR"

@@ -5,7 +5,9 @@
 # scripts/build-node.sh from the control plane's pinned Kubernetes release, registered as
 # the Node real-1 (labels studio.cms.io/real-node=true, taint studio.cms.io/real-node
 # NoSchedule so nothing lands there by accident). The sandbox image is the pause image
-# built here (tests/realnode/pause.c). Nothing of the default `make cluster-up` path uses
+# built here (tests/realnode/pause.c). It also starts the local image registry
+# (scripts/registry-up.sh, 127.0.0.1:5050, plain HTTP) that containerd pulls from and
+# `make images` pushes to. Nothing of the default `make cluster-up` path uses
 # it; stop it with scripts/real-node-down.sh. See docs/real-node.md.
 #
 # Needs the control plane up (scripts/cluster-up.sh; run both under
@@ -150,6 +152,18 @@ cat >"$RN_DIR/cni/net.d/99-loopback.conf" <<JSON
 {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}
 JSON
 
+# ------------------------------------------------ the local registry (plain HTTP, loopback)
+"$repo/scripts/registry-up.sh" || rn_die "the local registry did not start (scripts/registry-up.sh)"
+# containerd reaches it through a hosts.toml (registry.config_path below): plain HTTP, pull
+# and resolve only. Images are pushed there by scripts/build-images.sh (make images).
+mkdir -p "$RN_CERTS_D/$RN_REGISTRY"
+cat >"$RN_CERTS_D/$RN_REGISTRY/hosts.toml" <<TOML
+server = "http://$RN_REGISTRY"
+
+[host."http://$RN_REGISTRY"]
+  capabilities = ["pull", "resolve"]
+TOML
+
 # ------------------------------------------------ containerd
 mkdir -p "$RN_DIR/containerd/root" "$RN_DIR/containerd/state" "$RN_DIR/runc"
 cat >"$RN_DIR/containerd/config.toml" <<TOML
@@ -177,6 +191,8 @@ disabled_plugins = ["io.containerd.grpc.v1.introspection.aufs", "io.containerd.s
   stream_server_port = "0"
   tolerate_missing_hugetlb_controller = true
   disable_hugetlb_controller = true
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$RN_CERTS_D"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN"
     conf_dir = "$RN_DIR/cni/net.d"

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# `make images` (issue 10, part 2): builds the studio-node and studio-operator images from
+# the repository's Dockerfile without a container engine, and pushes them to the local
+# registry (scripts/registry-up.sh, 127.0.0.1:5050; started here if it is not running).
+#
+#  1. the release binaries (cargo build --release --locked; honours CARGO_TARGET_DIR),
+#     copied into the small build context <target dir>/image-bin/;
+#  2. the base image, the equivalent of gcr.io/distroless/cc-debian12:nonroot built from
+#     Debian packages (libc6, libgcc-s1, ca-certificates) with buildah, pushed as
+#     $REG/studio/base-cc-debian12:nonroot (and :nonroot-<key>). Cached: skipped when the
+#     registry has the tag for the current package versions and recipe (the key);
+#  3. `buildah bud --layers --build-arg BINARIES=prebuilt --build-arg BASE=<base by digest>
+#     --target studio-node|studio-operator`, each checked (every library its binaries need
+#     is in the image; `studio-node --version --json` runs in it as uid 65532), pushed;
+#  4. the pushed digests, written to $STUDIO_IMAGES_ENV (default
+#     $STUDIO_CLUSTER_DIR/images.env) as STUDIO_NODE_IMAGE=<registry>/studio/studio-node@sha256:...
+#     and STUDIO_OPERATOR_IMAGE=..., and printed.
+#
+# buildah keeps its storage (vfs driver) under $STUDIO_BUILDAH_ROOT (default
+# ~/.cache/studio/buildah), nothing in /var/lib/containers. Needs root.
+# Environment: CARGO, CARGO_TARGET_DIR, STUDIO_CLUSTER_DIR, STUDIO_IMAGE_TAG (default dev),
+# STUDIO_BUILDAH_ROOT, STUDIO_IMAGES_ENV, STUDIO_IMAGES_NO_CARGO=1 (use the binaries already
+# in the target dir). See docs/real-node.md.
+set -euo pipefail
+# shellcheck source=scripts/lib-cluster.sh
+source "$(dirname "$0")/lib-cluster.sh"
+# shellcheck source=scripts/lib-real-node.sh
+source "$(dirname "$0")/lib-real-node.sh"
+im_log() { echo "[images] $*" >&2; }
+im_die() {
+  echo "[images] error: $*" >&2
+  exit 1
+}
+start_ns=$(date +%s%N)
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+CARGO=${CARGO:-cargo}
+TARGET=${CARGO_TARGET_DIR:-$repo/target}
+CTX=$TARGET/image-bin
+TAG=${STUDIO_IMAGE_TAG:-dev}
+REG=$RN_REGISTRY
+BASE_REPO=studio/base-cc-debian12
+BASE_PKGS=(libc6 libgcc-s1 ca-certificates)
+BUILDAH_ROOT=${STUDIO_BUILDAH_ROOT:-${STUDIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/studio}/buildah}
+ENV_OUT=${STUDIO_IMAGES_ENV:-$DIR/images.env}
+BINS=(studio-node studio-operator kubectl-studio)
+
+[ "$(id -u)" = 0 ] || im_die "buildah (vfs storage, chroot) needs root here"
+for tool in buildah docker-registry jq curl apt-get apt-cache dpkg-deb ldd chroot; do
+  command -v "$tool" >/dev/null || im_die "missing '$tool' (scripts/install-deps.sh installs buildah docker-registry jq)"
+done
+bah() { buildah --root "$BUILDAH_ROOT/storage" --runroot "$BUILDAH_ROOT/run" --storage-driver vfs "$@"; }
+export BUILDAH_ISOLATION=chroot
+mkdir -p "$BUILDAH_ROOT/tmp"
+work=$(mktemp -d "$BUILDAH_ROOT/tmp/build.XXXXXX")
+ctrs=()
+cleanup() {
+  local c
+  for c in "${ctrs[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+export TMPDIR=$work # buildah's own temporary files (layer blobs while pushing)
+
+# retry N DESCRIPTION CMD...: runs CMD up to N times (5 s, 10 s, ... apart).
+retry() {
+  local n=$1 what=$2 i
+  shift 2
+  for ((i = 1; i <= n; i++)); do
+    "$@" && return 0
+    [ "$i" -lt "$n" ] || break
+    im_log "$what failed (try $i of $n); retrying in $((5 * i)) s"
+    sleep $((5 * i))
+  done
+  im_die "$what failed $n times (see the messages above; are Debian's package mirrors reachable? apt-get update)"
+}
+
+# ------------------------------------------------ the registry
+"$repo/scripts/registry-up.sh"
+# manifest_digest REPO REF: the registry's digest of a manifest, or nothing.
+manifest_digest() {
+  { curl -sfI --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$REG/v2/$1/manifests/$2" || true; } | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}'
+}
+
+# ------------------------------------------------ 1. the release binaries
+if [ "${STUDIO_IMAGES_NO_CARGO:-0}" != 1 ]; then
+  t0=$(date +%s%N)
+  im_log "cargo build --release (target dir $TARGET)"
+  CARGO_TARGET_DIR=$TARGET "$CARGO" build --release --locked -p studio-node -p studio-operator \
+    --bin studio-node --bin studio-operator --bin kubectl-studio ||
+    im_die "cargo build --release failed (see above)"
+  im_log "  release binaries in $(ms_since "$t0") ms"
+fi
+mkdir -p "$CTX"
+for b in "${BINS[@]}"; do
+  [ -x "$TARGET/release/$b" ] || im_die "no $TARGET/release/$b (run without STUDIO_IMAGES_NO_CARGO=1)"
+  # Copied only when changed, with its mtime: buildah's layer cache keys COPY by content
+  # and metadata, so an unchanged binary reuses the cached layer.
+  cmp -s "$TARGET/release/$b" "$CTX/$b" || cp -p "$TARGET/release/$b" "$CTX/$b"
+done
+for f in "$CTX"/* "$CTX"/.[!.]*; do # the context is exactly BINS
+  [ -e "$f" ] || continue
+  case " ${BINS[*]} " in *" ${f##*/} "*) ;; *) rm -rf "$f" ;; esac
+done
+
+# ------------------------------------------------ 2. the base image
+# The root filesystem of gcr.io/distroless/cc-debian12:nonroot, from the same Debian
+# packages: glibc, libgcc_s, the CA bundle; root and nonroot (65532) in /etc/passwd and
+# /etc/group, /home/nonroot, /tmp 1777. The key below covers this function's text, so a
+# change of the recipe rebuilds the base.
+build_base() { # build_base ROOTFS DEBDIR
+  local root=$1 debs=$2 d
+  for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$root"; done
+  rm -rf "$root"/usr/share/man "$root"/usr/share/info "$root"/usr/share/lintian "$root"/usr/sbin/update-ca-certificates
+  mkdir -p "$root"/etc/ssl/certs "$root"/home/nonroot "$root"/root "$root"/tmp "$root"/var/lib "$root"/usr/local/bin
+  # What update-ca-certificates writes with the default /etc/ca-certificates.conf (every
+  # mozilla/*.crt), without running it (it needs openssl and a shell).
+  find "$root"/usr/share/ca-certificates/mozilla -name '*.crt' | LC_ALL=C sort | while read -r f; do
+    cat "$f"
+    [ -z "$(tail -c1 "$f")" ] || echo
+  done >"$root"/etc/ssl/certs/ca-certificates.crt
+  grep -q 'BEGIN CERTIFICATE' "$root"/etc/ssl/certs/ca-certificates.crt || im_die "no CA certificate in the ca-certificates package"
+  printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' 'nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin' \
+    'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' >"$root"/etc/passwd
+  printf '%s\n' 'root:x:0:' 'nobody:x:65534:' 'tty:x:5:' 'staff:x:50:' 'nonroot:x:65532:' >"$root"/etc/group
+  printf '%s\n' 'hosts: files dns' 'passwd: files' 'group: files' >"$root"/etc/nsswitch.conf
+  chown 0:0 "$root" "$root"/root
+  chmod 0755 "$root"
+  chmod 0700 "$root"/root
+  chown 65532:65532 "$root"/home/nonroot
+  chmod 0700 "$root"/home/nonroot
+  chmod 1777 "$root"/tmp
+}
+versions=""
+for p in "${BASE_PKGS[@]}"; do
+  v=$(apt-cache show --no-all-versions "$p" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+  if [ -z "$v" ]; then
+    im_log "apt-cache knows no version of $p: apt-get update"
+    retry 3 "apt-get update" apt-get update -qq
+    v=$(apt-cache show --no-all-versions "$p" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+    [ -n "$v" ] || im_die "Debian package $p not found (apt-cache show $p)"
+  fi
+  versions="$versions $p=$v"
+done
+versions=${versions# }
+key=$( (echo "$versions"; declare -f build_base) | sha256sum | cut -c1-16)
+base_digest=$(manifest_digest "$BASE_REPO" "nonroot-$key")
+if [ -n "$base_digest" ]; then
+  im_log "base $REG/$BASE_REPO:nonroot-$key is in the registry ($versions): not rebuilt"
+else
+  t0=$(date +%s%N)
+  im_log "building the base image from $versions"
+  mkdir -p "$work/debs" "$work/rootfs"
+  # shellcheck disable=SC2046
+  (cd "$work/debs" && retry 3 "apt-get download $versions" apt-get download -q -o APT::Sandbox::User=root $versions)
+  build_base "$work/rootfs" "$work/debs"
+  c=$(bah from --name "studio-base-$$" scratch)
+  ctrs+=("$c")
+  mnt=$(bah mount "$c")
+  cp -a "$work/rootfs/." "$mnt/"
+  bah umount "$c" >/dev/null
+  # shellcheck disable=SC2086
+  bah config --user 65532:65532 --workingdir /home/nonroot \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    --label "org.opencontainers.image.description=Studio base: the equivalent of gcr.io/distroless/cc-debian12:nonroot, built from Debian packages" \
+    --label "studio.cms.io/base-packages=$versions" --label "studio.cms.io/base-key=$key" \
+    --os linux --arch amd64 "$c"
+  bah commit --quiet --rm "$c" "$REG/$BASE_REPO:nonroot-$key" >/dev/null
+  ctrs=()
+  bah tag "$REG/$BASE_REPO:nonroot-$key" "$REG/$BASE_REPO:nonroot"
+  for t in "nonroot-$key" nonroot; do
+    retry 3 "pushing $REG/$BASE_REPO:$t" bah push --quiet --tls-verify=false --digestfile "$work/base.digest" \
+      "$REG/$BASE_REPO:$t" "docker://$REG/$BASE_REPO:$t"
+  done
+  base_digest=$(cat "$work/base.digest")
+  rm -rf --one-file-system "$work/rootfs" "$work/debs"
+  im_log "  base image built and pushed in $(ms_since "$t0") ms: $REG/$BASE_REPO@$base_digest"
+fi
+BASE_REF=$REG/$BASE_REPO@$base_digest
+
+# ------------------------------------------------ 3. the images
+# check_image IMAGE BINARY...: every shared library the binaries need (ldd on the host)
+# must be in the image, and studio-node must run there (chroot, uid 65532). Sets UNPACKED
+# (the image's unpacked size in bytes).
+check_image() {
+  local img=$1 c mnt b lib missing=""
+  shift
+  c=$(bah from --pull=never --name "studio-check-$$" "$img")
+  ctrs+=("$c")
+  mnt=$(bah mount "$c")
+  for b in "$@"; do
+    for lib in $(ldd "$mnt$b" | awk '$1 !~ /^linux-vdso/ {print $1}'); do
+      if [ "${lib#/}" != "$lib" ]; then
+        [ -e "$mnt$lib" ] || missing="$missing $b:$lib"
+      elif [ ! -e "$mnt/lib/x86_64-linux-gnu/$lib" ] && [ ! -e "$mnt/usr/lib/x86_64-linux-gnu/$lib" ]; then
+        missing="$missing $b:$lib"
+      fi
+    done
+  done
+  [ -z "$missing" ] || im_die "$img lacks libraries its binaries need:$missing (add the Debian package to BASE_PKGS)"
+  if [ -e "$mnt/usr/local/bin/studio-node" ]; then
+    chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-node --version --json >"$work/version.json" ||
+      im_die "studio-node --version --json failed inside $img"
+    im_log "  in the image: $(cat "$work/version.json")"
+  fi
+  UNPACKED=$(du -sb "$mnt" | awk '{print $1}')
+  bah umount "$c" >/dev/null
+  bah rm "$c" >/dev/null
+  ctrs=()
+}
+declare -A digest
+for target in studio-node studio-operator; do
+  t0=$(date +%s%N)
+  img=$REG/studio/$target:$TAG
+  im_log "buildah bud --target $target -t $img"
+  bah bud --quiet --layers --isolation chroot --tls-verify=false \
+    --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" \
+    --target "$target" -f "$repo/Dockerfile" -t "$img" "$CTX" >"$work/bud.log" 2>&1 ||
+    { cat "$work/bud.log" >&2; im_die "buildah bud --target $target failed (above)"; }
+  case $target in
+    studio-node) check_image "$img" /usr/local/bin/studio-node ;;
+    studio-operator) check_image "$img" /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
+  esac
+  retry 3 "pushing $img" bah push --quiet --tls-verify=false --digestfile "$work/$target.digest" "$img" "docker://$img"
+  digest[$target]=$(cat "$work/$target.digest")
+  pushed=$(curl -sf --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$REG/v2/studio/$target/manifests/${digest[$target]}" | jq '[.config.size] + [.layers[].size] | add')
+  im_log "  $img@${digest[$target]}: $((pushed / 1024)) KiB compressed as pushed, $((UNPACKED / 1024)) KiB unpacked ($(ms_since "$t0") ms)"
+done
+
+mkdir -p "$(dirname "$ENV_OUT")"
+cat >"$ENV_OUT.tmp" <<ENV
+# written by scripts/build-images.sh $(date -u +%Y-%m-%dT%H:%M:%SZ); the registry lives as long as the real node
+STUDIO_BASE_IMAGE=$BASE_REF
+STUDIO_NODE_IMAGE=$REG/studio/studio-node@${digest[studio-node]}
+STUDIO_OPERATOR_IMAGE=$REG/studio/studio-operator@${digest[studio-operator]}
+ENV
+mv "$ENV_OUT.tmp" "$ENV_OUT"
+grep -v '^#' "$ENV_OUT"
+im_log "images pushed in $(ms_since "$start_ns") ms; digests in $ENV_OUT"

@@ -183,7 +183,7 @@ BASE_REF=$REG/$BASE_REPO@$base_digest
 
 # ------------------------------------------------ 3. the images
 # check_image IMAGE BINARY...: every shared library the binaries need (ldd on the host)
-# must be in the image, and studio-node must run there (chroot, uid 65532). Sets UNPACKED
+# must be in the image, and the binaries must start there (chroot, uid 65532). Sets UNPACKED
 # (the image's unpacked size in bytes).
 check_image() {
   local img=$1 c mnt b lib missing=""
@@ -205,6 +205,12 @@ check_image() {
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-node --version --json >"$work/version.json" ||
       im_die "studio-node --version --json failed inside $img"
     im_log "  in the image: $(cat "$work/version.json")"
+  fi
+  if [ -e "$mnt/usr/local/bin/studio-operator" ]; then
+    chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-operator --help >/dev/null ||
+      im_die "studio-operator --help failed inside $img"
+    chroot --userspec=65532:65532 "$mnt" /usr/local/bin/kubectl-studio --help >/dev/null ||
+      im_die "kubectl-studio --help failed inside $img"
   fi
   UNPACKED=$(du -sb "$mnt" | awk '{print $1}')
   bah umount "$c" >/dev/null

@@ -16,6 +16,9 @@
 #     $STUDIO_CLUSTER_DIR/images.env) as STUDIO_NODE_IMAGE=<registry>/studio/studio-node@sha256:...
 #     and STUDIO_OPERATOR_IMAGE=..., and printed.
 #
+# Reproducible: the base and the images are committed with --timestamp 0 (created time and
+# every file's mtime in the layers), so the same packages and the same binaries give the
+# same digests, also after the registry or buildah's storage was emptied.
 # buildah keeps its storage (vfs driver) under $STUDIO_BUILDAH_ROOT (default
 # ~/.cache/studio/buildah), nothing in /var/lib/containers. Needs root.
 # Environment: CARGO, CARGO_TARGET_DIR, STUDIO_CLUSTER_DIR, STUDIO_IMAGE_TAG (default dev),
@@ -79,7 +82,7 @@ retry() {
 "$repo/scripts/registry-up.sh"
 # manifest_digest REPO REF: the registry's digest of a manifest, or nothing.
 manifest_digest() {
-  { curl -sfI --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  { curl -sfI --noproxy "*" --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
     "http://$REG/v2/$1/manifests/$2" || true; } | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}'
 }
@@ -108,8 +111,8 @@ done
 # ------------------------------------------------ 2. the base image
 # The root filesystem of gcr.io/distroless/cc-debian12:nonroot, from the same Debian
 # packages: glibc, libgcc_s, the CA bundle; root and nonroot (65532) in /etc/passwd and
-# /etc/group, /home/nonroot, /tmp 1777. The key below covers this function's text, so a
-# change of the recipe rebuilds the base.
+# /etc/group, /home/nonroot, /tmp 1777. The key below covers the text of this function and
+# of commit_base, so a change of the recipe rebuilds the base.
 build_base() { # build_base ROOTFS DEBDIR
   local root=$1 debs=$2 d
   for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$root"; done
@@ -133,6 +136,24 @@ build_base() { # build_base ROOTFS DEBDIR
   chmod 0700 "$root"/home/nonroot
   chmod 1777 "$root"/tmp
 }
+# commit_base ROOTFS KEY VERSIONS: the image from the root filesystem, as
+# $REG/$BASE_REPO:nonroot-KEY (also part of the key).
+commit_base() {
+  local rootfs=$1 key=$2 versions=$3 c mnt
+  c=$(bah from --name "studio-base-$$" scratch)
+  ctrs+=("$c")
+  mnt=$(bah mount "$c")
+  cp -a "$rootfs/." "$mnt/"
+  bah umount "$c" >/dev/null
+  bah config --user 65532:65532 --workingdir /home/nonroot \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    --label "org.opencontainers.image.description=Studio base: the equivalent of gcr.io/distroless/cc-debian12:nonroot, built from Debian packages" \
+    --label "studio.cms.io/base-packages=$versions" --label "studio.cms.io/base-key=$key" \
+    --os linux --arch amd64 "$c"
+  bah commit --quiet --rm --timestamp 0 "$c" "$REG/$BASE_REPO:nonroot-$key" >/dev/null
+  ctrs=()
+}
 versions=""
 for p in "${BASE_PKGS[@]}"; do
   v=$(apt-cache show --no-all-versions "$p" 2>/dev/null | awk '/^Version:/ {print $2; exit}')
@@ -145,7 +166,7 @@ for p in "${BASE_PKGS[@]}"; do
   versions="$versions $p=$v"
 done
 versions=${versions# }
-key=$( (echo "$versions"; declare -f build_base) | sha256sum | cut -c1-16)
+key=$( (echo "$versions"; declare -f build_base commit_base) | sha256sum | cut -c1-16)
 base_digest=$(manifest_digest "$BASE_REPO" "nonroot-$key")
 if [ -n "$base_digest" ]; then
   im_log "base $REG/$BASE_REPO:nonroot-$key is in the registry ($versions): not rebuilt"
@@ -153,23 +174,10 @@ else
   t0=$(date +%s%N)
   im_log "building the base image from $versions"
   mkdir -p "$work/debs" "$work/rootfs"
-  # shellcheck disable=SC2046
+  # shellcheck disable=SC2086 # $versions: one pkg=version argument each
   (cd "$work/debs" && retry 3 "apt-get download $versions" apt-get download -q -o APT::Sandbox::User=root $versions)
   build_base "$work/rootfs" "$work/debs"
-  c=$(bah from --name "studio-base-$$" scratch)
-  ctrs+=("$c")
-  mnt=$(bah mount "$c")
-  cp -a "$work/rootfs/." "$mnt/"
-  bah umount "$c" >/dev/null
-  # shellcheck disable=SC2086
-  bah config --user 65532:65532 --workingdir /home/nonroot \
-    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    --label "org.opencontainers.image.description=Studio base: the equivalent of gcr.io/distroless/cc-debian12:nonroot, built from Debian packages" \
-    --label "studio.cms.io/base-packages=$versions" --label "studio.cms.io/base-key=$key" \
-    --os linux --arch amd64 "$c"
-  bah commit --quiet --rm "$c" "$REG/$BASE_REPO:nonroot-$key" >/dev/null
-  ctrs=()
+  commit_base "$work/rootfs" "$key" "$versions"
   bah tag "$REG/$BASE_REPO:nonroot-$key" "$REG/$BASE_REPO:nonroot"
   for t in "nonroot-$key" nonroot; do
     retry 3 "pushing $REG/$BASE_REPO:$t" bah push --quiet --tls-verify=false --digestfile "$work/base.digest" \
@@ -222,7 +230,7 @@ for target in studio-node studio-operator; do
   t0=$(date +%s%N)
   img=$REG/studio/$target:$TAG
   im_log "buildah bud --target $target -t $img"
-  bah bud --quiet --layers --isolation chroot --tls-verify=false \
+  bah bud --quiet --layers --isolation chroot --tls-verify=false --timestamp 0 \
     --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" \
     --target "$target" -f "$repo/Dockerfile" -t "$img" "$CTX" >"$work/bud.log" 2>&1 ||
     { cat "$work/bud.log" >&2; im_die "buildah bud --target $target failed (above)"; }
@@ -232,7 +240,7 @@ for target in studio-node studio-operator; do
   esac
   retry 3 "pushing $img" bah push --quiet --tls-verify=false --digestfile "$work/$target.digest" "$img" "docker://$img"
   digest[$target]=$(cat "$work/$target.digest")
-  pushed=$(curl -sf --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  pushed=$(curl -sf --noproxy "*" --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
     "http://$REG/v2/studio/$target/manifests/${digest[$target]}" | jq '[.config.size] + [.layers[].size] | add')
   im_log "  $img@${digest[$target]}: $((pushed / 1024)) KiB compressed as pushed, $((UNPACKED / 1024)) KiB unpacked ($(ms_since "$t0") ms)"

@@ -90,6 +90,7 @@ fi
 if rn_pid containerd >/dev/null || rn_pid kubelet >/dev/null || ip link show "$RN_BRIDGE" >/dev/null 2>&1; then
   rn_log "found a half-started real node: removing it first"
   "$repo/scripts/real-node-down.sh"
+  mkdir -p "$RN_DIR/run" "$RN_DIR/logs" # real-node-down removed the whole directory
 fi
 
 kubectl_() { "$CP_BIN/kubectl" --kubeconfig "$DIR/kubeconfig" --request-timeout=10s "$@"; }

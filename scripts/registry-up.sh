@@ -27,7 +27,7 @@ running() {
   [ "$(proc_start "$pid")" = "$(cat "$pidf.start" 2>/dev/null)" ] || return 1
   echo "$pid"
 }
-ping_() { curl -sf --max-time 2 "http://$RN_REGISTRY/v2/" >/dev/null; }
+ping_() { curl -sf --noproxy "*" --max-time 2 "http://$RN_REGISTRY/v2/" >/dev/null; }
 if pid=$(running); then
   ping_ || reg_die "registry pid $pid runs but http://$RN_REGISTRY/v2/ does not answer (log: $RN_DIR/logs/registry.log)"
   exit 0

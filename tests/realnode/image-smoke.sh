@@ -116,7 +116,7 @@ else
 fi
 ip=$(k get pod real-studio-node -o jsonpath='{.status.podIP}')
 echo "== curl http://$ip:8080/healthz (from the host)"
-curl -sS --max-time 5 "http://$ip:8080/healthz" || fail "no answer from http://$ip:8080/healthz"
+curl -sS --noproxy "*" --max-time 5 "http://$ip:8080/healthz" || fail "no answer from http://$ip:8080/healthz"
 echo
 pod_log() { # kubectl logs, or the kubelet's log file when logs through the API server fail
   k logs "$1" 2>/dev/null || cat "$RN_DIR"/pod-logs/default_"$1"_*/main/0.log

@@ -234,10 +234,22 @@ for target in studio-node studio-operator; do
     --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" \
     --target "$target" -f "$repo/Dockerfile" -t "$img" "$CTX" >"$work/bud.log" 2>&1 ||
     { cat "$work/bud.log" >&2; im_die "buildah bud --target $target failed (above)"; }
-  case $target in
-    studio-node) check_image "$img" /usr/local/bin/studio-node ;;
-    studio-operator) check_image "$img" /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
-  esac
+  # The check mounts a copy of the image (vfs): done once per image ID.
+  id=$(bah images --no-trunc --format '{{.ID}}' "$img" | head -n1)
+  stamp=$BUILDAH_ROOT/checked/$target # "<image ID> <unpacked bytes>"
+  sid="" ssize=""
+  [ ! -f "$stamp" ] || read -r sid ssize <"$stamp"
+  if [ -n "$id" ] && [ "$sid" = "$id" ]; then
+    UNPACKED=$ssize
+    im_log "  image $(echo "${id#sha256:}" | cut -c1-12) unchanged: already checked"
+  else
+    case $target in
+      studio-node) check_image "$img" /usr/local/bin/studio-node ;;
+      studio-operator) check_image "$img" /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
+    esac
+    mkdir -p "$BUILDAH_ROOT/checked"
+    echo "$id $UNPACKED" >"$stamp"
+  fi
   retry 3 "pushing $img" bah push --quiet --tls-verify=false --digestfile "$work/$target.digest" "$img" "docker://$img"
   digest[$target]=$(cat "$work/$target.digest")
   pushed=$(curl -sf --noproxy "*" --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \

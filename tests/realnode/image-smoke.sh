@@ -13,7 +13,7 @@
 #    /healthz answers from the host;
 #  - real-studio-version: the same image by tag (Always), `studio-node --version --json`;
 #  - real-studio-operator: the studio-operator image, `kubectl-studio --help`.
-# Then removes the pods and the real node and leaves the cluster as it found it.
+# Then removes the pods, and the real node and the control plane if it started them.
 # Environment: as tests/realnode/smoke.sh; CARGO_TARGET_DIR and STUDIO_IMAGES_NO_CARGO=1 are
 # passed to scripts/build-images.sh.
 set -uo pipefail
@@ -37,10 +37,15 @@ if ! curl -sf --max-time 3 --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt
   started=1
 fi
 rc=0
+# A real node that was already up (e.g. started by cluster-up) is left running.
+rn_was_up=0
+if [ -f "$RN_DIR/run/kubelet.pid" ] && kill -0 "$(cat "$RN_DIR/run/kubelet.pid")" 2>/dev/null; then rn_was_up=1; fi
 finish() {
   k delete pod real-studio-node real-studio-version real-studio-operator --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || rc=1
-  echo "== scripts/real-node-down.sh"
-  "$repo/scripts/real-node-down.sh" || rc=1
+  if [ "$rn_was_up" = 0 ]; then
+    echo "== scripts/real-node-down.sh"
+    "$repo/scripts/real-node-down.sh" || rc=1
+  fi
   if [ "$started" = 1 ]; then
     echo "== scripts/cluster-down.sh (the cluster was down before)"
     "$repo/scripts/cluster-down.sh" >/dev/null || rc=1

@@ -266,5 +266,11 @@ STUDIO_NODE_IMAGE=$REG/studio/studio-node@${digest[studio-node]}
 STUDIO_OPERATOR_IMAGE=$REG/studio/studio-operator@${digest[studio-operator]}
 ENV
 mv "$ENV_OUT.tmp" "$ENV_OUT"
+# buildah 1.28 leaves a working container behind for the instruction-less stage `binaries`
+# (a full vfs copy of the binaries each run), and every changed binary leaves the previous
+# layers as dangling images: remove both (the storage is this script's own). The next run
+# redoes the COPY steps (about a second); the digests stay the same.
+bah rm --all >/dev/null
+bah rmi --prune >/dev/null 2>&1 || true
 grep -v '^#' "$ENV_OUT"
 im_log "images pushed in $(ms_since "$start_ns") ms; digests in $ENV_OUT"

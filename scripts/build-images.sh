@@ -78,8 +78,7 @@ retry() {
   im_die "$what failed $n times (see the messages above; are Debian's package mirrors reachable? apt-get update)"
 }
 
-# ------------------------------------------------ the registry
-"$repo/scripts/registry-up.sh"
+# ------------------------------------------------ the registry (started after the cargo build, below)
 # manifest_digest REPO REF: the registry's digest of a manifest, or nothing.
 manifest_digest() {
   { curl -sfI --noproxy "*" --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
@@ -107,6 +106,8 @@ for f in "$CTX"/* "$CTX"/.[!.]*; do # the context is exactly BINS
   [ -e "$f" ] || continue
   case " ${BINS[*]} " in *" ${f##*/} "*) ;; *) rm -rf "$f" ;; esac
 done
+
+"$repo/scripts/registry-up.sh"
 
 # ------------------------------------------------ 2. the base image
 # The root filesystem of gcr.io/distroless/cc-debian12:nonroot, from the same Debian

@@ -110,6 +110,8 @@ got=$(k get pod real-studio-node -o jsonpath='{.status.containerStatuses[0].imag
 [ "$got" = "$want" ] || fail "real-studio-node's imageID is '$got', not the pushed digest $want"
 got=$(k get pod real-studio-version -o jsonpath='{.status.containerStatuses[0].imageID}')
 [ "$got" = "$want" ] || fail "real-studio-version (pulled by tag $tag_image) has imageID '$got', not $want"
+got=$(k get pod real-studio-operator -o jsonpath='{.status.containerStatuses[0].imageID}')
+[ "$got" = "$STUDIO_OPERATOR_IMAGE" ] || fail "real-studio-operator's imageID is '$got', not $STUDIO_OPERATOR_IMAGE"
 echo "== the node's process (containerd task) runs as"
 cid=$(k get pod real-studio-node -o jsonpath='{.status.containerStatuses[0].containerID}')
 pid=$(ctr_ tasks ls | awk -v id="${cid#containerd://}" '$1 == id {print $2}')

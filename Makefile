@@ -76,8 +76,11 @@ unit:
 # End-to-end suites share one local cluster; the harness starts it if none is up.
 # The teardown suite takes that cluster down and checks nothing is left: it runs last.
 E2E_THREADS ?= 2
+# The local cluster (with its real node and registry) comes up first so that the images
+# can be pushed; the real-node suite runs them.
 e2e: controlplane bins
 	@export STUDIO_CP_BIN=$$(scripts/build-controlplane.sh); \
+	  scripts/cluster-up.sh >/dev/null; CARGO=$(CARGO) scripts/build-images.sh >/dev/null; \
 	  rc=0; $(CARGO) test -p studio-e2e -- --test-threads=$(E2E_THREADS) || rc=$$?; \
 	  $(CARGO) test -p studio-e2e --test teardown || rc=$$?; \
 	  scripts/cluster-down.sh >/dev/null || true; exit $$rc

@@ -12,12 +12,14 @@
 #   STUDIO_TARGET_DIR    the workspace's built binaries (default <repo>/target/debug)
 #   STUDIO_UP_TIMEOUT    seconds to wait for each stage (default 90)
 #   STUDIO_NO_KUBELET=1  start the control plane only (no Nodes; pods stay Pending)
+#   STUDIO_REAL_NODE=0   without the real node (containerd + kubelet, Node real-1)
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
 
 TIMEOUT=${STUDIO_UP_TIMEOUT:-90}
 NO_KUBELET=${STUDIO_NO_KUBELET:-0}
+REAL_NODE=${STUDIO_REAL_NODE:-1}
 start_ns=$(date +%s%N)
 
 [ "$(id -u)" = 0 ] || die "cluster-up needs root (network namespaces, veths, a bridge)"
@@ -44,6 +46,15 @@ ours=$(component_pid kubelet || true)
 foreign=$(foreign_kubelets | tr '\n' ' ')
 foreign=${foreign:+ ${foreign% }}
 
+# The real node: containerd + runc + CNI + the upstream kubelet and kube-proxy, and the
+# local registry `make images` pushes to (scripts/real-node-up.sh, docs/real-node.md).
+# Idempotent: says "already running" when it is.
+start_real_node() {
+  [ "$NO_KUBELET" != 1 ] && [ "$REAL_NODE" = 1 ] || return 0
+  STUDIO_CP_BIN=${CP_BIN:-${STUDIO_CP_BIN:-}} STUDIO_REAL_NODE_PROXY=1 "$repo/scripts/real-node-up.sh" >&2 ||
+    die "the real node did not start (scripts/real-node-up.sh above; STUDIO_REAL_NODE=0 starts the cluster without it)"
+}
+
 # Already running?
 running=()
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
@@ -58,6 +69,7 @@ elif [ "$NO_KUBELET" = 1 ]; then
   kubelet_note="no kubelet (STUDIO_NO_KUBELET=1)"
 fi
 if [ "${#running[@]}" = 4 ] && [ -n "$kubelet_note" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
+  start_real_node
   log "already running (${running[*]}; $kubelet_note); kubeconfig:"
   echo "$DIR/kubeconfig"
   exit 0
@@ -162,6 +174,10 @@ make_pki() {
     openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
     touch "$pki/complete"
   fi
+  # The API server's identity towards kubelets (logs, exec, port-forward): a real
+  # kubelet authenticates it by certificate. Made separately so an existing PKI gains it.
+  [ -f "$pki/kubelet-client.crt" ] ||
+    sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   write_kubeconfig "$DIR/kubeconfig" admin
   write_kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
   write_kubeconfig "$DIR/scheduler.kubeconfig" scheduler
@@ -272,6 +288,8 @@ start_apiserver() {
     --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$CP_ADDR" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" \
+    --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
@@ -349,6 +367,8 @@ fi
 
 wait_for "the default ServiceAccount" kube-apiserver,kube-controller-manager \
   kubectl_ get serviceaccount default -n default
+
+start_real_node
 
 log "cluster is up in $((($(date +%s%N) - start_ns) / 1000000)) ms (logs in $DIR/logs); kubeconfig:"
 echo "$DIR/kubeconfig"

@@ -130,6 +130,11 @@ our_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^studio-' 
 # Idempotent; safe on a half-started or crashed cluster.
 teardown() {
   local c pid ns link i
+  # 0. the real node (scripts/real-node-up.sh: containerd, kubelet, kube-proxy, registry),
+  # while the API server still answers.
+  if [ -d "$DIR/real-node" ] || ip link show studiorn0 >/dev/null 2>&1; then
+    "$repo/scripts/real-node-down.sh" || log "warning: scripts/real-node-down.sh failed"
+  fi
   # 1. the kubelet first: it stops its pods (SIGTERM, grace, SIGKILL).
   if pid=$(component_pid kubelet); then
     log "stopping kubelet (pid $pid)"
@@ -195,5 +200,7 @@ leftovers() {
   for ns in $(our_netns); do echo "netns $ns"; done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
   ip link show "$CP_VETH_HOST" >/dev/null 2>&1 && echo "veth $CP_VETH_HOST"
+  ip link show studiorn0 >/dev/null 2>&1 && echo "bridge studiorn0 (the real node)"
+  pgrep -f -- "$DIR/real-node/" >/dev/null && echo "real node processes: $(pgrep -f -- "$DIR/real-node/" | tr '\n' ' ')"
   return 0
 }

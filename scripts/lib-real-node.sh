@@ -12,7 +12,10 @@ RN_BRIDGE=studiorn0                   # not the process kubelet's studiobr0
 RN_SUBNET=10.215.0.0/24               # not 10.213.0.0/16 (pods, control plane) nor 10.214.0.0/16 (Services)
 RN_GATEWAY=10.215.0.1
 RN_CNI_NET=studio-real                # CNI network name (host-local keeps its leases under RN_DIR)
-RN_CGROUP=studio-real                 # kubelet cgroupRoot: /studio-real/kubepods/... in every v1 hierarchy
+# kubelet cgroupRoot /studio-real-<8 hex of the cluster dir>/kubepods/... in every v1
+# hierarchy: cgroups are machine-wide, so a second cluster (the teardown suite's sandbox)
+# must not share them.
+RN_CGROUP=studio-real-$(printf %s "$DIR" | sha256sum | cut -c1-8)
 RN_KUBELET_PORT=10260
 RN_HEALTHZ_PORT=10268
 RN_PROXY_HEALTHZ_PORT=10276

@@ -112,6 +112,11 @@ if [ -f "$RN_DIR/prestate" ]; then
     esac
   done <"$RN_DIR/prestate"
 fi
+# 8b. what real-node-up changed on the control plane's network (when it is still up).
+if ip link show "$BRIDGE" >/dev/null 2>&1; then
+  echo 0 >"/proc/sys/net/ipv4/conf/$BRIDGE/forwarding" 2>/dev/null || true
+fi
+ip netns exec "$CP_NETNS" ip route del "$RN_SUBNET" 2>/dev/null || true
 # 9. the local registry (scripts/registry-up.sh) and its storage.
 "$repo/scripts/registry-down.sh" || rn_log "  warning: the local registry was not stopped cleanly"
 # 10. the state directory.

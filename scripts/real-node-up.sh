@@ -315,18 +315,22 @@ if [ "$STANDALONE" != 1 ]; then
   kubectl_ taint node "$RN_NODE" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
   if [ "$PROXY" = 1 ]; then
     command -v nft >/dev/null || rn_fail "kube-proxy's nftables mode needs nft (apt-get install -y nftables)"
-    # Pod -> ClusterIP -> pod is routed by the host (DNAT in prerouting, then forwarded back
-    # onto studiorn0): forwarding on studiorn0, and our own table drops whatever would be
-    # forwarded anywhere else.
+    # The host routes between the two pod networks: pod -> ClusterIP -> pod (DNAT in
+    # prerouting, then forwarded), the operator's pod (studiobr0) -> a real node's pod
+    # (studiorn0) and back, a real node's pod -> the API server. Forwarding on both
+    # bridges; our own table drops whatever would be forwarded anywhere else.
     nft -f - <<NFT
 table inet $RN_NFT_TABLE {
   chain forward {
     type filter hook forward priority filter - 5; policy accept;
-    iifname "$RN_BRIDGE" oifname != "$RN_BRIDGE" drop
+    iifname { "$RN_BRIDGE", "$BRIDGE" } oifname != { "$RN_BRIDGE", "$BRIDGE" } drop
   }
 }
 NFT
     echo 1 >"/proc/sys/net/ipv4/conf/$RN_BRIDGE/forwarding"
+    echo 1 >"/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
+    # The control plane's netns has no default route: the way back to the real node's pods.
+    ip netns exec "$CP_NETNS" ip route replace "$RN_SUBNET" via "$BRIDGE_ADDR"
     # system:kube-proxy is bound to system:node-proxier by the default RBAC policy.
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$RN_DIR/pki/proxy.key" 2>/dev/null
     openssl req -new -key "$RN_DIR/pki/proxy.key" -subj "/CN=system:kube-proxy" -out "$RN_DIR/pki/proxy.csr" 2>/dev/null

@@ -1,5 +1,6 @@
 //! `scripts/cluster-down.sh` leaves nothing of ours behind: no process (control plane,
-//! kubelet, pods), no network namespace, veth or bridge.
+//! kubelet, pods, and the real node's containerd, kubelet, kube-proxy, registry and
+//! containers), no network namespace, veth, bridge, mount, cgroup or nft table.
 //!
 //! The suite runs a whole cluster of its own (`cluster-up`, a pod, `cluster-down`) in a
 //! sandbox: a network namespace and a mount namespace with a private `/run` (where `ip
@@ -197,6 +198,76 @@ spec:
       periodSeconds: 1
 "#;
 
+/// A container on the real node (Node real-1, containerd): the image real-node-up
+/// imports, the taint it sets.
+const REAL_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: real-victim
+spec:
+  terminationGracePeriodSeconds: 5
+  nodeSelector: {kubernetes.io/hostname: real-1}
+  tolerations: [{key: studio.cms.io/real-node, operator: Exists, effect: NoSchedule}]
+  containers:
+  - name: app
+    image: studio.local/busybox:1
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+"#;
+
+async fn kubectl_apply(sandbox: &Sandbox, manifest: &str) -> anyhow::Result<()> {
+    let mut apply = sandbox.kubectl();
+    apply
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply.spawn().context("kubectl apply")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(manifest.as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("kubectl apply did not finish")??;
+    ensure!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The host PIDs of the real node's containers (`ctr tasks ls`).
+async fn real_node_tasks(sandbox: &Sandbox) -> anyhow::Result<Vec<i32>> {
+    let mut ctr = sandbox.command("ctr");
+    ctr.arg("--address")
+        .arg(
+            sandbox
+                .cluster
+                .dir
+                .join("real-node/containerd/containerd.sock"),
+        )
+        .args(["-n", "k8s.io", "tasks", "ls"]);
+    Ok(run("ctr tasks ls", ctr, Duration::from_secs(20))
+        .await?
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect())
+}
+
+/// The first path segment of a process's cgroup (v1 `memory` line): the kubelet's
+/// cgroupRoot for a container of the real node.
+fn cgroup_root(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find(|l| l.split(':').nth(1) == Some("memory"))
+        .and_then(|l| l.split(':').nth(2))
+        .and_then(|p| p.trim_start_matches('/').split('/').next())
+        .map(String::from)
+}
+
 #[tokio::test]
 async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result<()> {
     let paths = cluster_paths()?;
@@ -211,33 +282,32 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
     )
     .await?;
 
-    // A running pod, so that there are pod processes, a pod netns and a veth to remove.
-    let mut apply = sandbox.kubectl();
-    apply
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = apply.spawn().context("kubectl apply")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(POD.as_bytes()).await?;
+    // Running pods, so that there are pod processes, pod netns, veths, containers, mounts
+    // and cgroups to remove: one on the process kubelet, one on the real node.
+    kubectl_apply(&sandbox, POD).await?;
+    kubectl_apply(&sandbox, REAL_POD).await?;
+    for pod in ["pod/victim", "pod/real-victim"] {
+        let mut wait = sandbox.kubectl();
+        wait.args(["wait", "--for=condition=Ready", pod, "--timeout=120s"]);
+        run("waiting for the pods", wait, Duration::from_secs(130)).await?;
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .context("kubectl apply did not finish")??;
+    let containers = real_node_tasks(&sandbox).await?;
     ensure!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
+        containers.len() >= 2,
+        "the real node runs {containers:?} (a sandbox and a container expected)"
     );
-    let mut wait = sandbox.kubectl();
-    wait.args([
-        "wait",
-        "--for=condition=Ready",
-        "pod/victim",
-        "--timeout=120s",
-    ]);
-    run("waiting for the pod", wait, Duration::from_secs(130)).await?;
+    let cgroups: Vec<String> = containers.iter().filter_map(|p| cgroup_root(*p)).collect();
+    ensure!(
+        cgroups.iter().any(|c| c.starts_with("studio-real-")),
+        "the real node's containers are in cgroups {cgroups:?}"
+    );
+    let real_components = pid_files(&cluster.dir.join("real-node/run"));
+    for c in ["containerd", "kubelet", "kube-proxy", "registry"] {
+        ensure!(
+            real_components.iter().any(|(n, _)| n == c),
+            "no pid file of the real node's {c}: {real_components:?}"
+        );
+    }
     let mut get = sandbox.kubectl();
     get.args(["get", "pod", "victim", "-o", "jsonpath={.metadata.uid}"]);
     let uid = run("reading the pod's uid", get, Duration::from_secs(30)).await?;
@@ -285,6 +355,58 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
     for pid in &pod_processes {
         if !gone(*pid) {
             left.push(format!("pod process {pid}"));
+        }
+    }
+    for (name, pid) in &real_components {
+        if !gone(*pid) {
+            left.push(format!("real node process {name} (pid {pid})"));
+        }
+    }
+    for pid in &containers {
+        if !gone(*pid) {
+            left.push(format!("real node container process {pid}"));
+        }
+    }
+    for root in &cgroups {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let d = h.path().join(root);
+            if d.exists() {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+    }
+    let mut mounts = sandbox.command("cat");
+    mounts.arg("/proc/self/mounts");
+    let needle = cluster.dir.to_string_lossy().into_owned();
+    for line in run("reading the mounts", mounts, Duration::from_secs(10))
+        .await?
+        .lines()
+    {
+        if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|m| m.starts_with(&needle))
+        {
+            left.push(format!("mount {line}"));
+        }
+    }
+    // The kubelet's and kube-proxy's chains and rules, the real node's own table
+    // (iptables-nft may keep its empty standard tables: no rule, nothing to remove).
+    let mut nft = sandbox.command("nft");
+    nft.args(["list", "ruleset"]);
+    for line in run("nft list ruleset", nft, Duration::from_secs(10))
+        .await?
+        .lines()
+    {
+        if ["KUBE-", "CNI-", "kube-proxy", "studio"]
+            .iter()
+            .any(|n| line.contains(n))
+        {
+            left.push(format!("nft: {}", line.trim()));
         }
     }
     left.extend(

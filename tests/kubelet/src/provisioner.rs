@@ -1,4 +1,4 @@
-//! A hostPath "dynamic provisioner" for PVCs.
+//! A node-local "dynamic provisioner" for PVCs.
 //!
 //! Ensures a default StorageClass `standard` (provisioner `studio.cms.io/local`, as scripts/cluster-up.sh makes it,
 //! Immediate binding, reclaim Delete) exists. For every Pending PVC whose class is
@@ -8,6 +8,10 @@
 //! persistentvolume-binder then binds the two. When such a PV is Released/Failed (its
 //! PVC was deleted) the directory and the PV are deleted. The directory belongs to the
 //! PVC, not to a pod: it survives pod restarts, deletion and re-creation.
+//!
+//! `local`, not `hostPath`: a real kubelet applies a pod's `fsGroup` to a local volume
+//! (a non-root node can write it) and ignores it for hostPath. Every Node of the local
+//! cluster runs on this machine, so the node affinity admits any Linux node.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +20,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeSpec,
+    LocalVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -96,9 +100,21 @@ pub fn pv_for(pvc: &PersistentVolumeClaim, dir: &Path) -> Option<PersistentVolum
         spec: Some(PersistentVolumeSpec {
             capacity: Some(BTreeMap::from([("storage".to_string(), storage)])),
             access_modes: Some(access_modes),
-            host_path: Some(HostPathVolumeSource {
+            local: Some(LocalVolumeSource {
                 path: dir.display().to_string(),
-                type_: Some("DirectoryOrCreate".to_string()),
+                fs_type: None,
+            }),
+            node_affinity: Some(VolumeNodeAffinity {
+                required: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/os".to_string(),
+                            operator: "In".to_string(),
+                            values: Some(vec!["linux".to_string()]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
             }),
             persistent_volume_reclaim_policy: Some("Delete".to_string()),
             storage_class_name: spec.storage_class_name.clone().filter(|c| !c.is_empty()),
@@ -224,7 +240,10 @@ async fn reconcile(
             .persistent_volume_reclaim_policy
             .as_deref()
             .unwrap_or("Delete");
-        let path = spec.host_path.map(|h| h.path);
+        let path = spec
+            .host_path
+            .map(|h| h.path)
+            .or(spec.local.map(|l| l.path));
         // A pre-bound PV whose claim no longer exists (PVC deleted before binding).
         let claim_gone = spec.claim_ref.as_ref().is_some_and(|r| {
             let ns = r.namespace.clone().unwrap_or_default();
@@ -364,7 +383,7 @@ mod tests {
         assert_eq!(pv.metadata.name.as_deref(), Some("pvc-1234"));
         let spec = pv.spec.unwrap();
         assert_eq!(spec.capacity.unwrap()["storage"].0, "2Gi");
-        assert_eq!(spec.host_path.unwrap().path, "/state/volumes/pvc-1234");
+        assert_eq!(spec.local.unwrap().path, "/state/volumes/pvc-1234");
         assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
         assert_eq!(
             spec.persistent_volume_reclaim_policy.as_deref(),

@@ -12,7 +12,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo          build everything, start the local cluster, run the demo"
 	@echo "make test          lint + every test (unit, integration, end-to-end)"
-	@echo "make cluster-up    start the local Kubernetes (control plane + process kubelet)"
+	@echo "make cluster-up    start the local Kubernetes (control plane, process kubelet, real node)"
 	@echo "make cluster-down  stop it and remove everything it created"
 	@echo "make -s kubeconfig print the admin kubeconfig path"
 	@echo "make images        build the studio-node/studio-operator images (buildah, no Docker) and"
@@ -22,8 +22,10 @@ help:
 deps:
 	@scripts/install-deps.sh
 
+# The control plane, and the real node's kubelet, kube-proxy and pause image.
 controlplane: deps
 	@scripts/build-controlplane.sh >/dev/null
+	@scripts/build-node.sh >/dev/null
 
 bins:
 	$(CARGO) build --workspace --bins

@@ -7,7 +7,7 @@ export STUDIO_CLUSTER_DIR ?= $(REPO)/.cache/cluster
 export STUDIO_TARGET_DIR ?= $(REPO)/target/debug
 CARGO ?= cargo
 
-.PHONY: help deps controlplane bins images cluster-up cluster-down kubeconfig lint crd-check chart-check test unit e2e demo bench fmt
+.PHONY: help deps controlplane bins images cluster-up cluster-down kubeconfig lint crd-check chart-check test unit e2e demo bench bench-real-node fmt
 
 help:
 	@echo "make demo          build everything, start the local cluster, run the demo"
@@ -91,6 +91,13 @@ test: lint unit e2e
 
 bench:
 	$(CARGO) run --release -p studio-node --bin studio-bench
+
+# Failover, pod deletion and switchover on the real node, BENCH_RUNS (20) each, writes
+# through the -primary ClusterIP (tests/e2e/tests/real_node_bench.rs).
+bench-real-node: controlplane bins
+	@export STUDIO_CP_BIN=$$(scripts/build-controlplane.sh); \
+	  scripts/cluster-up.sh >/dev/null; CARGO=$(CARGO) scripts/build-images.sh >/dev/null; \
+	  $(CARGO) test -p studio-e2e --test real_node_bench -- --nocapture
 
 demo: cluster-up
 	@scripts/demo.sh

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod nemesis;
 pub mod prometheus;
+pub mod real_node;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -217,4 +218,14 @@ pub async fn operator_leader(client: &kube::Client) -> anyhow::Result<String> {
         "the Lease holder {holder} is not a Ready pod"
     );
     Ok(holder)
+}
+
+/// (p50, p99, max) of `v` (sorted in place; nearest-rank percentiles).
+pub fn percentiles(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let p = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (p(0.5), p(0.99), v[v.len() - 1])
 }

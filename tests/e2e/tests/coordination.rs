@@ -55,7 +55,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::json;
-use studio_e2e::{describe, is_ready, name, pod_ip, ready_endpoints};
+use studio_e2e::{describe, is_ready, name, percentiles, pod_ip, ready_endpoints};
 use studio_harness::{TestEnv, join, pod_pids, wait_for};
 
 mod common;
@@ -663,15 +663,6 @@ async fn watch_labels(
             lock(&violations).push(format!("two primaries labelled: {prim:?}"));
         }
     }
-}
-
-fn percentiles(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    let p = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    (p(0.5), p(0.99), v[v.len() - 1])
 }
 
 fn signal_pod(pod: &Pod, sig: Signal) -> anyhow::Result<()> {

@@ -7,219 +7,23 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
-use kube::Api;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use studio_e2e::history::{digests, digests_agree};
+use studio_e2e::real_node::*;
 use studio_e2e::{is_ready, name, pod_ip, restart_count};
-use studio_harness::{Cluster, TestEnv, wait_for};
+use studio_harness::{TestEnv, wait_for};
 
 use common::*;
 
-const REAL_NODE: &str = "real-1";
-/// The real node's taint (scripts/real-node-up.sh): only pods that ask run there.
-const REAL_NODE_TAINT: &str = "studio.cms.io/real-node";
-/// The non-root user and group of the runtime images (Dockerfile).
-const IMAGE_UID: u32 = 65532;
-
-/// `KEY=VALUE` lines of `<cluster dir>/images.env`, written by `make images`.
-fn pushed_images(c: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
-    let path = c.dir.join("images.env");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (run `make images` with the local cluster up)",
-            path.display()
-        )
-    })?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
-}
-
-/// The studio-node image by digest (`<registry>/<repository>@sha256:...`).
-fn node_image(c: &Cluster) -> anyhow::Result<String> {
-    let images = pushed_images(c)?;
-    let image = images
-        .get("STUDIO_NODE_IMAGE")
-        .cloned()
-        .ok_or_else(|| anyhow!("images.env has no STUDIO_NODE_IMAGE: {images:?}"))?;
-    ensure!(
-        image.contains("@sha256:"),
-        "STUDIO_NODE_IMAGE {image} is not pinned by digest"
-    );
-    Ok(image)
-}
-
-/// The real node is Ready and its runtime is containerd.
-async fn real_node_ready(env: &TestEnv) -> anyhow::Result<String> {
-    let node = Api::<Node>::all(env.client.clone())
-        .get_opt(REAL_NODE)
-        .await?
-        .ok_or_else(|| {
-            anyhow!("Node {REAL_NODE} does not exist: scripts/cluster-up.sh starts it")
-        })?;
-    let status = node.status.unwrap_or_default();
-    let runtime = status
-        .node_info
-        .map(|i| i.container_runtime_version)
-        .unwrap_or_default();
-    ensure!(
-        runtime.starts_with("containerd://"),
-        "Node {REAL_NODE} runs {runtime:?}, not containerd"
-    );
-    let ready = status
-        .conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    ensure!(ready, "Node {REAL_NODE} is not Ready");
-    Ok(runtime)
-}
-
 /// A StudioCluster whose pods all run on the real node from `image`.
 fn real_node_cluster(name: &str, image: &str, nodes: u32) -> String {
-    cluster_manifest(
-        name,
-        json!({
-            "nodes": nodes,
-            "image": image,
-            "pod": {
-                "tolerations": [{"key": REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-                "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-                // One Node: the default anti-affinity across Nodes would only be preferred,
-                // but say so rather than rely on it.
-                "affinity": {}
-            }
-        }),
-    )
-}
-
-/// The containerd socket of the real node (scripts/lib-real-node.sh).
-fn containerd_socket(c: &Cluster) -> PathBuf {
-    c.dir.join("real-node/containerd/containerd.sock")
-}
-
-/// The host PID of a pod's `studio` container, from containerd (`ctr tasks ls`).
-fn container_pid(c: &Cluster, pod: &Pod) -> anyhow::Result<i32> {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "studio"))
-        .and_then(|c| c.container_id.clone())
-        .ok_or_else(|| anyhow!("{} has no studio container id", name(pod)))?;
-    let id = id
-        .strip_prefix("containerd://")
-        .ok_or_else(|| anyhow!("container id {id} is not containerd's"))?;
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(containerd_socket(c))
-        .args(["-n", "k8s.io", "tasks", "ls"])
-        .output()
-        .context("running ctr tasks ls")?;
-    ensure!(
-        out.status.success(),
-        "ctr tasks ls: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .ok_or_else(|| anyhow!("containerd has no task {id}:\n{text}"))?;
-    let pid = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("no pid in {line:?}"))?;
-    pid.parse().with_context(|| format!("pid {pid:?}"))
-}
-
-/// The process's real uid (`/proc/<pid>/status`) and whether its root filesystem is
-/// mounted read-only (`/proc/<pid>/mountinfo`, as the container sees it).
-fn uid_and_read_only_root(pid: i32) -> anyhow::Result<(u32, bool)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .ok_or_else(|| anyhow!("no Uid in /proc/{pid}/status"))?
-        .parse()?;
-    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
-    // Fields: id parent major:minor root mount-point options ...
-    let root = mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .rfind(|f| f.get(4) == Some(&"/"))
-        .ok_or_else(|| anyhow!("no / mount in /proc/{pid}/mountinfo"))?;
-    let read_only = root.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"));
-    Ok((uid, read_only))
-}
-
-/// The host directory behind a pod's data PVC (a `local` PV).
-async fn data_dir(env: &TestEnv, pod: &str) -> anyhow::Result<PathBuf> {
-    let pvc = env
-        .api::<PersistentVolumeClaim>()
-        .get(&format!("data-{pod}"))
-        .await?;
-    let pv = pvc
-        .spec
-        .and_then(|s| s.volume_name)
-        .ok_or_else(|| anyhow!("data-{pod} is not bound"))?;
-    let pv = Api::<PersistentVolume>::all(env.client.clone())
-        .get(&pv)
-        .await?;
-    let path = pv
-        .spec
-        .and_then(|s| s.local.map(|l| l.path))
-        .ok_or_else(|| anyhow!("PV of data-{pod} is not a local volume"))?;
-    Ok(PathBuf::from(path))
-}
-
-/// The volume's root belongs to group 65532 (the kubelet applied `fsGroup`) and every
-/// file the node wrote belongs to user 65532.
-fn owned_by_the_image_user(dir: &Path) -> anyhow::Result<usize> {
-    let meta = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
-    ensure!(
-        meta.gid() == IMAGE_UID,
-        "{} has group {}, not {IMAGE_UID} (fsGroup not applied)",
-        dir.display(),
-        meta.gid()
-    );
-    let mut files = 0;
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let m = e.metadata()?;
-        ensure!(
-            m.uid() == IMAGE_UID,
-            "{} belongs to uid {}, not {IMAGE_UID}",
-            e.path().display(),
-            m.uid()
-        );
-        files += 1;
-    }
-    ensure!(files > 0, "the node wrote nothing into {}", dir.display());
-    Ok(files)
-}
-
-async fn cluster_ip(env: &TestEnv, service: &str) -> anyhow::Result<Ipv4Addr> {
-    let svc = env.api::<Service>().get(service).await?;
-    let ip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .ok_or_else(|| anyhow!("Service {service} has no ClusterIP"))?;
-    ip.parse()
-        .with_context(|| format!("ClusterIP {ip} of {service}"))
+    cluster_manifest(name, real_node_spec(image, nodes))
 }
 
 /// Writes `n` items under `prefix` through `ip`; all must be acknowledged.
@@ -307,9 +111,11 @@ async fn the_shipped_image_runs_non_root_read_only_behind_a_cluster_ip() -> anyh
     // kube-proxy programs the ClusterIP once it sees the Service's ready endpoint (until
     // then its rules refuse the connection).
     let ready_at = Instant::now();
-    wait_for("a write through the ClusterIP", Duration::from_secs(60), || async {
-        content.put(vip, "first", "x").await
-    })
+    wait_for(
+        "a write through the ClusterIP",
+        Duration::from_secs(60),
+        || async { content.put(vip, "first", "x").await },
+    )
     .await?;
     eprintln!(
         "[real-node] ClusterIP {vip} took writes {:.1} s after the cluster was Ready",

@@ -1,0 +1,187 @@
+//! Failover numbers on the real node (not part of `cargo test`; `make bench-real-node`,
+//! results in BENCHMARKS.md): a StudioCluster of the pushed studio-node image on
+//! `real-1` (3 data nodes + arbiter, sync K = 2, TLS), one client writing sequentially
+//! through the `-primary` Service's ClusterIP (kube-proxy), and `BENCH_RUNS` (default
+//! 20) of each fault: kill -9 of the primary container (its PID from containerd), delete
+//! of the primary's pod, switchover (the operator's annotation). Each run reports the
+//! write gap the client saw: from the last write acknowledged before the fault to the
+//! first acknowledged after it. Prints `REAL-NODE-BENCH` lines.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use studio_e2e::real_node::*;
+use studio_e2e::{is_ready, name, percentiles};
+use studio_harness::{TestEnv, wait_for};
+
+use common::*;
+
+const CLUSTER: &str = "fb";
+
+/// Instants of acknowledged writes, appended by the writer.
+type Acks = Arc<std::sync::Mutex<Vec<Instant>>>;
+
+fn start_writer(content: Content, vip: Ipv4Addr, stop: Arc<AtomicBool>, acks: Acks) {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            match content.put(vip, &format!("bench/w-{i}"), "x").await {
+                Ok(()) => lock(&acks).push(Instant::now()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+}
+
+/// Every pod Ready, one primary, and writes flowing (an ack newer than `after`).
+async fn settled(env: &TestEnv, acks: &Acks, after: Instant) -> anyhow::Result<String> {
+    wait_for("the cluster settled", Duration::from_secs(180), || async {
+        let pods = cluster_pods(env, CLUSTER).await?;
+        ensure!(
+            pods.len() == 4
+                && pods
+                    .iter()
+                    .all(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none()),
+            "pods not all Ready"
+        );
+        let primaries: Vec<String> = pods
+            .iter()
+            .filter(|p| role_of(p) == "primary")
+            .map(name)
+            .collect();
+        ensure!(primaries.len() == 1, "primaries {primaries:?}");
+        let last = lock(acks).last().copied();
+        ensure!(
+            last.is_some_and(|t| t > after + Duration::from_secs(1)),
+            "no write acknowledged lately"
+        );
+        Ok(primaries[0].clone())
+    })
+    .await
+}
+
+/// The write gap around a fault at `at`: last ack before it → first ack after it.
+async fn gap_after(acks: &Acks, at: Instant) -> anyhow::Result<f64> {
+    let first_after = wait_for(
+        "a write acknowledged after the fault",
+        Duration::from_secs(120),
+        || async {
+            lock(acks)
+                .iter()
+                .find(|t| **t > at)
+                .copied()
+                .ok_or_else(|| anyhow!("none yet"))
+        },
+    )
+    .await?;
+    let before = lock(acks)
+        .iter()
+        .rev()
+        .find(|t| **t <= at)
+        .copied()
+        .unwrap_or(at);
+    Ok((first_after - before).as_secs_f64())
+}
+
+fn report(kind: &str, gaps: &mut [f64]) {
+    let (p50, p99, max) = percentiles(gaps);
+    eprintln!(
+        "REAL-NODE-BENCH {kind} write gap through the ClusterIP n={} p50={p50:.3}s p99={p99:.3}s max={max:.3}s",
+        gaps.len()
+    );
+}
+
+#[tokio::test]
+async fn failover_on_the_real_node() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let env = OpEnv::new("real-node-bench").await?;
+    let c = studio_harness::cluster()?;
+    real_node_ready(&env).await?;
+    let image = node_image(c)?;
+    apply(
+        &env,
+        "fb.yaml",
+        &cluster_manifest(CLUSTER, real_node_spec(&image, 3)),
+    )?;
+    wait_ready(&env, CLUSTER, 3, Duration::from_secs(300)).await?;
+    let content = Content::new(&env, CLUSTER).await?;
+    let vip = cluster_ip(&env, &format!("{CLUSTER}-primary")).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Acks = Arc::default();
+    start_writer(content, vip, stop.clone(), acks.clone());
+
+    let mut kill9 = Vec::new();
+    for run in 0..runs {
+        let primary = settled(&env, &acks, Instant::now()).await?;
+        let pod = env.api::<Pod>().get(&primary).await?;
+        let pid = container_pid(c, &pod)?;
+        let at = Instant::now();
+        let out = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .output()?;
+        ensure!(out.status.success(), "kill -9 {pid}");
+        let gap = gap_after(&acks, at).await?;
+        eprintln!("[bench] kill -9 #{run} of {primary}: {gap:.3} s");
+        kill9.push(gap);
+    }
+    let mut delete = Vec::new();
+    for run in 0..runs {
+        let primary = settled(&env, &acks, Instant::now()).await?;
+        let at = Instant::now();
+        env.api::<Pod>()
+            .delete(&primary, &DeleteParams::default())
+            .await?;
+        let gap = gap_after(&acks, at).await?;
+        eprintln!("[bench] delete #{run} of {primary}: {gap:.3} s");
+        delete.push(gap);
+    }
+    let mut switchover = Vec::new();
+    for run in 0..runs {
+        let primary = settled(&env, &acks, Instant::now()).await?;
+        let target = cluster_pods(&env, CLUSTER)
+            .await?
+            .iter()
+            .map(name)
+            .find(|n| *n != primary && !is_arbiter(CLUSTER, n))
+            .ok_or_else(|| anyhow!("no replica to switch over to"))?;
+        let at = Instant::now();
+        annotate(
+            &env,
+            CLUSTER,
+            &format!("studio.cms.io/switchover-to={target}"),
+        )?;
+        let gap = gap_after(&acks, at).await?;
+        wait_for("the switchover done", Duration::from_secs(60), || async {
+            let now = cluster_pods(&env, CLUSTER)
+                .await?
+                .iter()
+                .find(|p| role_of(p) == "primary")
+                .map(name);
+            if now.as_deref() == Some(target.as_str()) {
+                Ok(())
+            } else {
+                bail!("primary {now:?}, want {target}")
+            }
+        })
+        .await?;
+        eprintln!("[bench] switchover #{run} {primary} → {target}: {gap:.3} s");
+        switchover.push(gap);
+    }
+    stop.store(true, Ordering::SeqCst);
+    report("kill -9 of the primary container", &mut kill9);
+    report("delete of the primary's pod", &mut delete);
+    report("switchover", &mut switchover);
+    env.pass().await
+}

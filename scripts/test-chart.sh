@@ -41,4 +41,11 @@ refused image.pullPolicy=Sometimes "/image/pullPolicy"
 refused replicaCoutn=2 "replicaCoutn"
 refused monitoring.podMonitor.interval=soon "/monitoring/podMonitor/interval"
 refused metrics.port=70000 "/metrics/port"
+refused image.digest=latest "/image/digest"
 log "bad values refused with a clear message"
+# A digest pins the image (deployment and CRD hook), the tag is not used.
+d=sha256:$(printf '%064d' 0)
+pinned=$("$helm" template t "$chart" --set image.repository=r.example/studio-operator --set image.tag=x --set "image.digest=$d")
+[ "$(grep -c "image: \"r.example/studio-operator@$d\"" <<<"$pinned")" = 2 ] ||
+  fail "image.digest did not pin both the operator and the CRD hook image"
+log "image.digest pins the image"

@@ -100,4 +100,5 @@ bench-real-node: controlplane bins
 	  $(CARGO) test -p studio-e2e --test real_node_bench -- --nocapture
 
 demo: cluster-up
+	@CARGO=$(CARGO) scripts/build-images.sh >/dev/null
 	@scripts/demo.sh

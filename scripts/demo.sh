@@ -4,16 +4,19 @@
 #   2. kubectl apply examples/three-nodes-arbiter-sync.yaml into the studio-demo namespace,
 #   3. wait for the StudioCluster's Ready condition,
 #   4. show `kubectl get studioclusters` and the pods with their roles,
-#   5. write an item through the primary (-primary Service's EndpointSlice address) with a
+#   5. write an item through the -primary Service's ClusterIP (kube-proxy) with a
 #      JWT signed by the generated Secret's key, read it back from the primary and from a
 #      replica.
 # Safe to run again: every step is an install-or-upgrade, an apply or a read, and the
 # item is replaced.
 #
-# Images: the process kubelet maps an image to a local binary by the last path segment
-# of its repository (tag ignored), so the chart's image becomes local/studio-operator:dev
-# and the example's local/studio-node:dev; the example file itself stays as it is for
-# real clusters.
+# Everything runs on the local cluster's real node (Node real-1: the upstream kubelet,
+# containerd, runc, CNI, kube-proxy) from the images `make images` built from the
+# Dockerfile and pushed to the local registry: the operator from the chart with its
+# image pinned by digest, the example's StudioCluster with spec.image set to the pushed
+# studio-node digest; both with the real node's toleration and node selector (the
+# example file itself stays as it is for real clusters). The write goes through the
+# -primary Service's ClusterIP.
 #
 # Environment: STUDIO_CLUSTER_DIR (default .cache/cluster), STUDIO_CP_BIN (kubectl/helm;
 # default: the output of scripts/build-controlplane.sh), DEMO_NAMESPACE (studio-demo),
@@ -42,40 +45,47 @@ helm() { "$BIN/helm" "$@"; }
 [ -f "$KUBECONFIG" ] || die "no local cluster ($KUBECONFIG missing): run 'make cluster-up' (or 'make demo')"
 kubectl get --raw /readyz >/dev/null 2>&1 ||
   die "the local cluster's API server does not answer: run 'make cluster-up' (or 'make demo')"
+# The images `make images` pushed (scripts/build-images.sh writes their digests here).
+images_env=$DIR/images.env
+[ -f "$images_env" ] || die "$images_env is missing: run 'make images' (or 'make demo')"
+node_image=$(sed -n 's/^STUDIO_NODE_IMAGE=//p' "$images_env")
+operator_image=$(sed -n 's/^STUDIO_OPERATOR_IMAGE=//p' "$images_env")
+case $node_image$operator_image in *@sha256:*@sha256:*) ;; *) die "$images_env does not name both images by digest" ;; esac
+real_node=real-1
+[ "$(kubectl get node "$real_node" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] ||
+  die "Node $real_node (the real kubelet) is not Ready: run 'make cluster-up'"
 target=${STUDIO_TARGET_DIR:-$repo/target/debug}
-for b in studio-operator studio-node; do
-  [ -x "$target/$b" ] || die "$target/$b is missing: run 'cargo build --workspace --bins'"
-done
 command -v python3 >/dev/null || die "python3 is needed to sign the demo's JWT"
 command -v curl >/dev/null || die "curl is needed to talk to the nodes"
 
 say "Installing the operator: helm upgrade --install $RELEASE charts/studio-operator -n $OPERATOR_NS"
+echo "image $operator_image, on Node $real_node"
+values=$(mktemp)
+manifest=$(mktemp)
+trap 'rm -f "$values" "$manifest"' EXIT
+cat >"$values" <<VALUES
+image:
+  repository: ${operator_image%@*}
+  digest: ${operator_image#*@}
+nodeSelector: {kubernetes.io/hostname: $real_node}
+tolerations: [{key: studio.cms.io/real-node, operator: Exists, effect: NoSchedule}]
+VALUES
 helm upgrade --install "$RELEASE" "$repo/charts/studio-operator" \
-  --namespace "$OPERATOR_NS" --create-namespace \
-  --set image.repository=local/studio-operator --set image.tag=dev \
+  --namespace "$OPERATOR_NS" --create-namespace -f "$values" \
   --wait --timeout "${TIMEOUT}s" >/dev/null ||
-  die "helm install failed; see kubectl -n $OPERATOR_NS get pods and $DIR/kubelet/pods/${OPERATOR_NS}_*/operator.log"
-# Operator pods older than the studio-operator binary run old code (helm sees no change
-# when only the binary was rebuilt): restart them onto the new build.
-built=$(stat -c %Y "$target/studio-operator")
-oldest=$(kubectl -n "$OPERATOR_NS" get pods -l "app.kubernetes.io/instance=$RELEASE" \
-  -o jsonpath='{range .items[*]}{.status.startTime}{"\n"}{end}' | sort | head -n1)
-if [ -n "$oldest" ] && [ "$(date -d "$oldest" +%s)" -lt "$built" ]; then
-  echo "restarting the operator onto the binary built $(date -d "@$built" -u +%H:%M:%SZ)"
-  kubectl -n "$OPERATOR_NS" rollout restart "deployment/$RELEASE" >/dev/null
-  kubectl -n "$OPERATOR_NS" rollout status "deployment/$RELEASE" --timeout="${TIMEOUT}s" >/dev/null ||
-    die "the operator did not roll out; see $DIR/kubelet/pods/${OPERATOR_NS}_*/operator.log"
-fi
+  die "helm install failed; see kubectl -n $OPERATOR_NS get pods and kubectl -n $OPERATOR_NS logs deployment/$RELEASE"
 kubectl -n "$OPERATOR_NS" get pods -o wide
 
 say "Creating the StudioCluster: kubectl apply -f examples/$(basename "$EXAMPLE") -n $NS"
 kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS" >/dev/null
 name=$(sed -n 's/^  name: *//p' "$EXAMPLE" | head -n1)
 [ -n "$name" ] || die "cannot read metadata.name from $EXAMPLE"
-manifest=$(mktemp)
-trap 'rm -f "$manifest"' EXIT
-sed -E 's#^(  image: *).*/?studio-node:.*$#\1local/studio-node:dev#' "$EXAMPLE" >"$manifest"
-grep -q 'image: local/studio-node:dev' "$manifest" || die "cannot map the example's image to local/studio-node:dev"
+# The example with the pushed image and the real node's scheduling (a local patch: the
+# API server is not involved).
+patch=$(printf '{"spec": {"image": "%s", "pod": {"nodeSelector": {"kubernetes.io/hostname": "%s"}, "tolerations": [{"key": "studio.cms.io/real-node", "operator": "Exists", "effect": "NoSchedule"}], "affinity": {}}}}' \
+  "$node_image" "$real_node")
+kubectl patch --local -f "$EXAMPLE" --type merge -o yaml -p "$patch" >"$manifest" ||
+  die "cannot set the image and scheduling in a copy of $EXAMPLE"
 kubectl -n "$NS" apply -f "$manifest"
 
 say "Waiting for Ready: kubectl wait --for=condition=Ready studiocluster/$name (up to ${TIMEOUT}s)"
@@ -83,7 +93,7 @@ start=$(date +%s)
 if ! kubectl -n "$NS" wait --for=condition=Ready "studiocluster/$name" --timeout="${TIMEOUT}s"; then
   kubectl -n "$NS" get studiocluster "$name" -o jsonpath='{.status.message}{"\n"}' >&2 || true
   kubectl -n "$NS" get pods -o wide >&2 || true
-  die "studiocluster/$name is not Ready after ${TIMEOUT}s; node logs: $DIR/kubelet/pods/${NS}_*/studio.log"
+  die "studiocluster/$name is not Ready after ${TIMEOUT}s; node logs: kubectl -n $NS logs $name-0"
 fi
 echo "Ready after $(($(date +%s) - start)) s of waiting"
 
@@ -92,9 +102,11 @@ kubectl -n "$NS" get studioclusters
 say "kubectl get pods -n $NS -L studio.cms.io/role -o wide"
 kubectl -n "$NS" get pods -L studio.cms.io/role -o wide
 
-say "Writing and reading an item through the primary"
-# The primary's address: the -primary Service's EndpointSlice (it selects the role label
-# the nodes flip), retried while the slice catches up.
+say "Writing and reading an item through the -primary Service's ClusterIP"
+# kube-proxy sends the Service's ClusterIP to the pod labelled primary (the role label
+# the nodes flip); wait until the Service has that ready endpoint.
+vip=$(kubectl -n "$NS" get service "$name-primary" -o jsonpath='{.spec.clusterIP}')
+[ -n "$vip" ] || die "the Service $name-primary has no ClusterIP"
 primary_ip=""
 for _ in $(seq 1 100); do
   primary_ip=$(kubectl -n "$NS" get endpointslices -l "kubernetes.io/service-name=$name-primary" \
@@ -104,7 +116,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$primary_ip" ] || die "the Service $name-primary has no ready endpoint"
 primary_pod=$(kubectl -n "$NS" get pods -l "studio.cms.io/cluster=$name,studio.cms.io/role=primary" -o jsonpath='{.items[0].metadata.name}')
-echo "primary: $primary_pod at $primary_ip (from EndpointSlice of Service $name-primary)"
+echo "Service $name-primary: ClusterIP $vip -> $primary_pod ($primary_ip)"
 
 # A short-lived HS256 JWT signed with the generated Secret's jwt-key (the nodes verify
 # user tokens with it). Nothing is written to disk; the key stays in this process.
@@ -130,8 +142,13 @@ kubectl -n "$NS" get secret "$name-tls" -o jsonpath='{.data.ca\.crt}' | base64 -
 http() { curl -sS --noproxy '*' --connect-timeout 2 --max-time 10 --cacert "$ca" -H "Authorization: Bearer $token" "$@"; }
 primary_host="$name-primary.$NS.svc"
 primary_url="https://$primary_host:8080"
-echo "PUT $primary_url/api/v1/content/$path (→ $primary_ip)"
-out=$(http --resolve "$primary_host:8080:$primary_ip" -w '\n%{http_code}' -X PUT \
+echo "PUT $primary_url/api/v1/content/$path (-> ClusterIP $vip)"
+# The first connection may come before kube-proxy has programmed the endpoint: retry.
+for _ in $(seq 1 50); do
+  http --resolve "$primary_host:8080:$vip" -o /dev/null "$primary_url/healthz" 2>/dev/null && break
+  sleep 0.2
+done
+out=$(http --resolve "$primary_host:8080:$vip" -w '\n%{http_code}' -X PUT \
   -H 'content-type: application/json' --data "$item" \
   "$primary_url/api/v1/content/$path") || die "the write to the primary failed"
 code=${out##*$'\n'}
@@ -139,7 +156,7 @@ echo "${out%$'\n'*}"
 case $code in 200 | 201) echo "→ $code" ;; *) die "the primary answered the write with HTTP $code" ;; esac
 
 echo "GET $primary_url/api/v1/content/$path"
-got=$(http --resolve "$primary_host:8080:$primary_ip" "$primary_url/api/v1/content/$path") ||
+got=$(http --resolve "$primary_host:8080:$vip" "$primary_url/api/v1/content/$path") ||
   die "the read from the primary failed"
 echo "$got"
 case $got in *"$stamp"*) echo "→ the primary returns what was written" ;; *) die "the primary did not return the item just written" ;; esac

@@ -121,8 +121,28 @@ pub struct Observed {
     pub prev_phase: Option<Phase>,
     /// The studio-node image of the data StatefulSet's template.
     pub sts_image: Option<String>,
+    /// The studio-node image of the arbiter StatefulSet's template.
+    pub arbiter_sts_image: Option<String>,
+    /// A StatefulSet has a template change its controller has not observed yet
+    /// (`status.observedGeneration` < `metadata.generation`): its `updateRevision` is
+    /// stale, so which pods are outdated is not known yet.
+    pub templates_pending: bool,
     /// How the image rollout in progress runs (see `crate::upgrade`).
     pub upgrade_kind: Option<studio_crds::UpgradeKind>,
+}
+
+/// The studio-node image of a StatefulSet's pod template.
+fn template_image(sts: &StatefulSet) -> Option<String> {
+    sts.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == crate::build::CONTAINER)?
+        .image
+        .clone()
 }
 
 impl Observed {
@@ -148,15 +168,12 @@ impl Observed {
         self.update_revision = data
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone());
-        self.sts_image = data
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| {
-                p.containers
-                    .iter()
-                    .find(|c| c.name == crate::build::CONTAINER)
-            })
-            .and_then(|c| c.image.clone());
+        self.sts_image = data.and_then(template_image);
+        self.arbiter_sts_image = arbiter.and_then(template_image);
+        self.templates_pending = [data, arbiter].into_iter().flatten().any(|s| {
+            let observed = s.status.as_ref().and_then(|st| st.observed_generation);
+            observed < s.metadata.generation
+        });
         self.arbiter_update_revision = arbiter
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone());

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use studio_crds::node_api::{ClusterStatus, NodeRole};
 use studio_crds::{Phase, PrimaryUpdateStrategy, StudioCluster, UpgradeKind, annotations};
 use studio_operator::plan::{self, LabelRepair, Member, Observed, Reason, Step};
@@ -78,6 +79,7 @@ fn observed(members: Vec<Member>, replicas: i32, rev: &str, holder: Option<&str>
         prev_phase: None,
         sts_image: None,
         upgrade_kind: None,
+        ..Default::default()
     }
 }
 
@@ -339,6 +341,66 @@ fn an_offline_upgrade_restarts_every_member_together_never_one_by_one() {
         plan::plan(&sc, &obs).step,
         Some(Step::RestartAll { .. })
     ));
+}
+
+/// A StatefulSet as the API returns it: `generation` bumped by the template change,
+/// `observedGeneration`/`updateRevision` as far as its controller got.
+fn statefulset(name: &str, image: &str, generation: i64, observed: i64, rev: &str) -> StatefulSet {
+    let yaml = format!(
+        "metadata: {{name: {name}, generation: {generation}}}\nspec: {{selector: {{}}, serviceName: x, template: {{spec: {{containers: [{{name: studio, image: {image}}}]}}}}}}\nstatus: {{replicas: 1, observedGeneration: {observed}, updateRevision: {rev}}}\n"
+    );
+    serde_yaml::from_str(&yaml).expect("statefulset yaml")
+}
+
+/// The race CI hit: the data StatefulSet's controller had seen the new template, the
+/// arbiter's had not, so only the data pods looked outdated; restarting them without
+/// the arbiter let a revision-2 primary count a revision-1 arbiter's vote.
+#[test]
+fn an_offline_upgrade_waits_until_every_statefulset_observed_the_new_template() {
+    let mut arbiter = member(0, "replica", "a1", 100);
+    arbiter.name = "acme-arbiter-0".into();
+    arbiter.arbiter = true;
+    let members = vec![
+        member(0, "primary", "r1", 100),
+        member(1, "replica", "r1", 100),
+        member(2, "replica", "r1", 100),
+        arbiter,
+    ];
+    let data = statefulset("acme", "studio-node:2", 2, 2, "r2");
+    let stale = statefulset("acme-arbiter", "studio-node:2", 2, 1, "a1");
+    let mut obs = Observed::new(&[], "acme").with_statefulsets(Some(&data), Some(&stale));
+    obs.members = members;
+    obs.lease_holder = Some("acme-0".into());
+    obs.had_primary = true;
+    obs.upgrade_kind = Some(UpgradeKind::Offline);
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!((p.step, p.phase), (None, Phase::Upgrading), "{}", p.message);
+    assert!(p.message.contains("new template"), "{}", p.message);
+
+    // Once it has: every member, the arbiter too, in one step.
+    let current = statefulset("acme-arbiter", "studio-node:2", 2, 2, "a2");
+    let obs = Observed {
+        members: obs.members.clone(),
+        ..obs.clone().with_statefulsets(Some(&data), Some(&current))
+    };
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(
+        p.step,
+        Some(Step::RestartAll {
+            names: vec![
+                "acme-0".into(),
+                "acme-1".into(),
+                "acme-2".into(),
+                "acme-arbiter-0".into()
+            ]
+        })
+    );
+
+    // An arbiter template still on the old image (its apply failed): wait as well.
+    let old = statefulset("acme-arbiter", "studio-node:1", 1, 1, "a1");
+    let obs = obs.with_statefulsets(Some(&data), Some(&old));
+    let p = plan::plan(&cluster(3), &obs);
+    assert_eq!(p.step, None, "{}", p.message);
 }
 
 #[test]

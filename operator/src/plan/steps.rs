@@ -82,10 +82,21 @@ pub(super) fn upgrade_step(
     primary: Option<&str>,
 ) -> (Option<Step>, Option<Phase>, String) {
     let outdated: Vec<&Member> = obs.members.iter().filter(|m| !obs.up_to_date(m)).collect();
+    let upgrading = Some(Phase::Upgrading);
+    // A stale `updateRevision` would name only part of the outdated pods: an offline
+    // upgrade would then restart the data pods without the arbiter and run two
+    // revisions side by side. Wait for the StatefulSet controller first.
+    if obs.templates_pending {
+        let phase = (!outdated.is_empty()).then_some(Phase::Upgrading);
+        return (
+            None,
+            phase,
+            "upgrade: waiting for the StatefulSets to take the new template".into(),
+        );
+    }
     if outdated.is_empty() {
         return (None, None, String::new());
     }
-    let upgrading = Some(Phase::Upgrading);
     if obs.upgrade_kind == Some(UpgradeKind::Offline) {
         return offline_upgrade_step(sc, obs, &outdated);
     }
@@ -195,6 +206,15 @@ fn offline_upgrade_step(
             None,
             upgrading,
             format!("offline upgrade: waiting for {} to stop", m.name),
+        );
+    }
+    // The arbiter restarts with the data pods or the new primary would count the vote
+    // of an old-revision arbiter.
+    if obs.arbiter_sts_image.is_some() && obs.arbiter_sts_image != obs.sts_image {
+        return (
+            None,
+            upgrading,
+            "offline upgrade: waiting for the arbiter's StatefulSet to take the new image".into(),
         );
     }
     let started = outdated.len() < obs.members.len();

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Pod, PodSpec, PodTemplateSpec, SecurityContext,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
 use kube::{Client, Resource, ResourceExt};
@@ -51,6 +53,7 @@ pub fn build_job(sc: &StudioCluster, image: &str) -> Result<Job> {
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let labels = BTreeMap::from([(PROBE_LABEL.to_string(), cluster.to_string())]);
+    let placement = sc.spec.pod.clone().unwrap_or_default();
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name(cluster, image)),
@@ -68,6 +71,20 @@ pub fn build_job(sc: &StudioCluster, image: &str) -> Result<Job> {
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    // Where the cluster's pods may run (dedicated, tainted nodes): the
+                    // node placement of spec.pod, not its pod (anti-)affinity.
+                    node_selector: (!placement.node_selector.is_empty())
+                        .then(|| placement.node_selector.clone()),
+                    tolerations: (!placement.tolerations.is_empty())
+                        .then(|| placement.tolerations.clone()),
+                    affinity: placement
+                        .affinity
+                        .as_ref()
+                        .and_then(|a| a.node_affinity.clone())
+                        .map(|node_affinity| Affinity {
+                            node_affinity: Some(node_affinity),
+                            ..Default::default()
+                        }),
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
                     containers: vec![Container {
@@ -333,6 +350,43 @@ mod tests {
             c.args.as_deref(),
             Some(&["--version".to_string(), "--json".to_string()][..])
         );
+        Ok(())
+    }
+
+    /// On dedicated, tainted nodes the probe must be able to run where the members run,
+    /// or the upgrade waits forever for a pod nobody schedules.
+    #[test]
+    fn the_probe_pod_runs_where_the_members_may()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let sc: StudioCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "studio.cms.io/v1alpha1", "kind": "StudioCluster",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u1"},
+            "spec": {"image": "studio-node:v1", "pod": {
+                "nodeSelector": {"pool": "cms"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {
+                    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}},
+                    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"x": "y"}}}]}
+                }
+            }}
+        }))?;
+        let job = build_job(&sc, "studio-node:v2")?;
+        let spec = job
+            .spec
+            .ok_or("no spec")?
+            .template
+            .spec
+            .ok_or("no pod spec")?;
+        let selector = spec.node_selector.ok_or("no nodeSelector")?;
+        assert_eq!(selector.get("pool").map(String::as_str), Some("cms"));
+        let tolerations = spec.tolerations.ok_or("no tolerations")?;
+        assert_eq!(tolerations[0].key.as_deref(), Some("dedicated"));
+        let affinity = spec.affinity.ok_or("no affinity")?;
+        assert!(affinity.node_affinity.is_some());
+        // The members' anti-affinity is about members; the probe is not one.
+        assert!(affinity.pod_anti_affinity.is_none());
         Ok(())
     }
 }

@@ -25,7 +25,7 @@
 
 use std::{
     net::Ipv4Addr,
-    process::Command,
+    path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -37,7 +37,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use studio_harness::{Cluster, pod_netns};
+use studio_harness::{Cluster, netns_pids, pod_netns, run_in_netns};
 
 use crate::{name, pod_ip};
 
@@ -49,17 +49,17 @@ pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 pub struct Member {
     pub name: String,
     pub ip: Ipv4Addr,
-    /// Where the pod's network lives (runtime specific).
-    netns: String,
+    /// The pod's network namespace (runtime specific, see `studio_harness::runtime`).
+    netns: PathBuf,
 }
 
 impl Member {
-    /// The member behind a running pod (None without address or uid).
+    /// The member behind a running pod (None without address or network namespace).
     pub fn of(pod: &Pod) -> Option<Member> {
         Some(Member {
             name: name(pod),
             ip: pod_ip(pod)?,
-            netns: pod_netns(pod)?,
+            netns: pod_netns(pod).ok()?,
         })
     }
 }
@@ -92,9 +92,9 @@ pub struct FaultRecord {
 #[derive(Debug, Clone)]
 enum Undo {
     /// `ip link set eth0 up`, then put back the saved routes.
-    LinkUp { netns: String, routes: Vec<String> },
+    LinkUp { netns: PathBuf, routes: Vec<String> },
     /// Delete blackhole routes: (netns, address).
-    Routes(Vec<(String, Ipv4Addr)>),
+    Routes(Vec<(PathBuf, Ipv4Addr)>),
     /// SIGCONT these processes.
     Cont(Vec<i32>),
     /// SIGCONT the API server.
@@ -116,36 +116,12 @@ struct State {
     journal: Vec<FaultRecord>,
 }
 
-fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(netns)
-        .args(args)
-        .output()
-        .context("running ip")?;
-    ensure!(
-        out.status.success(),
-        "ip -n {netns} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+fn ip_in(netns: &Path, args: &[&str]) -> anyhow::Result<()> {
+    run_in_netns(netns, "ip", args).map(drop)
 }
 
-fn ip_out(netns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(netns)
-        .args(args)
-        .output()
-        .context("running ip")?;
-    ensure!(
-        out.status.success(),
-        "ip -n {netns} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn ip_out(netns: &Path, args: &[&str]) -> anyhow::Result<String> {
+    run_in_netns(netns, "ip", args)
 }
 
 /// Errors that mean the thing to undo no longer exists (the pod was deleted, its
@@ -157,22 +133,6 @@ fn vanished(e: &anyhow::Error) -> bool {
         || s.contains("No such process")
         || s.contains("ESRCH")
         || s.contains("Cannot find device")
-}
-
-fn pids_of_netns(netns: &str) -> anyhow::Result<Vec<i32>> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", netns])
-        .output()
-        .context("running ip netns pids")?;
-    ensure!(
-        out.status.success(),
-        "ip netns pids {netns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|p| p.parse::<i32>().with_context(|| format!("pid {p:?}")))
-        .collect()
 }
 
 fn signal_all(pids: &[i32], sig: Signal) -> anyhow::Result<()> {
@@ -277,7 +237,7 @@ impl Nemesis {
         &self,
         kind: &'static str,
         target: String,
-        pairs: Vec<(String, Ipv4Addr)>,
+        pairs: Vec<(PathBuf, Ipv4Addr)>,
     ) -> anyhow::Result<FaultId> {
         let mut added = Vec::new();
         for (netns, to) in pairs {
@@ -399,7 +359,7 @@ impl Nemesis {
 
     /// SIGSTOPs every process of `m` until [`Nemesis::thaw`] (or a heal).
     pub fn freeze(&self, m: &Member) -> anyhow::Result<FaultId> {
-        let pids = pids_of_netns(&m.netns)?;
+        let pids = netns_pids(&m.netns)?;
         ensure!(!pids.is_empty(), "no process runs for {m}");
         signal_all(&pids, Signal::SIGSTOP).with_context(|| format!("freezing {m}"))?;
         Ok(self.record("freeze", m.to_string(), Some(Undo::Cont(pids))))
@@ -412,7 +372,7 @@ impl Nemesis {
 
     /// SIGKILLs every process of `m` (the kubelet restarts the container).
     pub fn kill9(&self, m: &Member) -> anyhow::Result<FaultId> {
-        let pids = pids_of_netns(&m.netns)?;
+        let pids = netns_pids(&m.netns)?;
         ensure!(!pids.is_empty(), "no process runs for {m}");
         signal_all(&pids, Signal::SIGKILL).with_context(|| format!("killing {m}"))?;
         Ok(self.record("kill9", m.to_string(), None))

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, anyhow, ensure};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
@@ -14,12 +13,9 @@ use kube::Api;
 use serde_json::{Value, json};
 use studio_harness::{Cluster, TestEnv};
 
-use crate::name;
-
-/// The real node's Node name (scripts/lib-real-node.sh).
-pub const REAL_NODE: &str = "real-1";
-/// The real node's taint (scripts/real-node-up.sh): only pods that ask run there.
-pub const REAL_NODE_TAINT: &str = "studio.cms.io/real-node";
+pub use studio_harness::runtime::{
+    REAL_NODE, REAL_NODE_TAINT, container_status, containerd_socket,
+};
 /// The non-root user and group of the runtime images (Dockerfile).
 pub const IMAGE_UID: u32 = 65532;
 
@@ -40,18 +36,55 @@ pub fn pushed_images(c: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// The studio-node image by digest (`<registry>/<repository>@sha256:...`).
-pub fn node_image(c: &Cluster) -> anyhow::Result<String> {
-    let images = pushed_images(c)?;
-    let image = images
-        .get("STUDIO_NODE_IMAGE")
-        .cloned()
-        .ok_or_else(|| anyhow!("images.env has no STUDIO_NODE_IMAGE: {images:?}"))?;
-    ensure!(
-        image.contains("@sha256:"),
-        "STUDIO_NODE_IMAGE {image} is not pinned by digest"
-    );
-    Ok(image)
+/// The images `make images` pushed, by digest.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub node: String,
+    pub operator: String,
+    /// studio-node at schema revision 2, compatible with 1 (the upgrade suite).
+    pub node_next: Option<String>,
+    /// studio-node at schema revision 2, incompatible with 1.
+    pub node_next_incompatible: Option<String>,
+}
+
+impl Images {
+    pub fn load(c: &Cluster) -> anyhow::Result<Images> {
+        let env = pushed_images(c)?;
+        let pinned = |key: &str| -> anyhow::Result<String> {
+            let image = env
+                .get(key)
+                .cloned()
+                .ok_or_else(|| anyhow!("images.env has no {key} (run `make images`): {env:?}"))?;
+            ensure!(
+                image.contains("@sha256:"),
+                "{key} {image} is not pinned by digest"
+            );
+            Ok(image)
+        };
+        Ok(Images {
+            node: pinned("STUDIO_NODE_IMAGE")?,
+            operator: pinned("STUDIO_OPERATOR_IMAGE")?,
+            node_next: pinned("STUDIO_NODE_NEXT_IMAGE").ok(),
+            node_next_incompatible: pinned("STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE").ok(),
+        })
+    }
+}
+
+/// The same image under another tag, still pinned by digest (`repo:tag@sha256:...`):
+/// another `spec.image` for a rollout, the same bytes.
+pub fn retagged(image: &str, tag: &str) -> String {
+    match image.split_once('@') {
+        Some((repo, digest)) => format!("{repo}:{tag}@{digest}"),
+        None => format!("{image}:{tag}"),
+    }
+}
+
+/// `spec.pod` scheduling that puts pods on the real node: its selector and toleration.
+pub fn real_node_placement() -> Value {
+    json!({
+        "tolerations": [{"key": REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"kubernetes.io/hostname": REAL_NODE}
+    })
 }
 
 /// The real node is Ready and its runtime is containerd.
@@ -86,53 +119,13 @@ pub fn real_node_spec(image: &str, nodes: u32) -> Value {
     json!({
         "nodes": nodes,
         "image": image,
-        "pod": {
-            "tolerations": [{"key": REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-            "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-            // One Node: no anti-affinity across Nodes.
-            "affinity": {}
-        }
+        "pod": real_node_placement()
     })
 }
 
-/// The containerd socket of the real node (scripts/lib-real-node.sh).
-pub fn containerd_socket(c: &Cluster) -> PathBuf {
-    c.dir.join("real-node/containerd/containerd.sock")
-}
-
-/// The host PID of a pod's `studio` container, from containerd (`ctr tasks ls`).
+/// The PID of a pod's `studio` container on the real node.
 pub fn container_pid(c: &Cluster, pod: &Pod) -> anyhow::Result<i32> {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "studio"))
-        .and_then(|c| c.container_id.clone())
-        .ok_or_else(|| anyhow!("{} has no studio container id", name(pod)))?;
-    let id = id
-        .strip_prefix("containerd://")
-        .ok_or_else(|| anyhow!("container id {id} is not containerd's"))?;
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(containerd_socket(c))
-        .args(["-n", "k8s.io", "tasks", "ls"])
-        .output()
-        .context("running ctr tasks ls")?;
-    ensure!(
-        out.status.success(),
-        "ctr tasks ls: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .ok_or_else(|| anyhow!("containerd has no task {id}:\n{text}"))?;
-    let pid = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("no pid in {line:?}"))?;
-    pid.parse().with_context(|| format!("pid {pid:?}"))
+    studio_harness::runtime::container_pid(c, pod, "studio")
 }
 
 /// The process's real uid (`/proc/<pid>/status`) and whether its root filesystem is

@@ -1212,19 +1212,10 @@ async fn missing_permission_and_foreign_data_fail_with_clear_messages() -> anyho
 /// Cuts (or restores) a pod's route to `to` with a blackhole route in the pod's network
 /// namespace: the pod sees `to` unreachable without disturbing anyone else's tests.
 fn blackhole(pod: &Pod, to: Ipv4Addr, cut: bool) -> anyhow::Result<()> {
-    let ns = studio_harness::pod_netns(pod).context("pod without uid")?;
+    let ns = studio_harness::pod_netns(pod)?;
     let verb = if cut { "add" } else { "del" };
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "ip", "route", verb, "blackhole"])
-        .arg(format!("{to}/32"))
-        .output()
-        .context("running ip")?;
-    ensure!(
-        out.status.success(),
-        "ip route {verb} blackhole {to} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    let to = format!("{to}/32");
+    studio_harness::run_in_netns(&ns, "ip", &["route", verb, "blackhole", &to]).map(drop)
 }
 
 /// The API server's address (the control plane's network namespace): cutting a pod's

@@ -198,7 +198,7 @@ async fn kstatus_and_argo_cd_health_follow_the_lifecycle() -> anyhow::Result<()>
         .map(image_of)
         .collect();
     ensure!(
-        images.iter().all(|i| i == NODE_IMAGE),
+        images.iter().all(|i| i == node_image()),
         "pods were moved to the bad image: {images:?}"
     );
     ensure!(
@@ -207,7 +207,7 @@ async fn kstatus_and_argo_cd_health_follow_the_lifecycle() -> anyhow::Result<()>
     );
 
     // Fixed: back to the running image.
-    patch_spec(&env, cluster, json!({"image": NODE_IMAGE}))?;
+    patch_spec(&env, cluster, json!({"image": node_image()}))?;
     expect(
         &env,
         cluster,

@@ -213,7 +213,7 @@ async fn example_three_nodes_with_arbiter_becomes_ready() -> anyhow::Result<()> 
 #[tokio::test]
 async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
     let env = OpEnv::new("op-invalid").await?;
-    let img = NODE_IMAGE;
+    let img = node_image();
     // (spec, the field the message must name)
     let cases: Vec<(Value, &str)> = vec![
         (json!({"nodes": 0, "image": img}), "spec.nodes"),
@@ -803,7 +803,7 @@ async fn image_change_rolls_replicas_then_switches_over_then_the_old_primary() -
     .await?;
 
     let t0 = Instant::now();
-    patch_spec(&env, cluster, json!({"image": NODE_IMAGE_V2}))?;
+    patch_spec(&env, cluster, json!({"image": node_image_v2()}))?;
     wait_for(
         "every pod on the new image, Ready",
         Duration::from_secs(300),
@@ -813,7 +813,7 @@ async fn image_change_rolls_replicas_then_switches_over_then_the_old_primary() -
             let pods = cluster_pods(&env, cluster).await?;
             let old: Vec<String> = pods
                 .iter()
-                .filter(|p| image_of(p) != NODE_IMAGE_V2 || !is_ready(p))
+                .filter(|p| image_of(p) != node_image_v2() || !is_ready(p))
                 .map(name)
                 .collect();
             ensure!(
@@ -1067,7 +1067,7 @@ async fn supervised_upgrade_waits_for_kubectl_studio_promote() -> anyhow::Result
     );
     let before = pod_table(&env, cluster).await?;
 
-    patch_spec(&env, cluster, json!({"image": NODE_IMAGE_V2}))?;
+    patch_spec(&env, cluster, json!({"image": node_image_v2()}))?;
     wait_for(
         "the replicas upgraded and the operator waiting for the user",
         Duration::from_secs(240),
@@ -1079,7 +1079,7 @@ async fn supervised_upgrade_waits_for_kubectl_studio_promote() -> anyhow::Result
                 let n = name(p);
                 if n == old_primary {
                     ensure!(
-                        image_of(p) == NODE_IMAGE && role_of(p) == "primary",
+                        image_of(p) == node_image() && role_of(p) == "primary",
                         "the primary {n} was touched: image {} role {}",
                         image_of(p),
                         role_of(p)
@@ -1090,7 +1090,7 @@ async fn supervised_upgrade_waits_for_kubectl_studio_promote() -> anyhow::Result
                     );
                 } else {
                     ensure!(
-                        image_of(p) == NODE_IMAGE_V2 && is_ready(p),
+                        image_of(p) == node_image_v2() && is_ready(p),
                         "{n} not upgraded yet"
                     );
                 }
@@ -1126,7 +1126,7 @@ async fn supervised_upgrade_waits_for_kubectl_studio_promote() -> anyhow::Result
             let pods = cluster_pods(&env, cluster).await?;
             ensure!(
                 pods.iter()
-                    .all(|p| image_of(p) == NODE_IMAGE_V2 && is_ready(p)),
+                    .all(|p| image_of(p) == node_image_v2() && is_ready(p)),
                 "not all pods upgraded and ready"
             );
             let old = pods.iter().find(|p| name(p) == old_primary);

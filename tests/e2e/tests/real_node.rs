@@ -71,7 +71,7 @@ async fn the_shipped_image_runs_non_root_read_only_behind_a_cluster_ip() -> anyh
     let env = OpEnv::new("real-node").await?;
     let c = studio_harness::cluster()?;
     let runtime = real_node_ready(&env).await?;
-    let image = node_image(c)?;
+    let image = Images::load(c)?.node;
     eprintln!("[real-node] Node {REAL_NODE} runs {runtime}; image {image}");
     apply(&env, "r.yaml", &real_node_cluster("r", &image, 3))?;
     wait_ready(&env, "r", 3, Duration::from_secs(300)).await?;
@@ -88,11 +88,7 @@ async fn the_shipped_image_runs_non_root_read_only_behind_a_cluster_ip() -> anyh
             node.as_deref() == Some(REAL_NODE),
             "{pod_name} runs on {node:?}"
         );
-        let image_id = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == "studio"))
+        let image_id = container_status(&pod, "studio")
             .map(|c| c.image_id.clone())
             .unwrap_or_default();
         ensure!(

@@ -108,7 +108,7 @@ async fn failover_on_the_real_node() -> anyhow::Result<()> {
     let env = OpEnv::new("real-node-bench").await?;
     let c = studio_harness::cluster()?;
     real_node_ready(&env).await?;
-    let image = node_image(c)?;
+    let image = Images::load(c)?.node;
     apply(
         &env,
         "fb.yaml",

@@ -177,8 +177,9 @@ async fn versitygw_serves_s3_to_the_host_and_to_pods_and_keeps_objects_across_a_
         s3.bucket(),
         objects[0].0
     );
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "curl", "-sS", "--fail-with-body"])
+    let out = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "curl", "-sS", "--fail-with-body"])
         .args(["--max-time", "10", "--aws-sigv4"])
         .arg(format!("aws:amz:{}:s3", s3.region()))
         .arg("--user")
@@ -189,7 +190,8 @@ async fn versitygw_serves_s3_to_the_host_and_to_pods_and_keeps_objects_across_a_
         .context("running curl in the pod's network namespace")?;
     ensure!(
         out.status.success() && out.stdout == objects[0].1,
-        "GET {url} from the pod's network namespace {netns}: {} {:?} {}",
+        "GET {url} from the pod's network namespace {}: {} {:?} {}",
+        netns.display(),
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

@@ -1,9 +1,8 @@
-//! Upgrades across storage schema revisions, with real version skew: besides
-//! `studio-node` (schema revision 1), `make bins` builds `studio-node-next` (revision 2,
-//! additive: still replicates with 1) and `studio-node-next-incompatible` (revision 2,
-//! replicates only with 2) from the same sources with the node's `schema-next` cargo
-//! features; the process kubelet runs them for the images `local/studio-node-next:*`
-//! and `local/studio-node-next-incompatible:*`. Each test rolls one onto a running
+//! Upgrades across storage schema revisions, with real version skew: besides the
+//! studio-node image (schema revision 1), `make images` builds and pushes
+//! `studio-node-next` (revision 2, additive: still replicates with 1) and
+//! `studio-node-next-incompatible` (revision 2, replicates only with 2) from the same
+//! sources with the node's `schema-next` cargo features. Each test rolls one onto a running
 //! cluster under writes and checks what a user would: writes continue (compatible) or
 //! stop for a bounded, reported time (incompatible), no acknowledged write is lost, the
 //! incompatible case never has a writable primary beside a member of the other
@@ -17,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, anyhow, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 use studio_e2e::history::NodeAccess;
@@ -26,10 +25,19 @@ use studio_harness::{TestEnv, wait_for};
 
 use common::*;
 
-/// Schema revision 2, compatible with 1.
-const NEXT: &str = "local/studio-node-next:v2";
+/// Schema revision 2, compatible with 1 (`make images` pushes it).
+fn next() -> anyhow::Result<String> {
+    images()?
+        .node_next
+        .clone()
+        .ok_or_else(|| anyhow!("images.env has no STUDIO_NODE_NEXT_IMAGE (run `make images`)"))
+}
 /// Schema revision 2, incompatible with 1.
-const NEXT_INCOMPATIBLE: &str = "local/studio-node-next-incompatible:v2";
+fn next_incompatible() -> anyhow::Result<String> {
+    images()?.node_next_incompatible.clone().ok_or_else(|| {
+        anyhow!("images.env has no STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE (run `make images`)")
+    })
+}
 
 /// What a member says about itself.
 #[derive(Debug, Clone)]
@@ -218,8 +226,9 @@ async fn a_compatible_revision_rolls_online_and_a_downgrade_is_refused() -> anyh
     let cluster = "skew";
     let (content, load) = cluster_under_load(&env, cluster).await?;
     let t0 = Instant::now();
-    patch_spec(&env, cluster, json!({"image": NEXT}))?;
-    wait_upgraded(&env, cluster, NEXT, 2).await?;
+    let next = next()?;
+    patch_spec(&env, cluster, json!({"image": next}))?;
+    wait_upgraded(&env, cluster, &next, 2).await?;
     let took = t0.elapsed();
     let (acked, errors) = load.stop().await;
     verify_acked(&env, cluster, &content, &acked).await?;
@@ -249,7 +258,7 @@ async fn a_compatible_revision_rolls_online_and_a_downgrade_is_refused() -> anyh
         .iter()
         .map(|p| (name(p), p.metadata.uid.clone().unwrap_or_default()))
         .collect();
-    patch_spec(&env, cluster, json!({"image": NODE_IMAGE}))?;
+    patch_spec(&env, cluster, json!({"image": node_image()}))?;
     let refused = wait_for(
         "the downgrade refused",
         Duration::from_secs(120),
@@ -282,7 +291,7 @@ async fn a_compatible_revision_rolls_online_and_a_downgrade_is_refused() -> anyh
         .and_then(|p| p.containers.first().and_then(|c| c.image.clone()))
         .unwrap_or_default();
     ensure!(
-        template_image == NEXT,
+        template_image == next,
         "the StatefulSet template was changed to {template_image}"
     );
     let after: BTreeMap<String, String> = cluster_pods(&env, cluster)
@@ -320,8 +329,9 @@ async fn an_incompatible_revision_upgrades_offline_with_a_bounded_outage() -> an
     let stall_stop = Arc::new(AtomicBool::new(false));
     let stall = longest_stall(load.acked.clone(), stall_stop.clone());
     let t0 = Instant::now();
-    patch_spec(&env, cluster, json!({"image": NEXT_INCOMPATIBLE}))?;
-    wait_upgraded(&env, cluster, NEXT_INCOMPATIBLE, 2).await?;
+    let next = next_incompatible()?;
+    patch_spec(&env, cluster, json!({"image": next}))?;
+    wait_upgraded(&env, cluster, &next, 2).await?;
     // A write on the new revision after the upgrade ends the outage.
     let after = load.acked_count();
     wait_for(

@@ -31,14 +31,19 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+pub mod runtime;
 pub mod s3;
+
+pub use runtime::{
+    REAL_NODE, REAL_NODE_TAINT, netns_pids, on_real_node, pod_netns, pod_pids, run_in_netns,
+};
 
 /// Where the local cluster lives and the tools to reach it.
 #[derive(Debug, Clone)]
@@ -232,31 +237,47 @@ where
 }
 
 /// The container log files of a pod (all its incarnations, oldest first), from
-/// `<kubelet-dir>/pods/<namespace>_<pod>_<uid>/<container>.log`.
+/// `<kubelet-dir>/pods/<namespace>_<pod>_<uid>/<container>.log` (process kubelet) or
+/// `<real-node>/pod-logs/<namespace>_<pod>_<uid>/<container>/<restart>.log` (real node).
 pub fn pod_log_files(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<PathBuf> {
     let prefix = format!("{namespace}_{pod}_");
-    let mut dirs: Vec<(SystemTime, PathBuf)> =
-        std::fs::read_dir(cluster.kubelet_dir().join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| {
-                let t = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(UNIX_EPOCH);
-                (t, e.path())
-            })
-            .collect();
+    let roots = [
+        cluster.kubelet_dir().join("pods"),
+        cluster.dir.join("real-node/pod-logs"),
+    ];
+    let mut dirs: Vec<(SystemTime, PathBuf)> = roots
+        .iter()
+        .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| {
+            let t = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            (t, e.path())
+        })
+        .collect();
     dirs.sort();
     let mut files = Vec::new();
     for (_, dir) in dirs {
+        // The real kubelet keeps one directory per container.
         let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
+            .flat_map(|p| {
+                if p.is_dir() {
+                    std::fs::read_dir(&p)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path())
+                        .collect()
+                } else {
+                    vec![p]
+                }
+            })
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .collect();
         logs.sort();
@@ -283,36 +304,6 @@ pub fn pod_logs(cluster: &Cluster, namespace: &str, pod: &str, lines: usize) -> 
         }
     }
     out
-}
-
-/// The kubelet's network namespace of a pod: `studio-pod-<first 8 hex digits of uid>`.
-pub fn pod_netns(pod: &Pod) -> Option<String> {
-    let uid = pod.metadata.uid.as_deref()?;
-    let hex: String = uid
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .take(8)
-        .collect();
-    Some(format!("studio-pod-{}", hex.to_ascii_lowercase()))
-}
-
-/// The processes running in a pod's network namespace (its containers).
-pub fn pod_pids(pod: &Pod) -> anyhow::Result<Vec<i32>> {
-    let ns = pod_netns(pod).ok_or_else(|| anyhow!("pod has no uid"))?;
-    let out = Command::new("ip")
-        .args(["netns", "pids", &ns])
-        .output()
-        .context("running ip netns pids")?;
-    if !out.status.success() {
-        bail!(
-            "ip netns pids {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|p| p.parse::<i32>().with_context(|| format!("pid {p:?}")))
-        .collect()
 }
 
 /// An HTTP client for talking to pods: no proxy, short timeouts.

@@ -23,7 +23,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
     os::unix::fs::MetadataExt,
-    path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -438,10 +437,9 @@ async fn phase_objects(client: &Client, ns: &str, args: &Args) -> anyhow::Result
 // ---------------------------------------------------------------------------------------
 // RSS sampling
 
-/// The network-namespace inode of a pod (the kubelet's `/run/netns/studio-pod-<uid>`).
+/// The network-namespace inode of a pod (see `studio_harness::runtime`).
 fn netns_inode(pod: &Pod) -> Option<u64> {
-    let name = pod_netns(pod)?;
-    std::fs::metadata(Path::new("/run/netns").join(name))
+    std::fs::metadata(pod_netns(pod).ok()?)
         .ok()
         .map(|m| m.ino())
 }

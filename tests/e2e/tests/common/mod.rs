@@ -5,8 +5,12 @@
 //! The operator is cluster-scoped (it watches every namespace), so there is exactly one
 //! install, release `studio-operator` in namespace `studio-system` (the same as
 //! `scripts/demo.sh`): [`operator`] installs or upgrades it once per test process under a
-//! file lock (test binaries run in parallel), and restarts its pods when they run an
-//! older `studio-operator` binary than the one just built.
+//! file lock (test binaries run in parallel).
+//!
+//! Everything runs as it ships: the operator and every StudioCluster's pods run on the
+//! real node (`real-1`: the upstream kubelet, containerd, runc) from the images `make
+//! images` pushed to the local registry, pinned by digest (`<cluster dir>/images.env`);
+//! a new build means new digests, so `helm upgrade` rolls the operator onto it.
 #![allow(dead_code)]
 
 pub mod jwt;
@@ -20,7 +24,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -38,16 +42,38 @@ use kube::{
 use reqwest::Method;
 use serde_json::{Value, json};
 use studio_e2e::history::NodeAccess;
+use studio_e2e::real_node::{Images, real_node_placement, retagged};
 use studio_e2e::{is_ready, name, pod_ip, ready_endpoints, restart_count};
-use studio_harness::{Cluster, TestEnv, join, kubectl, wait_for};
+use studio_harness::{Cluster, TestEnv, join, wait_for};
 use tokio::sync::{OnceCell, RwLock};
 
 /// Namespace and release name of the one operator install.
 pub use studio_e2e::{OPERATOR_NS, RELEASE, operator_leader};
-/// The nodes' image: the process kubelet runs `target/debug/studio-node` for it.
-pub const NODE_IMAGE: &str = "local/studio-node:dev";
-/// A second tag mapped to the same binary (rolling upgrade).
-pub const NODE_IMAGE_V2: &str = "local/studio-node:v2";
+/// The pushed images, read by [`operator`] from `images.env`.
+static IMAGES: std::sync::OnceLock<Images> = std::sync::OnceLock::new();
+
+/// What an image accessor answers before [`operator`] read `images.env`: pods on it fail
+/// to pull with this name, which says what to do.
+const NO_IMAGES: &str = "run-make-images-first.invalid/studio-node:missing";
+
+/// The studio-node image by digest, as `make images` pushed it.
+pub fn node_image() -> &'static str {
+    IMAGES.get().map(|i| i.node.as_str()).unwrap_or(NO_IMAGES)
+}
+
+/// The same image under another tag: another `spec.image` (a rolling upgrade), the same
+/// digest.
+pub fn node_image_v2() -> &'static str {
+    static V2: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V2.get_or_init(|| retagged(node_image(), "v2"))
+}
+
+/// The pushed images (after [`operator`]).
+pub fn images() -> anyhow::Result<&'static Images> {
+    IMAGES
+        .get()
+        .ok_or_else(|| anyhow!("images.env not read yet: call common::operator() first"))
+}
 pub const NODE_PORT: u16 = 8080;
 /// The 3 + arbiter example, as shipped for real clusters.
 pub const EXAMPLE: &str = "examples/three-nodes-arbiter-sync.yaml";
@@ -102,6 +128,8 @@ pub async fn operator() -> anyhow::Result<&'static Cluster> {
 }
 
 async fn install(c: &'static Cluster) -> anyhow::Result<()> {
+    let images = Images::load(c)?;
+    let _ = IMAGES.set(images);
     // One installer at a time across test processes (helm refuses concurrent upgrades).
     let lock_path = c.dir.join("studio-operator-e2e.lock");
     let lock = std::fs::File::create(&lock_path)
@@ -116,8 +144,20 @@ async fn install(c: &'static Cluster) -> anyhow::Result<()> {
 }
 
 /// `helm upgrade --install` of the operator release from `chart` (a directory or a
-/// packaged .tgz), with the locally built operator image, waiting until it is ready.
+/// packaged .tgz), with the pushed operator image on the real node, waiting until it is
+/// ready.
 pub fn helm_upgrade_operator(c: &Cluster, chart: &Path) -> anyhow::Result<String> {
+    let image = Images::load(c)?.operator;
+    let (repository, digest) = image
+        .split_once('@')
+        .ok_or_else(|| anyhow!("operator image {image} has no digest"))?;
+    let values = serde_json::to_string(&json!({
+        "image": {"repository": repository, "digest": digest},
+        "nodeSelector": real_node_placement()["nodeSelector"],
+        "tolerations": real_node_placement()["tolerations"],
+    }))?;
+    let file = c.dir.join("studio-operator-e2e-values.json");
+    std::fs::write(&file, values).with_context(|| format!("writing {}", file.display()))?;
     helm(
         c,
         [
@@ -128,10 +168,8 @@ pub fn helm_upgrade_operator(c: &Cluster, chart: &Path) -> anyhow::Result<String
             "--namespace".as_ref(),
             OPERATOR_NS.as_ref(),
             "--create-namespace".as_ref(),
-            "--set".as_ref(),
-            "image.repository=local/studio-operator".as_ref(),
-            "--set".as_ref(),
-            "image.tag=dev".as_ref(),
+            "-f".as_ref(),
+            file.as_os_str(),
             "--wait".as_ref(),
             "--timeout".as_ref(),
             "180s".as_ref(),
@@ -142,63 +180,9 @@ pub fn helm_upgrade_operator(c: &Cluster, chart: &Path) -> anyhow::Result<String
 fn install_locked(c: &Cluster) -> anyhow::Result<()> {
     let started = Instant::now();
     // No CRD workaround: the chart's pre-install/pre-upgrade hook applies the CRD of
-    // the operator build under test (Helm alone installs crds/ only when absent).
+    // the operator build under test (Helm alone installs crds/ only when absent). A new
+    // build has a new digest, so the upgrade rolls the Deployment onto it.
     helm_upgrade_operator(c, &c.repo.join("charts/studio-operator"))?;
-    // Pods started before the binary was last built run old code: restart them.
-    let built = std::fs::metadata(c.target_dir.join("studio-operator"))
-        .and_then(|m| m.modified())
-        .context("reading the mtime of the studio-operator binary")?;
-    let pods: Value = serde_json::from_str(&kubectl(
-        c,
-        [
-            "-n",
-            OPERATOR_NS,
-            "get",
-            "pods",
-            "-l",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
-            "-o",
-            "json",
-        ],
-    )?)
-    .context("parsing the operator's pods")?;
-    let stale = pods["items"].as_array().into_iter().flatten().any(|p| {
-        p["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|cs| match cs["state"]["running"]["startedAt"].as_str() {
-                Some(t) => t
-                    .parse::<k8s_openapi::jiff::Timestamp>()
-                    .map(|t| SystemTime::from(t) < built)
-                    .unwrap_or(true),
-                None => true,
-            })
-    });
-    if stale {
-        eprintln!("[operator] restarting the operator's pods onto the freshly built binary");
-        kubectl(
-            c,
-            [
-                "-n",
-                OPERATOR_NS,
-                "rollout",
-                "restart",
-                &format!("deployment/{RELEASE}"),
-            ],
-        )?;
-        kubectl(
-            c,
-            [
-                "-n",
-                OPERATOR_NS,
-                "rollout",
-                "status",
-                &format!("deployment/{RELEASE}"),
-                "--timeout=180s",
-            ],
-        )?;
-    }
     eprintln!(
         "[operator] helm release {RELEASE} in {OPERATOR_NS} ready in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -284,12 +268,13 @@ pub fn apply(env: &TestEnv, file: &str, manifest: &str) -> anyhow::Result<String
     env.kubectl(["apply".as_ref(), "-f".as_ref(), path.as_os_str()])
 }
 
-/// The shipped 3 + arbiter example with its image mapped to the local binary.
+/// The shipped 3 + arbiter example on the pushed image and the real node.
 pub fn example_manifest(repo: &Path) -> anyhow::Result<String> {
     mapped_example(repo, EXAMPLE)
 }
 
-/// A shipped example (`examples/...`) with its image mapped to the local binary.
+/// A shipped example (`examples/...`) with the pushed image, placed on the real node
+/// (the example must not set `spec.pod` itself).
 pub fn mapped_example(repo: &Path, example: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo.join(example))
         .with_context(|| format!("reading {example}"))?;
@@ -299,7 +284,11 @@ pub fn mapped_example(repo: &Path, example: &str) -> anyhow::Result<String> {
         .map(|l| {
             if l.starts_with("  image:") {
                 found = true;
-                format!("  image: {NODE_IMAGE}")
+                format!(
+                    "  image: {}\n  pod: {}",
+                    node_image(),
+                    real_node_placement()
+                )
             } else {
                 l.to_string()
             }
@@ -314,7 +303,8 @@ pub fn mapped_example(repo: &Path, example: &str) -> anyhow::Result<String> {
 pub fn cluster_manifest(name: &str, patch: Value) -> String {
     let mut spec = json!({
         "nodes": 3,
-        "image": NODE_IMAGE,
+        "image": node_image(),
+        "pod": real_node_placement(),
         "tls": {"enabled": true},
         "arbiter": {"enabled": true},
         "storage": {"size": "1Gi", "pvcRetention": "Delete"},

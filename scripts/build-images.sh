@@ -4,17 +4,26 @@
 # registry (scripts/registry-up.sh, 127.0.0.1:5050; started here if it is not running).
 #
 #  1. the release binaries (cargo build --release --locked; honours CARGO_TARGET_DIR),
-#     copied into the small build context <target dir>/image-bin/;
+#     copied into the small build context <target dir>/image-bin/; and, for the upgrade e2e
+#     suite, studio-node at the next schema revision (the node's cargo features
+#     `schema-next`: revision 2, min-compatible 1; `schema-next-incompatible`: 2, 2), built
+#     first in the same target dir and kept as <target>/release/studio-node-next and
+#     studio-node-next-incompatible (the regular build comes last, so release/studio-node is
+#     revision 1 again), each in its own context <target>/image-bin-next[-incompatible]/
+#     (its studio-node is the variant; the other two are hard links to image-bin's);
 #  2. the base image, the equivalent of gcr.io/distroless/cc-debian12:nonroot built from
 #     Debian packages (libc6, libgcc-s1, ca-certificates) with buildah, pushed as
 #     $REG/studio/base-cc-debian12:nonroot (and :nonroot-<key>). Cached: skipped when the
 #     registry has the tag for the current package versions and recipe (the key);
 #  3. `buildah bud --layers --build-arg BINARIES=prebuilt --build-arg BASE=<base by digest>
 #     --target studio-node|studio-operator`, each checked (every library its binaries need
-#     is in the image; `studio-node --version --json` runs in it as uid 65532), pushed;
+#     is in the image; `studio-node --version --json` runs in it as uid 65532 and reports the
+#     expected schema revisions), pushed; the variants the same way from the stage
+#     studio-node (same path and entrypoint), as $REG/studio/studio-node-next[-incompatible];
 #  4. the pushed digests, written to $STUDIO_IMAGES_ENV (default
-#     $STUDIO_CLUSTER_DIR/images.env) as STUDIO_NODE_IMAGE=<registry>/studio/studio-node@sha256:...
-#     and STUDIO_OPERATOR_IMAGE=..., and printed.
+#     $STUDIO_CLUSTER_DIR/images.env) as STUDIO_NODE_IMAGE=<registry>/studio/studio-node@sha256:...,
+#     STUDIO_OPERATOR_IMAGE=..., STUDIO_NODE_NEXT_IMAGE=... and
+#     STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE=..., and printed.
 #
 # Reproducible: the base and the images are committed with --timestamp 0 (created time and
 # every file's mtime in the layers), so the same packages and the same binaries give the
@@ -23,7 +32,8 @@
 # ~/.cache/studio/buildah), nothing in /var/lib/containers. Needs root.
 # Environment: CARGO, CARGO_TARGET_DIR, STUDIO_CLUSTER_DIR, STUDIO_IMAGE_TAG (default dev),
 # STUDIO_BUILDAH_ROOT, STUDIO_IMAGES_ENV, STUDIO_IMAGES_NO_CARGO=1 (use the binaries already
-# in the target dir). See docs/real-node.md.
+# in the target dir, the variants too if they are there), STUDIO_IMAGES_SKEW=0 (no
+# studio-node-next* variants). See docs/real-node.md.
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
@@ -47,6 +57,13 @@ BASE_PKGS=(libc6 libgcc-s1 ca-certificates)
 BUILDAH_ROOT=${STUDIO_BUILDAH_ROOT:-${STUDIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/studio}/buildah}
 ENV_OUT=${STUDIO_IMAGES_ENV:-$DIR/images.env}
 BINS=(studio-node studio-operator kubectl-studio)
+SKEW=${STUDIO_IMAGES_SKEW:-1}
+case $SKEW in 0 | 1) ;; *) im_die "STUDIO_IMAGES_SKEW is '$SKEW': 0 (no schema-skew variants) or 1 (the default)" ;; esac
+# The schema-skew variants of studio-node (never shipped; for tests/e2e's upgrade suite):
+# image name -> cargo feature; and every node image's "schemaRevision,minCompatibleRevision".
+VARIANTS=(studio-node-next studio-node-next-incompatible)
+declare -A FEATURE=([studio-node-next]=schema-next [studio-node-next-incompatible]=schema-next-incompatible)
+declare -A WANT_REV=([studio-node]="1,1" [studio-node-next]="2,1" [studio-node-next-incompatible]="2,2")
 
 [ "$(id -u)" = 0 ] || im_die "buildah (vfs storage, chroot) needs root here"
 for tool in buildah docker-registry jq curl apt-get apt-cache dpkg-deb ldd chroot; do
@@ -86,26 +103,85 @@ manifest_digest() {
     "http://$REG/v2/$1/manifests/$2" || true; } | tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" {print $2}'
 }
 
+# revisions FILE: "schemaRevision,minCompatibleRevision" of a `studio-node --version --json`.
+revisions() { jq -r '"\(.schemaRevision),\(.minCompatibleRevision)"' "$1" 2>/dev/null || echo "unparsable"; }
+
 # ------------------------------------------------ 1. the release binaries
+# The regular build. The variants select the same packages (-p studio-operator too), so that
+# cargo unifies the dependencies' features as for the shipped studio-node (with -p studio-node
+# alone, x509-parser for one gets other features): they reuse its compiled dependencies and
+# differ from it only by the node's schema feature.
+PLAIN=(build --release --locked -p studio-node -p studio-operator --bin studio-node --bin studio-operator --bin kubectl-studio)
 if [ "${STUDIO_IMAGES_NO_CARGO:-0}" != 1 ]; then
+  # The variants first: cargo writes every feature set of studio-node to release/studio-node
+  # (each keeps its own artifacts under deps/, so a warm run only relinks), so each is copied
+  # aside, and the regular build below comes last (also when a variant's build fails).
+  if [ "$SKEW" = 1 ]; then
+    for v in "${VARIANTS[@]}"; do
+      t0=$(date +%s%N)
+      im_log "cargo build --release --features studio-node/${FEATURE[$v]} --bin studio-node (-> $TARGET/release/$v)"
+      CARGO_TARGET_DIR=$TARGET "$CARGO" build --release --locked -p studio-node -p studio-operator --bin studio-node \
+        --features "studio-node/${FEATURE[$v]}" || {
+        im_log "restoring the regular $TARGET/release/studio-node"
+        CARGO_TARGET_DIR=$TARGET "$CARGO" "${PLAIN[@]}" >/dev/null 2>&1 || true
+        im_die "cargo build --release --features studio-node/${FEATURE[$v]} failed (see above)"
+      }
+      cmp -s "$TARGET/release/studio-node" "$TARGET/release/$v" || {
+        cp -p "$TARGET/release/studio-node" "$TARGET/release/$v.tmp" && mv -f "$TARGET/release/$v.tmp" "$TARGET/release/$v"
+      }
+      im_log "  $v in $(ms_since "$t0") ms"
+    done
+  fi
   t0=$(date +%s%N)
   im_log "cargo build --release (target dir $TARGET)"
-  CARGO_TARGET_DIR=$TARGET "$CARGO" build --release --locked -p studio-node -p studio-operator \
-    --bin studio-node --bin studio-operator --bin kubectl-studio ||
-    im_die "cargo build --release failed (see above)"
+  CARGO_TARGET_DIR=$TARGET "$CARGO" "${PLAIN[@]}" || im_die "cargo build --release failed (see above)"
   im_log "  release binaries in $(ms_since "$t0") ms"
 fi
-mkdir -p "$CTX"
 for b in "${BINS[@]}"; do
   [ -x "$TARGET/release/$b" ] || im_die "no $TARGET/release/$b (run without STUDIO_IMAGES_NO_CARGO=1)"
-  # Copied only when changed, with its mtime: buildah's layer cache keys COPY by content
-  # and metadata, so an unchanged binary reuses the cached layer.
-  cmp -s "$TARGET/release/$b" "$CTX/$b" || cp -p "$TARGET/release/$b" "$CTX/$b"
 done
-for f in "$CTX"/* "$CTX"/.[!.]*; do # the context is exactly BINS
-  [ -e "$f" ] || continue
-  case " ${BINS[*]} " in *" ${f##*/} "*) ;; *) rm -rf "$f" ;; esac
+if [ "$SKEW" = 1 ]; then
+  missing=""
+  for v in "${VARIANTS[@]}"; do [ -x "$TARGET/release/$v" ] || missing="$missing $v"; done
+  if [ -n "$missing" ]; then # only with STUDIO_IMAGES_NO_CARGO=1 (the cargo step writes them)
+    im_log "no$missing in $TARGET/release (STUDIO_IMAGES_NO_CARGO=1): the schema-skew images are not built this time"
+    SKEW=0
+  fi
+fi
+NODES=(studio-node)
+[ "$SKEW" = 0 ] || NODES+=("${VARIANTS[@]}")
+# Each node binary must report its revisions (a variant built without its feature, or the
+# regular binary left at a variant's revision, would otherwise ship under the wrong name).
+for n in "${NODES[@]}"; do
+  "$TARGET/release/$n" --version --json >"$work/version.json" || im_die "$TARGET/release/$n --version --json failed"
+  got=$(revisions "$work/version.json")
+  [ "$got" = "${WANT_REV[$n]}" ] || im_die "$TARGET/release/$n reports schemaRevision,minCompatibleRevision $got, expected ${WANT_REV[$n]} ($(cat "$work/version.json"); built with the wrong cargo features? run without STUDIO_IMAGES_NO_CARGO=1)"
 done
+# ctx_dir NAME: the build context of image NAME (studio-node, studio-operator: image-bin;
+# studio-node-next*: image-bin-next*).
+ctx_dir() { case $1 in studio-node-*) echo "$CTX-${1#studio-node-}" ;; *) echo "$CTX" ;; esac; }
+# fill_ctx DIR NODE-BINARY: DIR holds exactly BINS, studio-node being NODE-BINARY. Copied only
+# when changed, with its mtime: buildah's layer cache keys COPY by content and metadata, so an
+# unchanged binary reuses the cached layer. A variant's context hard-links the other two from
+# $CTX (filled first).
+fill_ctx() {
+  local dir=$1 node=$2 b f
+  mkdir -p "$dir"
+  cmp -s "$node" "$dir/studio-node" || cp -p "$node" "$dir/studio-node"
+  for b in "${BINS[@]}"; do
+    [ "$b" != studio-node ] || continue
+    if [ "$dir" = "$CTX" ]; then
+      cmp -s "$TARGET/release/$b" "$dir/$b" || cp -p "$TARGET/release/$b" "$dir/$b"
+    else
+      [ "$dir/$b" -ef "$CTX/$b" ] || ln -f "$CTX/$b" "$dir/$b"
+    fi
+  done
+  for f in "$dir"/* "$dir"/.[!.]*; do # the context is exactly BINS
+    [ -e "$f" ] || continue
+    case " ${BINS[*]} " in *" ${f##*/} "*) ;; *) rm -rf "$f" ;; esac
+  done
+}
+for n in "${NODES[@]}"; do fill_ctx "$(ctx_dir "$n")" "$TARGET/release/$n"; done
 
 "$repo/scripts/registry-up.sh"
 
@@ -191,12 +267,14 @@ fi
 BASE_REF=$REG/$BASE_REPO@$base_digest
 
 # ------------------------------------------------ 3. the images
-# check_image IMAGE BINARY...: every shared library the binaries need (ldd on the host)
-# must be in the image, and the binaries must start there (chroot, uid 65532). Sets UNPACKED
-# (the image's unpacked size in bytes).
+# check_image IMAGE WANT-REVISIONS BINARY...: every shared library the binaries need (ldd on
+# the host) must be in the image, and the binaries must start there (chroot, uid 65532);
+# studio-node's `--version --json` must report WANT-REVISIONS ("schemaRevision,
+# minCompatibleRevision"; - for the operator's image). Sets UNPACKED (the image's unpacked
+# size in bytes).
 check_image() {
-  local img=$1 c mnt b lib missing=""
-  shift
+  local img=$1 want=$2 c mnt b lib got missing=""
+  shift 2
   c=$(bah from --pull=never --name "studio-check-$$" "$img")
   ctrs+=("$c")
   mnt=$(bah mount "$c")
@@ -214,6 +292,9 @@ check_image() {
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-node --version --json >"$work/version.json" ||
       im_die "studio-node --version --json failed inside $img"
     im_log "  in the image: $(cat "$work/version.json")"
+    got=$(revisions "$work/version.json")
+    [ "$want" = - ] || [ "$got" = "$want" ] ||
+      im_die "studio-node in $img reports schemaRevision,minCompatibleRevision $got, expected $want"
   fi
   if [ -e "$mnt/usr/local/bin/studio-operator" ]; then
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-operator --help >/dev/null ||
@@ -227,17 +308,42 @@ check_image() {
   ctrs=()
 }
 declare -A digest
-for target in studio-node studio-operator; do
+BUD=(bud --quiet --layers --isolation chroot --tls-verify=false --timestamp 0
+  --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" -f "$repo/Dockerfile")
+buildah_version=$(bah --version)
+# NAME: the image $REG/studio/NAME, from the Dockerfile's stage studio-operator or (all the
+# node images) studio-node, with the build context ctx_dir NAME.
+for name in studio-node studio-operator "${NODES[@]:1}"; do
   t0=$(date +%s%N)
-  img=$REG/studio/$target:$TAG
-  im_log "buildah bud --target $target -t $img"
-  bah bud --quiet --layers --isolation chroot --tls-verify=false --timestamp 0 \
-    --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" \
-    --target "$target" -f "$repo/Dockerfile" -t "$img" "$CTX" >"$work/bud.log" 2>&1 ||
-    { cat "$work/bud.log" >&2; im_die "buildah bud --target $target failed (above)"; }
+  img=$REG/studio/$name:$TAG
+  target=studio-node
+  [ "$name" != studio-operator ] || target=studio-operator
+  ctx=$(ctx_dir "$name")
+  # Not rebuilt when its inputs are those of the last push and the registry still has that
+  # digest under the tag (like the base): buildah 1.28 takes ~0.5 s per cached step, ~4 s per
+  # image. The inputs: the bud arguments (the base by digest), buildah's version, the
+  # Dockerfile, the context's files (content and mode; --timestamp 0 drops their mtimes),
+  # the check.
+  inputs=$( {
+    printf '%s\n' "$name" "$target" "$img" "${BUD[@]}" "$buildah_version" "${WANT_REV[$name]:--}"
+    cat "$repo/Dockerfile"
+    (cd "$ctx" && stat -L -c '%n %a' "${BINS[@]}" && sha256sum "${BINS[@]}")
+    declare -f check_image revisions
+  } | sha256sum | cut -c1-32)
+  pstamp=$BUILDAH_ROOT/pushed/$name # "<inputs> <digest> <compressed KiB> <unpacked KiB>"
+  pin="" pdigest="" pkib="" ukib=""
+  [ ! -f "$pstamp" ] || read -r pin pdigest pkib ukib <"$pstamp"
+  if [ "$pin" = "$inputs" ] && [ -n "$pdigest" ] && [ "$(manifest_digest "studio/$name" "$TAG")" = "$pdigest" ]; then
+    digest[$name]=$pdigest
+    im_log "  $img@$pdigest: same inputs as pushed, in the registry: not rebuilt ($pkib KiB compressed, $ukib KiB unpacked)"
+    continue
+  fi
+  im_log "buildah bud --target $target -t $img ${ctx#"$TARGET"/}"
+  bah "${BUD[@]}" --target "$target" -t "$img" "$ctx" >"$work/bud.log" 2>&1 ||
+    { cat "$work/bud.log" >&2; im_die "buildah bud --target $target ($name) failed (above)"; }
   # The check mounts a copy of the image (vfs): done once per image ID.
   id=$(bah images --no-trunc --format '{{.ID}}' "$img" | head -n1)
-  stamp=$BUILDAH_ROOT/checked/$target # "<image ID> <unpacked bytes>"
+  stamp=$BUILDAH_ROOT/checked/$name # "<image ID> <unpacked bytes>"
   sid="" ssize=""
   [ ! -f "$stamp" ] || read -r sid ssize <"$stamp"
   if [ -n "$id" ] && [ "$sid" = "$id" ]; then
@@ -245,18 +351,20 @@ for target in studio-node studio-operator; do
     im_log "  image $(echo "${id#sha256:}" | cut -c1-12) unchanged: already checked"
   else
     case $target in
-      studio-node) check_image "$img" /usr/local/bin/studio-node ;;
-      studio-operator) check_image "$img" /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
+      studio-node) check_image "$img" "${WANT_REV[$name]}" /usr/local/bin/studio-node ;;
+      studio-operator) check_image "$img" - /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
     esac
     mkdir -p "$BUILDAH_ROOT/checked"
     echo "$id $UNPACKED" >"$stamp"
   fi
-  retry 3 "pushing $img" bah push --quiet --tls-verify=false --digestfile "$work/$target.digest" "$img" "docker://$img"
-  digest[$target]=$(cat "$work/$target.digest")
+  retry 3 "pushing $img" bah push --quiet --tls-verify=false --digestfile "$work/$name.digest" "$img" "docker://$img"
+  digest[$name]=$(cat "$work/$name.digest")
   pushed=$(curl -sf --noproxy "*" --max-time 10 -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-    "http://$REG/v2/studio/$target/manifests/${digest[$target]}" | jq '[.config.size] + [.layers[].size] | add')
-  im_log "  $img@${digest[$target]}: $((pushed / 1024)) KiB compressed as pushed, $((UNPACKED / 1024)) KiB unpacked ($(ms_since "$t0") ms)"
+    "http://$REG/v2/studio/$name/manifests/${digest[$name]}" | jq '[.config.size] + [.layers[].size] | add')
+  im_log "  $img@${digest[$name]}: $((pushed / 1024)) KiB compressed as pushed, $((UNPACKED / 1024)) KiB unpacked ($(ms_since "$t0") ms)"
+  mkdir -p "$BUILDAH_ROOT/pushed"
+  echo "$inputs ${digest[$name]} $((pushed / 1024)) $((UNPACKED / 1024))" >"$pstamp"
 done
 
 mkdir -p "$(dirname "$ENV_OUT")"
@@ -266,6 +374,11 @@ STUDIO_BASE_IMAGE=$BASE_REF
 STUDIO_NODE_IMAGE=$REG/studio/studio-node@${digest[studio-node]}
 STUDIO_OPERATOR_IMAGE=$REG/studio/studio-operator@${digest[studio-operator]}
 ENV
+# The schema-skew variants (STUDIO_NODE_NEXT_IMAGE, STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE).
+for v in "${NODES[@]:1}"; do
+  var=${v^^}
+  echo "${var//-/_}_IMAGE=$REG/studio/$v@${digest[$v]}"
+done >>"$ENV_OUT.tmp"
 mv "$ENV_OUT.tmp" "$ENV_OUT"
 # buildah 1.28 leaves a working container behind for the instruction-less stage `binaries`
 # (a full vfs copy of the binaries each run), and every changed binary leaves the previous

@@ -18,7 +18,8 @@
 //! is `ip link set eth0 down` in the pod's namespace (its routes are saved first and put
 //! back after `up`, since the kernel drops the default route with the link); a cut
 //! between two members is a blackhole route to the other's address in each namespace
-//! (both directions); the API server is cut with a blackhole route to 10.213.0.2;
+//! (both directions); the API server is cut with blackhole routes to 10.213.0.2 and to
+//! the `kubernetes` Service's ClusterIP;
 //! freezing is SIGSTOP/SIGCONT of the pod's processes; the API server is paused with
 //! SIGSTOP of `kube-apiserver` (allowed only to a test holding the harness's exclusive
 //! lock, see [`Nemesis::with_api_pause`]).
@@ -43,6 +44,11 @@ use crate::{name, pod_ip};
 
 /// The API server's address as pods see it.
 pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
+/// The `kubernetes` Service's ClusterIP (first address of scripts/lib-cluster.sh's
+/// SERVICE_CIDR): what pods on the real node dial (the kubelet's
+/// KUBERNETES_SERVICE_HOST); kube-proxy translates it only after the packet left the
+/// pod, so a cut needs a route for this address as well.
+pub const API_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 
 /// A member of a cluster as the nemesis sees it: a snapshot of its pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,7 +293,10 @@ impl Nemesis {
         self.blackholes(
             "cut-from-api",
             m.to_string(),
-            vec![(m.netns.clone(), API_SERVER)],
+            vec![
+                (m.netns.clone(), API_SERVER),
+                (m.netns.clone(), API_SERVICE),
+            ],
         )
     }
 

@@ -55,13 +55,16 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::json;
+// The API server's address and its Service's ClusterIP (what pods on the real node
+// dial): cutting a pod's routes to both looks like an API server outage to that pod.
+use studio_e2e::nemesis::{API_SERVER, API_SERVICE};
+use studio_e2e::real_node::{IMAGE_UID, Images, real_node_placement};
 use studio_e2e::{describe, is_ready, name, percentiles, pod_ip, ready_endpoints};
 use studio_harness::{TestEnv, join, pod_pids, wait_for};
 
 mod common;
 use common::jwt;
 
-const IMAGE: &str = "registry.studio.local/studio-node:dev";
 const PORT: u16 = 8080;
 /// Where the pods mount their Secret `<cluster>-tls` (as the operator does).
 const TLS_DIR: &str = "/etc/studio/tls";
@@ -252,6 +255,8 @@ fn objects(c: &str, l: &Layout, cr: &Credentials) -> anyhow::Result<Vec<serde_js
     let sa = format!("{c}-node");
     let (tls_secret, auth_secret) = (format!("{c}-tls"), format!("{c}-auth"));
     let mode = if l.sync { "sync" } else { "async" };
+    // The pushed image on the real node, with the securityContext the operator writes.
+    let image = Images::load(studio_harness::cluster()?)?.node;
     let container = |arbiter: bool| {
         let mut env = vec![
             json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
@@ -273,7 +278,12 @@ fn objects(c: &str, l: &Layout, cr: &Credentials) -> anyhow::Result<Vec<serde_js
         }
         json!({
             "name": "node",
-            "image": IMAGE,
+            "image": image,
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}
+            },
             "args": ["--data-dir", "/data", "--listen", format!("0.0.0.0:{PORT}")],
             "env": env,
             "ports": [{"name": "http", "containerPort": PORT}],
@@ -283,6 +293,7 @@ fn objects(c: &str, l: &Layout, cr: &Credentials) -> anyhow::Result<Vec<serde_js
             },
             "volumeMounts": [
                 {"name": "data", "mountPath": "/data"},
+                {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "tls", "mountPath": TLS_DIR, "readOnly": true}
             ]
         })
@@ -301,10 +312,19 @@ fn objects(c: &str, l: &Layout, cr: &Credentials) -> anyhow::Result<Vec<serde_js
                     "spec": {
                         "serviceAccountName": sa,
                         "terminationGracePeriodSeconds": 10,
+                        "nodeSelector": real_node_placement()["nodeSelector"],
+                        "tolerations": real_node_placement()["tolerations"],
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": IMAGE_UID,
+                            "runAsGroup": IMAGE_UID, "fsGroup": IMAGE_UID
+                        },
                         "containers": [container(arbiter)],
-                        "volumes": [{"name": "tls", "secret": {
-                            "secretName": tls_secret, "defaultMode": 0o440
-                        }}]
+                        "volumes": [
+                            {"name": "tmp", "emptyDir": {}},
+                            {"name": "tls", "secret": {
+                                "secretName": tls_secret, "defaultMode": 0o440
+                            }}
+                        ]
                     }
                 },
                 "volumeClaimTemplates": [{
@@ -1218,10 +1238,6 @@ fn blackhole(pod: &Pod, to: Ipv4Addr, cut: bool) -> anyhow::Result<()> {
     studio_harness::run_in_netns(&ns, "ip", &["route", verb, "blackhole", &to]).map(drop)
 }
 
-/// The API server's address (the control plane's network namespace): cutting a pod's
-/// route to it looks like an API server outage to that pod.
-const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
-
 /// SIGSTOPs a process until dropped (SIGCONT), so a failing test never leaves it
 /// frozen.
 struct Frozen(Pid);
@@ -1345,6 +1361,7 @@ async fn a_primary_cut_off_from_the_api_is_fenced_before_another_takes_over() ->
     let ips: Vec<Ipv4Addr> = all.iter().filter_map(pod_ip).collect();
     // Only the primary loses the API; the others still see it and its Lease expire.
     blackhole(&old_pod, API_SERVER, true)?;
+    blackhole(&old_pod, API_SERVICE, true)?;
     let t0 = Instant::now();
     let mut fenced_at = None;
     let mut new_primary: Option<(Ipv4Addr, Duration)> = None;
@@ -1374,6 +1391,7 @@ async fn a_primary_cut_off_from_the_api_is_fenced_before_another_takes_over() ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     blackhole(&old_pod, API_SERVER, false)?;
+    blackhole(&old_pod, API_SERVICE, false)?;
     let fenced = fenced_at.context("the cut-off primary never turned read-only")?;
     let (new_ip, took_over) = new_primary.context("no other node took over within 30 s")?;
     eprintln!(

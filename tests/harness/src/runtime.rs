@@ -30,7 +30,8 @@ pub fn containerd_socket(c: &Cluster) -> PathBuf {
 
 /// Where containerd pins the pods' network namespaces (`netns_mounts_under_state_dir`).
 fn real_node_netns_dir(c: &Cluster) -> PathBuf {
-    c.dir.join("real-node/containerd/state/netns")
+    c.dir
+        .join("real-node/containerd/state/io.containerd.grpc.v1.cri/netns")
 }
 
 /// The status of container `container` of `pod`.

@@ -29,7 +29,6 @@ controlplane: deps
 
 bins:
 	$(CARGO) build --workspace --bins
-	@CARGO=$(CARGO) scripts/build-schema-skew.sh
 
 # The images from the Dockerfile's runtime stages, without a container engine: release
 # binaries, a distroless-like base from Debian packages, buildah; pushed to the local

@@ -57,7 +57,7 @@ start_real_node() {
 
 # Already running?
 running=()
-for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler provisioner; do
   if component_pid "$c" >/dev/null; then running+=("$c"); fi
 done
 kubelet_note=""
@@ -68,7 +68,7 @@ elif [ -n "$foreign" ]; then
 elif [ "$NO_KUBELET" = 1 ]; then
   kubelet_note="no kubelet (STUDIO_NO_KUBELET=1)"
 fi
-if [ "${#running[@]}" = 4 ] && [ -n "$kubelet_note" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
+if [ "${#running[@]}" = 5 ] && [ -n "$kubelet_note" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
   start_real_node
   log "already running (${running[*]}; $kubelet_note); kubeconfig:"
   echo "$DIR/kubeconfig"
@@ -108,6 +108,8 @@ if [ "$NO_KUBELET" != 1 ]; then
   [ -x "$TARGET_DIR/studio-kubelet" ] ||
     die "missing $TARGET_DIR/studio-kubelet: run 'cargo build --workspace --bins' (or set STUDIO_TARGET_DIR)"
 fi
+[ -x "$TARGET_DIR/studio-provisioner" ] ||
+  die "missing $TARGET_DIR/studio-provisioner: run 'cargo build --workspace --bins' (or set STUDIO_TARGET_DIR)"
 
 # ---------------------------------------------------------------- PKI
 pki=$DIR/pki
@@ -321,6 +323,13 @@ start_scheduler() {
     --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
 }
 
+# PVCs of every Node: local PVs in directories under $DIR/volumes (tests/provisioner).
+start_provisioner() {
+  log "starting studio-provisioner"
+  launch provisioner - "$TARGET_DIR/studio-provisioner" --kubeconfig "$DIR/kubeconfig" \
+    --volumes-dir "$DIR/volumes"
+}
+
 start_kubelet() {
   log "starting studio-kubelet (nodes $NODES)"
   launch kubelet - "$TARGET_DIR/studio-kubelet" --kubeconfig "$DIR/kubeconfig" \
@@ -354,6 +363,7 @@ volumeBindingMode: Immediate
 EOF
 }
 wait_for "the default StorageClass to be created" kube-apiserver storage_class
+component_pid provisioner >/dev/null || start_provisioner
 
 if [ "$NO_KUBELET" != 1 ]; then
   component_pid kubelet >/dev/null || start_kubelet

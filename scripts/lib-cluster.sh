@@ -25,8 +25,9 @@ API_URL="https://$CP_ADDR:$API_PORT"
 # Names the STUDIO_CLUSTER_DIR of the cluster that owns the (machine-wide) network names.
 OWNER_FILE=/run/studio-cluster.dir
 NODES=local-1,local-2,local-3
-# Components in start order; stopped in reverse order, the kubelet first.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
+# Components in start order; stopped in reverse order, the kubelet first. The
+# provisioner (studio-provisioner) makes the PVs of every Node's pods.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler provisioner kubelet)
 
 log() { echo "[cluster] $*" >&2; }
 die() {

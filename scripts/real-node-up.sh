@@ -295,6 +295,10 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 5s
+# The tests kill -9 the same members back to back (20 failovers in a few minutes): with
+# the default 5 min cap of CrashLoopBackOff a killed member would wait minutes for its
+# restart. KubeletCrashLoopBackOffMax is beta (on by default) since 1.35.
+crashLoopBackOff: {maxContainerRestartPeriod: 10s}
 YAML
 rn_log "starting kubelet $("$NODE_BIN/kubelet" --version | awk '{print $2}') as node $RN_NODE ($NODE_IP:$RN_KUBELET_PORT)"
 rn_launch kubelet "$NODE_BIN/kubelet" --config "$RN_DIR/kubelet-config.yaml" \

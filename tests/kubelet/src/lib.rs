@@ -26,8 +26,8 @@
 //!   kubelet's AtomicWriter layout (`key -> ..data/key`, `..data -> ..<timestamp>`)
 //!   and resynced every `--volume-resync-seconds` (10 s): a changed Secret or
 //!   ConfigMap appears in running pods through an atomic swap of `..data`.
-//! - **PVCs** ([`provisioner`]): `<state-dir>/volumes/pvc-<pvc-uid>`, a hostPath PV made
-//!   by the built-in provisioner; survives pod restarts and re-creation, removed with the
+//! - **PVCs**: `<cluster dir>/volumes/pvc-<pvc-uid>`, a `local` PV made by
+//!   `studio-provisioner` (tests/provisioner, its own process); survives pod restarts and re-creation, removed with the
 //!   PVC.
 //! - **Network** ([`network`]): netns `studio-pod-<8 hex of uid>`, veth
 //!   `sv<8 hex>` on the bridge, `eth0` with an address from the pod CIDR (from x.y.1.1),
@@ -67,7 +67,6 @@ pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probes;
-pub mod provisioner;
 pub mod server;
 pub mod status;
 pub mod token;
@@ -246,8 +245,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.ca_file.display()
     );
     std::fs::create_dir_all(args.state_dir.join("pods")).context("creating --state-dir")?;
-    let volumes_root = args.state_dir.join("volumes");
-    std::fs::create_dir_all(&volumes_root).context("creating volumes dir")?;
     let client = client_from(&args.kubeconfig).await?;
     take_lock(&args.lock_file)?;
 
@@ -293,10 +290,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.kubelet_port,
         )));
     }
-    background.push(tokio::spawn(provisioner::run(
-        client.clone(),
-        settings.state_dir.join("volumes"),
-    )));
     let shared = Arc::new(pod::Shared {
         client,
         settings: settings.clone(),

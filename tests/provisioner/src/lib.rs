@@ -1,9 +1,10 @@
-//! A node-local "dynamic provisioner" for PVCs.
+//! The local cluster's "dynamic provisioner" for PVCs (`studio-provisioner`, its own
+//! process since the real node joined: it serves every kind of Node).
 //!
 //! Ensures a default StorageClass `standard` (provisioner `studio.cms.io/local`, as scripts/cluster-up.sh makes it,
 //! Immediate binding, reclaim Delete) exists. For every Pending PVC whose class is
 //! unset, empty, `standard` or any class with our provisioner, it makes the directory
-//! `<state-dir>/volumes/pvc-<pvc-uid>` and creates PV `pvc-<pvc-uid>` (hostPath to that
+//! `<volumes dir>/pvc-<pvc-uid>` and creates PV `pvc-<pvc-uid>` (`local` volume of that
 //! directory, capacity = request, claimRef to the PVC, reclaim Delete); kcm's
 //! persistentvolume-binder then binds the two. When such a PV is Released/Failed (its
 //! PVC was deleted) the directory and the PV are deleted. The directory belongs to the

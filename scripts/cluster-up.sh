@@ -185,9 +185,9 @@ make_pki() {
   write_kubeconfig "$DIR/scheduler.kubeconfig" scheduler
 }
 
-# fresh_state: empty etcd and kubelet state; the previous run's logs in logs.prev.
+# fresh_state: empty etcd, kubelet state and volumes; the previous run's logs in logs.prev.
 fresh_state() {
-  rm -rf --one-file-system "$DIR/etcd" "$DIR/kubelet"
+  rm -rf --one-file-system "$DIR/etcd" "$DIR/kubelet" "$DIR/volumes"
   if [ -d "$DIR/logs" ]; then
     rm -rf "$DIR/logs.prev"
     mv "$DIR/logs" "$DIR/logs.prev"

@@ -143,12 +143,22 @@ async fn a_new_operator_leader_finishes_switchovers_and_records_them_right() -> 
         "the scale-down switchover was recorded as {last}"
     );
     wait_ready(&env, cluster, ordinal, START).await?;
-    let pods: Vec<String> = cluster_pods(&env, cluster)
-        .await?
-        .iter()
-        .map(name)
-        .collect();
-    ensure!(pods == remaining, "pods after the scale-down: {pods:?}");
+    // The removed pod may still be in its termination grace period (a real kubelet
+    // takes its time to report it gone).
+    wait_for(
+        "only the remaining pods after the scale-down",
+        Duration::from_secs(60),
+        || async {
+            let pods: Vec<String> = cluster_pods(&env, cluster)
+                .await?
+                .iter()
+                .map(name)
+                .collect();
+            ensure!(pods == remaining, "pods: {pods:?}");
+            Ok(())
+        },
+    )
+    .await?;
     eprintln!(
         "[takeover] TIMING scale-down switchover finished by {new_leader} {:.1}s after the kill: {last}",
         t1.elapsed().as_secs_f64()

@@ -151,8 +151,11 @@ pub fn helm_upgrade_operator(c: &Cluster, chart: &Path) -> anyhow::Result<String
     let (repository, digest) = image
         .split_once('@')
         .ok_or_else(|| anyhow!("operator image {image} has no digest"))?;
+    // `make images` also pushes the tag (STUDIO_IMAGE_TAG, default dev): a chart older
+    // than `image.digest` (helm.rs upgrades from 0.1.0) pulls by tag.
+    let tag = std::env::var("STUDIO_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
     let values = serde_json::to_string(&json!({
-        "image": {"repository": repository, "digest": digest},
+        "image": {"repository": repository, "digest": digest, "tag": tag},
         "nodeSelector": real_node_placement()["nodeSelector"],
         "tolerations": real_node_placement()["tolerations"],
     }))?;

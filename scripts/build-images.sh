@@ -10,7 +10,10 @@
 #     first in the same target dir and kept as <target>/release/studio-node-next and
 #     studio-node-next-incompatible (the regular build comes last, so release/studio-node is
 #     revision 1 again), each in its own context <target>/image-bin-next[-incompatible]/
-#     (its studio-node is the variant; the other two are hard links to image-bin's);
+#     (its studio-node is the variant; the other two are hard links to image-bin's); and,
+#     in the same regular build, the e2e suites' test program studio-testapp (tests/testapp;
+#     same dependency features, checked with cargo tree), in its own context
+#     <target>/image-testapp/;
 #  2. the base image, the equivalent of gcr.io/distroless/cc-debian12:nonroot built from
 #     Debian packages (libc6, libgcc-s1, ca-certificates) with buildah, pushed as
 #     $REG/studio/base-cc-debian12:nonroot (and :nonroot-<key>). Cached: skipped when the
@@ -20,10 +23,13 @@
 #     is in the image; `studio-node --version --json` runs in it as uid 65532 and reports the
 #     expected schema revisions), pushed; the variants the same way from the stage
 #     studio-node (same path and entrypoint), as $REG/studio/studio-node-next[-incompatible];
+#     the test-only $REG/studio/studio-testapp from tests/testapp/Dockerfile (the same base,
+#     uid 65532, entrypoint the binary; not a stage of the shipped Dockerfile), checked the
+#     same way (its libraries; it starts as uid 65532);
 #  4. the pushed digests, written to $STUDIO_IMAGES_ENV (default
 #     $STUDIO_CLUSTER_DIR/images.env) as STUDIO_NODE_IMAGE=<registry>/studio/studio-node@sha256:...,
 #     STUDIO_OPERATOR_IMAGE=..., STUDIO_NODE_NEXT_IMAGE=... and
-#     STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE=..., and printed.
+#     STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE=..., STUDIO_TESTAPP_IMAGE=..., and printed.
 #
 # Reproducible: the base and the images are committed with --timestamp 0 (created time and
 # every file's mtime in the layers), so the same packages and the same binaries give the
@@ -32,8 +38,8 @@
 # ~/.cache/studio/buildah), nothing in /var/lib/containers. Needs root.
 # Environment: CARGO, CARGO_TARGET_DIR, STUDIO_CLUSTER_DIR, STUDIO_IMAGE_TAG (default dev),
 # STUDIO_BUILDAH_ROOT, STUDIO_IMAGES_ENV, STUDIO_IMAGES_NO_CARGO=1 (use the binaries already
-# in the target dir, the variants too if they are there), STUDIO_IMAGES_SKEW=0 (no
-# studio-node-next* variants). See docs/real-node.md.
+# in the target dir, the variants and the testapp too if they are there), STUDIO_IMAGES_SKEW=0
+# (no studio-node-next* variants). See docs/real-node.md.
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
@@ -57,6 +63,9 @@ BASE_PKGS=(libc6 libgcc-s1 ca-certificates)
 BUILDAH_ROOT=${STUDIO_BUILDAH_ROOT:-${STUDIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/studio}/buildah}
 ENV_OUT=${STUDIO_IMAGES_ENV:-$DIR/images.env}
 BINS=(studio-node studio-operator kubectl-studio)
+# The e2e suites' test program (tests/testapp): its own image, test-only.
+TESTAPP=studio-testapp
+TESTAPP_DOCKERFILE=$repo/tests/testapp/Dockerfile
 SKEW=${STUDIO_IMAGES_SKEW:-1}
 case $SKEW in 0 | 1) ;; *) im_die "STUDIO_IMAGES_SKEW is '$SKEW': 0 (no schema-skew variants) or 1 (the default)" ;; esac
 # The schema-skew variants of studio-node (never shipped; for tests/e2e's upgrade suite):
@@ -111,7 +120,11 @@ revisions() { jq -r '"\(.schemaRevision),\(.minCompatibleRevision)"' "$1" 2>/dev
 # cargo unifies the dependencies' features as for the shipped studio-node (with -p studio-node
 # alone, x509-parser for one gets other features): they reuse its compiled dependencies and
 # differ from it only by the node's schema feature.
-PLAIN=(build --release --locked -p studio-node -p studio-operator --bin studio-node --bin studio-operator --bin kubectl-studio)
+# studio-testapp shares the regular build; it enables no other feature of a shared
+# dependency (`cargo tree -e features` of the selection with and without it: the same), so
+# the shipped binaries and the variants' dependencies stay what they were without it.
+PLAIN=(build --release --locked -p studio-node -p studio-operator -p "$TESTAPP"
+  --bin studio-node --bin studio-operator --bin kubectl-studio --bin "$TESTAPP")
 if [ "${STUDIO_IMAGES_NO_CARGO:-0}" != 1 ]; then
   # The variants first: cargo writes every feature set of studio-node to release/studio-node
   # (each keeps its own artifacts under deps/, so a warm run only relinks), so each is copied
@@ -150,6 +163,11 @@ if [ "$SKEW" = 1 ]; then
 fi
 NODES=(studio-node)
 [ "$SKEW" = 0 ] || NODES+=("${VARIANTS[@]}")
+TESTAPPS=("$TESTAPP") # empty when there is no binary (only with STUDIO_IMAGES_NO_CARGO=1)
+if [ ! -x "$TARGET/release/$TESTAPP" ]; then
+  im_log "no $TESTAPP in $TARGET/release (STUDIO_IMAGES_NO_CARGO=1): its image is not built this time"
+  TESTAPPS=()
+fi
 # Each node binary must report its revisions (a variant built without its feature, or the
 # regular binary left at a variant's revision, would otherwise ship under the wrong name).
 for n in "${NODES[@]}"; do
@@ -158,8 +176,14 @@ for n in "${NODES[@]}"; do
   [ "$got" = "${WANT_REV[$n]}" ] || im_die "$TARGET/release/$n reports schemaRevision,minCompatibleRevision $got, expected ${WANT_REV[$n]} ($(cat "$work/version.json"); built with the wrong cargo features? run without STUDIO_IMAGES_NO_CARGO=1)"
 done
 # ctx_dir NAME: the build context of image NAME (studio-node, studio-operator: image-bin;
-# studio-node-next*: image-bin-next*).
-ctx_dir() { case $1 in studio-node-*) echo "$CTX-${1#studio-node-}" ;; *) echo "$CTX" ;; esac; }
+# studio-node-next*: image-bin-next*; studio-testapp: image-testapp).
+ctx_dir() {
+  case $1 in
+    "$TESTAPP") echo "$TARGET/image-testapp" ;;
+    studio-node-*) echo "$CTX-${1#studio-node-}" ;;
+    *) echo "$CTX" ;;
+  esac
+}
 # fill_ctx DIR NODE-BINARY: DIR holds exactly BINS, studio-node being NODE-BINARY. Copied only
 # when changed, with its mtime: buildah's layer cache keys COPY by content and metadata, so an
 # unchanged binary reuses the cached layer. A variant's context hard-links the other two from
@@ -182,6 +206,15 @@ fill_ctx() {
   done
 }
 for n in "${NODES[@]}"; do fill_ctx "$(ctx_dir "$n")" "$TARGET/release/$n"; done
+# The testapp's context: exactly its binary (copied only when changed, as above).
+if [ "${#TESTAPPS[@]}" -gt 0 ]; then
+  tctx=$(ctx_dir "$TESTAPP")
+  mkdir -p "$tctx"
+  cmp -s "$TARGET/release/$TESTAPP" "$tctx/$TESTAPP" || cp -p "$TARGET/release/$TESTAPP" "$tctx/$TESTAPP"
+  for f in "$tctx"/* "$tctx"/.[!.]*; do
+    if [ -e "$f" ] && [ "${f##*/}" != "$TESTAPP" ]; then rm -rf "$f"; fi
+  done
+fi
 
 "$repo/scripts/registry-up.sh"
 
@@ -270,8 +303,8 @@ BASE_REF=$REG/$BASE_REPO@$base_digest
 # check_image IMAGE WANT-REVISIONS BINARY...: every shared library the binaries need (ldd on
 # the host) must be in the image, and the binaries must start there (chroot, uid 65532);
 # studio-node's `--version --json` must report WANT-REVISIONS ("schemaRevision,
-# minCompatibleRevision"; - for the operator's image). Sets UNPACKED (the image's unpacked
-# size in bytes).
+# minCompatibleRevision"; - for the other images); studio-testapp must start (with PORT=x it
+# exits at once, naming the bad PORT). Sets UNPACKED (the image's unpacked size in bytes).
 check_image() {
   local img=$1 want=$2 c mnt b lib got missing=""
   shift 2
@@ -302,6 +335,12 @@ check_image() {
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/kubectl-studio --help >/dev/null ||
       im_die "kubectl-studio --help failed inside $img"
   fi
+  if [ -e "$mnt/usr/local/bin/studio-testapp" ]; then
+    if PORT=x chroot --userspec=65532:65532 "$mnt" /usr/local/bin/studio-testapp 2>"$work/testapp.err" ||
+      ! grep -q 'PORT="x"' "$work/testapp.err"; then
+      im_die "studio-testapp did not start inside $img: $(cat "$work/testapp.err")"
+    fi
+  fi
   UNPACKED=$(du -sb "$mnt" | awk '{print $1}')
   bah umount "$c" >/dev/null
   bah rm "$c" >/dev/null
@@ -310,24 +349,38 @@ check_image() {
 declare -A digest
 BUD=(bud --quiet --layers --isolation chroot --tls-verify=false --timestamp 0
   --build-arg BINARIES=prebuilt --build-arg "BASE=$BASE_REF" -f "$repo/Dockerfile")
+# The testapp's: its own Dockerfile (one stage, only BASE).
+TESTAPP_BUD=(bud --quiet --layers --isolation chroot --tls-verify=false --timestamp 0
+  --build-arg "BASE=$BASE_REF" -f "$TESTAPP_DOCKERFILE")
 buildah_version=$(bah --version)
 # NAME: the image $REG/studio/NAME, from the Dockerfile's stage studio-operator or (all the
-# node images) studio-node, with the build context ctx_dir NAME.
-for name in studio-node studio-operator "${NODES[@]:1}"; do
+# node images) studio-node, or (studio-testapp) from tests/testapp/Dockerfile, with the
+# build context ctx_dir NAME.
+for name in studio-node studio-operator "${NODES[@]:1}" "${TESTAPPS[@]}"; do
   t0=$(date +%s%N)
   img=$REG/studio/$name:$TAG
-  target=studio-node
-  [ "$name" != studio-operator ] || target=studio-operator
   ctx=$(ctx_dir "$name")
+  if [ "$name" = "$TESTAPP" ]; then
+    target=testapp
+    dockerfile=$TESTAPP_DOCKERFILE
+    files=("$TESTAPP")
+    bud=("${TESTAPP_BUD[@]}")
+  else
+    target=studio-node
+    [ "$name" != studio-operator ] || target=studio-operator
+    dockerfile=$repo/Dockerfile
+    files=("${BINS[@]}")
+    bud=("${BUD[@]}" --target "$target")
+  fi
   # Not rebuilt when its inputs are those of the last push and the registry still has that
   # digest under the tag (like the base): buildah 1.28 takes ~0.5 s per cached step, ~4 s per
   # image. The inputs: the bud arguments (the base by digest), buildah's version, the
   # Dockerfile, the context's files (content and mode; --timestamp 0 drops their mtimes),
   # the check.
   inputs=$( {
-    printf '%s\n' "$name" "$target" "$img" "${BUD[@]}" "$buildah_version" "${WANT_REV[$name]:--}"
-    cat "$repo/Dockerfile"
-    (cd "$ctx" && stat -L -c '%n %a' "${BINS[@]}" && sha256sum "${BINS[@]}")
+    printf '%s\n' "$name" "$target" "$img" "${bud[@]}" "$buildah_version" "${WANT_REV[$name]:--}"
+    cat "$dockerfile"
+    (cd "$ctx" && stat -L -c '%n %a' "${files[@]}" && sha256sum "${files[@]}")
     declare -f check_image revisions
   } | sha256sum | cut -c1-32)
   pstamp=$BUILDAH_ROOT/pushed/$name # "<inputs> <digest> <compressed KiB> <unpacked KiB>"
@@ -338,9 +391,9 @@ for name in studio-node studio-operator "${NODES[@]:1}"; do
     im_log "  $img@$pdigest: same inputs as pushed, in the registry: not rebuilt ($pkib KiB compressed, $ukib KiB unpacked)"
     continue
   fi
-  im_log "buildah bud --target $target -t $img ${ctx#"$TARGET"/}"
-  bah "${BUD[@]}" --target "$target" -t "$img" "$ctx" >"$work/bud.log" 2>&1 ||
-    { cat "$work/bud.log" >&2; im_die "buildah bud --target $target ($name) failed (above)"; }
+  im_log "buildah bud -f ${dockerfile#"$repo"/} ($target) -t $img ${ctx#"$TARGET"/}"
+  bah "${bud[@]}" -t "$img" "$ctx" >"$work/bud.log" 2>&1 ||
+    { cat "$work/bud.log" >&2; im_die "buildah bud ($target, $name) failed (above)"; }
   # The check mounts a copy of the image (vfs): done once per image ID.
   id=$(bah images --no-trunc --format '{{.ID}}' "$img" | head -n1)
   stamp=$BUILDAH_ROOT/checked/$name # "<image ID> <unpacked bytes>"
@@ -353,6 +406,7 @@ for name in studio-node studio-operator "${NODES[@]:1}"; do
     case $target in
       studio-node) check_image "$img" "${WANT_REV[$name]}" /usr/local/bin/studio-node ;;
       studio-operator) check_image "$img" - /usr/local/bin/studio-operator /usr/local/bin/kubectl-studio ;;
+      testapp) check_image "$img" - "/usr/local/bin/$TESTAPP" ;;
     esac
     mkdir -p "$BUILDAH_ROOT/checked"
     echo "$id $UNPACKED" >"$stamp"
@@ -379,6 +433,8 @@ for v in "${NODES[@]:1}"; do
   var=${v^^}
   echo "${var//-/_}_IMAGE=$REG/studio/$v@${digest[$v]}"
 done >>"$ENV_OUT.tmp"
+# The e2e suites' test program (test-only).
+for t in "${TESTAPPS[@]}"; do echo "STUDIO_TESTAPP_IMAGE=$REG/studio/$t@${digest[$t]}"; done >>"$ENV_OUT.tmp"
 mv "$ENV_OUT.tmp" "$ENV_OUT"
 # buildah 1.28 leaves a working container behind for the instruction-less stage `binaries`
 # (a full vfs copy of the binaries each run), and every changed binary leaves the previous

@@ -1,5 +1,6 @@
 //! Shared fixtures of the end-to-end suites in `tests/`: the workspace's test program
-//! (`studio-testapp`) as a StatefulSet or Pod, Services, and pod-status helpers.
+//! (`studio-testapp`, its pushed image on the real node) as a StatefulSet or Pod,
+//! Services, and pod-status helpers.
 
 pub mod history;
 pub mod nemesis;
@@ -17,17 +18,26 @@ use k8s_openapi::api::{
 use kube::{Api, api::ListParams};
 use serde_json::json;
 
-/// The image of the test program; the kubelet runs `<target>/studio-testapp` for it.
+/// The name under which the process kubelet runs `<target>/studio-testapp` (it maps an
+/// image name to a host binary). The suites' pods run the pushed image on the real node
+/// instead ([`real_node::testapp_image`]).
 pub const TESTAPP_IMAGE: &str = "registry.studio.local/studio-testapp:dev";
 /// The port the test program listens on.
 pub const TESTAPP_PORT: u16 = 8080;
 
-/// The testapp container: POD_NAME/POD_NAMESPACE from the downward API, data under
-/// `/data` (a PVC when the pod has one), readiness from `/readyz` every second.
-fn testapp_container() -> serde_json::Value {
+/// The testapp container from `image` (the pushed one, [`real_node::testapp_image`]):
+/// POD_NAME/POD_NAMESPACE from the downward API, data under `/data` (a PVC when the pod
+/// has one), readiness from `/readyz` every second; read-only root, no privileges (it
+/// writes only to `/data`).
+fn testapp_container(image: &str) -> serde_json::Value {
     json!({
         "name": "app",
-        "image": TESTAPP_IMAGE,
+        "image": image,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}
+        },
         "ports": [{"name": "http", "containerPort": TESTAPP_PORT}],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -47,10 +57,28 @@ fn testapp_container() -> serde_json::Value {
     })
 }
 
-/// A StatefulSet `name` of `replicas` testapp pods, each with a 16Mi PVC `data`
-/// mounted at `/data`. Pods carry `app=<name>` (the StatefulSet's selector) and
-/// `serve=yes` (what [`service`] selects).
-pub fn testapp_statefulset(name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
+/// The pod spec fields every testapp pod gets: the real node's selector and toleration,
+/// and the image's user (non-root 65532; `fsGroup` makes PVC volumes writable for it).
+fn testapp_pod_spec(containers: serde_json::Value) -> serde_json::Value {
+    let placement = real_node::real_node_placement();
+    json!({
+        "terminationGracePeriodSeconds": 5,
+        "nodeSelector": placement["nodeSelector"],
+        "tolerations": placement["tolerations"],
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": real_node::IMAGE_UID,
+            "runAsGroup": real_node::IMAGE_UID,
+            "fsGroup": real_node::IMAGE_UID
+        },
+        "containers": containers
+    })
+}
+
+/// A StatefulSet `name` of `replicas` testapp pods from `image` on the real node, each
+/// with a 16Mi PVC `data` mounted at `/data`. Pods carry `app=<name>` (the StatefulSet's
+/// selector) and `serve=yes` (what [`service`] selects).
+pub fn testapp_statefulset(name: &str, replicas: i32, image: &str) -> anyhow::Result<StatefulSet> {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -62,10 +90,7 @@ pub fn testapp_statefulset(name: &str, replicas: i32) -> anyhow::Result<Stateful
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name, "serve": "yes"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [testapp_container()]
-                }
+                "spec": testapp_pod_spec(json!([testapp_container(image)]))
             },
             "volumeClaimTemplates": [{
                 "metadata": {"name": "data"},
@@ -79,18 +104,18 @@ pub fn testapp_statefulset(name: &str, replicas: i32) -> anyhow::Result<Stateful
     .context("building the testapp StatefulSet")
 }
 
-/// A bare testapp Pod running as ServiceAccount `service_account` (scratch `/data`).
-pub fn testapp_pod(name: &str, service_account: &str) -> anyhow::Result<Pod> {
+/// A bare testapp Pod from `image` on the real node, running as ServiceAccount
+/// `service_account` (its token mounted, so the API server applies RBAC; scratch `/data`).
+pub fn testapp_pod(name: &str, service_account: &str, image: &str) -> anyhow::Result<Pod> {
+    let mut spec = testapp_pod_spec(json!([testapp_container(image)]));
+    spec["serviceAccountName"] = json!(service_account);
+    spec["automountServiceAccountToken"] = json!(true);
+    spec["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "serviceAccountName": service_account,
-            "terminationGracePeriodSeconds": 5,
-            "containers": [testapp_container()],
-            "volumes": [{"name": "data", "emptyDir": {}}]
-        }
+        "spec": spec
     }))
     .context("building the testapp Pod")
 }

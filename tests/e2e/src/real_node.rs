@@ -45,6 +45,9 @@ pub struct Images {
     pub node_next: Option<String>,
     /// studio-node at schema revision 2, incompatible with 1.
     pub node_next_incompatible: Option<String>,
+    /// The e2e suites' test program (`studio-testapp`, tests/testapp/Dockerfile): see
+    /// [`Images::testapp`].
+    pub testapp: Option<String>,
 }
 
 impl Images {
@@ -66,8 +69,24 @@ impl Images {
             operator: pinned("STUDIO_OPERATOR_IMAGE")?,
             node_next: pinned("STUDIO_NODE_NEXT_IMAGE").ok(),
             node_next_incompatible: pinned("STUDIO_NODE_NEXT_INCOMPATIBLE_IMAGE").ok(),
+            testapp: pinned("STUDIO_TESTAPP_IMAGE").ok(),
         })
     }
+
+    /// The pushed `studio-testapp` image (by digest), or an error saying how to get it.
+    pub fn testapp(&self) -> anyhow::Result<&str> {
+        self.testapp.as_deref().ok_or_else(|| {
+            anyhow!(
+                "images.env has no STUDIO_TESTAPP_IMAGE (pinned by digest): run `make images` \
+                 (scripts/build-images.sh builds the test program's image too)"
+            )
+        })
+    }
+}
+
+/// The pushed `studio-testapp` image of the local cluster, by digest (`images.env`).
+pub fn testapp_image(c: &Cluster) -> anyhow::Result<String> {
+    Ok(Images::load(c)?.testapp()?.to_string())
 }
 
 /// The same image under another tag, still pinned by digest (`repo:tag@sha256:...`):

@@ -1,6 +1,10 @@
 //! Acceptance tests of the foundation (issue 2) on the real local cluster: a StatefulSet
 //! of the test program gets Ready pods with real addresses behind a Service, pods are
 //! restarted and recreated with their PVC data, and RBAC is enforced for pods.
+//!
+//! The pods run the pushed `studio-testapp` image (`make images`) on the real node
+//! (`real-1`: the upstream kubelet, containerd, runc, CNI) as uid 65532; the kill goes
+//! through the runtime (the container's PIDs from containerd).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,10 +29,20 @@ use kube::{
 use reqwest::Method;
 use serde_json::json;
 use studio_e2e::{
-    TESTAPP_PORT, app_pods, describe, is_ready, name, pod_ip, ready_endpoints, restart_count,
-    service, testapp_pod, testapp_statefulset,
+    TESTAPP_PORT, app_pods, describe, is_ready, name, pod_ip, ready_endpoints,
+    real_node::{
+        IMAGE_UID, REAL_NODE, data_dir, owned_by_the_image_user, real_node_ready, testapp_image,
+        uid_and_read_only_root,
+    },
+    restart_count, service, testapp_pod, testapp_statefulset,
 };
 use studio_harness::{TestEnv, http, http_client, join, pod_pids, wait_for};
+
+/// The real node is Ready; the pushed testapp image (by digest).
+async fn real_node_and_image(env: &TestEnv) -> anyhow::Result<String> {
+    real_node_ready(env).await?;
+    testapp_image(env.cluster)
+}
 
 /// First start of pods: scheduling, PVC provisioning, process start, readiness.
 const START: Duration = Duration::from_secs(120);
@@ -44,6 +58,14 @@ async fn wait_ready_pods(pods: &Api<Pod>, app: &str, replicas: usize) -> anyhow:
                 && list.iter().all(|p| is_ready(p) && pod_ip(p).is_some())
                 && list.iter().all(|p| p.metadata.deletion_timestamp.is_none());
             if ok {
+                for p in &list {
+                    let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                    ensure!(
+                        node == Some(REAL_NODE),
+                        "{} runs on {node:?}, not {REAL_NODE}",
+                        name(p)
+                    );
+                }
                 Ok(list)
             } else {
                 bail!("pods: [{}]", join(list.iter().map(describe)))
@@ -60,6 +82,7 @@ fn url(ip: Ipv4Addr, path: &str) -> String {
 #[tokio::test]
 async fn statefulset_pods_are_ready_addressable_and_behind_their_service() -> anyhow::Result<()> {
     let env = TestEnv::new("foundation-sts").await?;
+    let image = real_node_and_image(&env).await?;
     let pods: Api<Pod> = env.api();
     let slices: Api<EndpointSlice> = env.api();
     let web = "web";
@@ -68,7 +91,10 @@ async fn statefulset_pods_are_ready_addressable_and_behind_their_service() -> an
         .await
         .context("creating the Service")?;
     env.api::<StatefulSet>()
-        .create(&PostParams::default(), &testapp_statefulset(web, 3)?)
+        .create(
+            &PostParams::default(),
+            &testapp_statefulset(web, 3, &image)?,
+        )
         .await
         .context("creating the StatefulSet")?;
 
@@ -201,10 +227,14 @@ fn record(seen: &Seen, pod: &Pod) {
 #[tokio::test]
 async fn killed_or_deleted_pods_come_back_with_their_pvc_data() -> anyhow::Result<()> {
     let env = TestEnv::new("foundation-restart").await?;
+    let image = real_node_and_image(&env).await?;
     let pods: Api<Pod> = env.api();
     let app = "store";
     env.api::<StatefulSet>()
-        .create(&PostParams::default(), &testapp_statefulset(app, 1)?)
+        .create(
+            &PostParams::default(),
+            &testapp_statefulset(app, 1, &image)?,
+        )
         .await
         .context("creating the StatefulSet")?;
     let pod = wait_ready_pods(&pods, app, 1).await?.remove(0);
@@ -222,6 +252,9 @@ async fn killed_or_deleted_pods_come_back_with_their_pvc_data() -> anyhow::Resul
     )
     .await?;
     ensure!(status == 200, "PUT /data answered {status} {body:?}");
+    // The image's user wrote it into the PVC (the kubelet applied fsGroup to the volume).
+    let dir = data_dir(&env, "store-0").await?;
+    owned_by_the_image_user(&dir)?;
 
     // Watch the pod from now on, so that a short NotReady spell is seen too.
     let seen: Seen = Arc::default();
@@ -249,12 +282,16 @@ async fn killed_or_deleted_pods_come_back_with_their_pvc_data() -> anyhow::Resul
     )
     .await?;
 
-    // Kill the pod's process.
+    // Kill the pod's process (the container's, from containerd; not the sandbox).
     let pids = pod_pids(&pod)?;
-    ensure!(
-        !pids.is_empty(),
-        "no process in the pod's network namespace"
-    );
+    ensure!(!pids.is_empty(), "no running container process in the pod");
+    for pid in &pids {
+        let (uid, read_only) = uid_and_read_only_root(*pid)?;
+        ensure!(
+            uid == IMAGE_UID && read_only,
+            "pid {pid} runs as uid {uid} (read-only root: {read_only}), expected {IMAGE_UID} on a read-only root"
+        );
+    }
     eprintln!("killing {app}-0's processes {pids:?}");
     for pid in &pids {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL)
@@ -326,6 +363,7 @@ async fn killed_or_deleted_pods_come_back_with_their_pvc_data() -> anyhow::Resul
 #[tokio::test]
 async fn pods_are_held_to_their_service_account_rbac() -> anyhow::Result<()> {
     let env = TestEnv::new("foundation-rbac").await?;
+    let image = real_node_and_image(&env).await?;
     let pods: Api<Pod> = env.api();
     let sa = "reader";
     env.api::<ServiceAccount>()
@@ -335,7 +373,7 @@ async fn pods_are_held_to_their_service_account_rbac() -> anyhow::Result<()> {
         )
         .await
         .context("creating the ServiceAccount")?;
-    pods.create(&PostParams::default(), &testapp_pod("probe", sa)?)
+    pods.create(&PostParams::default(), &testapp_pod("probe", sa, &image)?)
         .await
         .context("creating the pod")?;
     let pod = wait_ready_pods(&pods, "probe", 1).await?.remove(0);

@@ -1,8 +1,8 @@
 //! The S3 server of the backup tests (`studio_harness::s3`, versitygw built by
 //! `scripts/build-versitygw.sh`) is a real S3 service: the `object_store` S3 client puts,
 //! gets and lists objects on it; a stop (an outage) refuses requests and a restart keeps
-//! the objects; a pod of the local cluster reaches it on the pods' endpoint with the
-//! same credentials.
+//! the objects; a pod of the local cluster (the pushed `studio-testapp` image on the real
+//! node) reaches it on the pods' endpoint with the same credentials.
 
 use std::time::Duration;
 
@@ -14,7 +14,11 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, aws::AmazonS3Builder,
     path::Path as ObjectPath,
 };
-use studio_e2e::{is_ready, testapp_pod};
+use studio_e2e::{
+    is_ready,
+    real_node::{REAL_NODE, real_node_ready, testapp_image},
+    testapp_pod,
+};
 use studio_harness::{TestEnv, pod_netns, s3::S3Server, wait_for};
 
 /// An S3 client for `server` at `endpoint`; no retries, so that an outage shows at once.
@@ -70,6 +74,8 @@ async fn list(store: &impl ObjectStore, prefix: &str) -> anyhow::Result<Vec<Stri
 async fn versitygw_serves_s3_to_the_host_and_to_pods_and_keeps_objects_across_a_restart()
 -> anyhow::Result<()> {
     let env = TestEnv::new("s3-server").await?;
+    real_node_ready(&env).await?;
+    let image = testapp_image(env.cluster)?;
     let mut s3 = S3Server::start("studio-backups").await?;
     let store = client(&s3, &s3.endpoint_for_host())?;
 
@@ -157,7 +163,7 @@ async fn versitygw_serves_s3_to_the_host_and_to_pods_and_keeps_objects_across_a_
     let pods = env.api::<Pod>();
     pods.create(
         &PostParams::default(),
-        &testapp_pod("s3-client", "default")?,
+        &testapp_pod("s3-client", "default", &image)?,
     )
     .await
     .context("creating the pod")?;
@@ -170,6 +176,11 @@ async fn versitygw_serves_s3_to_the_host_and_to_pods_and_keeps_objects_across_a_
         }
     })
     .await?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    ensure!(
+        node == Some(REAL_NODE),
+        "s3-client runs on {node:?}, not {REAL_NODE}"
+    );
     let netns = pod_netns(&pod).context("the pod's network namespace")?;
     let url = format!(
         "{}/{}/{}",

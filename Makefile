@@ -12,7 +12,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo          build everything, start the local cluster, run the demo"
 	@echo "make test          lint + every test (unit, integration, end-to-end)"
-	@echo "make cluster-up    start the local Kubernetes (control plane, process kubelet, real node)"
+	@echo "make cluster-up    start the local Kubernetes (control plane, provisioner, real node)"
 	@echo "make cluster-down  stop it and remove everything it created"
 	@echo "make -s kubeconfig print the admin kubeconfig path"
 	@echo "make images        build the studio-node/studio-operator images (buildah, no Docker) and"

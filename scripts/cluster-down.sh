@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Stops the local cluster started by scripts/cluster-up.sh: the kubelet first (it stops
-# its pods; a studio-kubelet started by hand against this cluster is stopped too), then
-# any pod process left in a studio-pod-* network namespace, then the control plane;
-# removes the studio-* network namespaces, their veths and the bridge.
-# Idempotent. Keeps $STUDIO_CLUSTER_DIR (pki, logs, pod logs) for post-mortems;
-# cluster-up starts from empty etcd and kubelet state.
+# Stops the local cluster started by scripts/cluster-up.sh: the real node first
+# (scripts/real-node-down.sh: its pods, kubelet, kube-proxy, containerd, registry, CNI
+# and nft state), then the provisioner and the control plane; removes the studio-*
+# network namespaces, veths and the bridge. Idempotent. Keeps $STUDIO_CLUSTER_DIR (pki,
+# logs, pod logs) for post-mortems; cluster-up starts from empty etcd and volumes.
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # Starts the local Kubernetes cluster in the background: etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler in the network namespace studio-cp
-# (10.213.0.2 on the bridge studiobr0), and the process kubelet (studio-kubelet) in the
-# root namespace. Returns when the API server is healthy, the Nodes are Ready and the
-# default ServiceAccount exists; prints the admin kubeconfig's path.
+# (10.213.0.2 on the bridge studiobr0), the PVC provisioner (studio-provisioner), and the
+# Node real-1: the upstream kubelet and kube-proxy with containerd, runc and CNI, and the
+# local image registry (scripts/real-node-up.sh). Returns when the API server is healthy,
+# the Node is Ready and the default ServiceAccount exists; prints the admin kubeconfig's
+# path.
 #
 # Environment:
-#   STUDIO_CLUSTER_DIR   state: pki/, etcd/, kubelet/, logs/, run/, kubeconfig
+#   STUDIO_CLUSTER_DIR   state: pki/, etcd/, real-node/, volumes/, logs/, run/, kubeconfig
 #                        (default <repo>/.cache/cluster)
 #   STUDIO_CP_BIN        control-plane binaries (default: scripts/build-controlplane.sh)
 #   STUDIO_TARGET_DIR    the workspace's built binaries (default <repo>/target/debug)
 #   STUDIO_UP_TIMEOUT    seconds to wait for each stage (default 90)
-#   STUDIO_NO_KUBELET=1  start the control plane only (no Nodes; pods stay Pending)
-#   STUDIO_REAL_NODE=0   without the real node (containerd + kubelet, Node real-1)
+#   STUDIO_NO_KUBELET=1  start the control plane only (no Node; pods stay Pending)
 set -euo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"
 
 TIMEOUT=${STUDIO_UP_TIMEOUT:-90}
 NO_KUBELET=${STUDIO_NO_KUBELET:-0}
-REAL_NODE=${STUDIO_REAL_NODE:-1}
 start_ns=$(date +%s%N)
 
 [ "$(id -u)" = 0 ] || die "cluster-up needs root (network namespaces, veths, a bridge)"
@@ -40,19 +40,13 @@ api_healthy() {
     --key "$DIR/pki/admin.key" "$API_URL/readyz" >/dev/null 2>&1
 }
 
-# A studio-kubelet that we did not start but that serves this API server (one started
-# by hand while developing the kubelet) counts as the cluster's kubelet.
-ours=$(component_pid kubelet || true)
-foreign=$(foreign_kubelets | tr '\n' ' ')
-foreign=${foreign:+ ${foreign% }}
-
 # The real node: containerd + runc + CNI + the upstream kubelet and kube-proxy, and the
 # local registry `make images` pushes to (scripts/real-node-up.sh, docs/real-node.md).
 # Idempotent: says "already running" when it is.
 start_real_node() {
-  [ "$NO_KUBELET" != 1 ] && [ "$REAL_NODE" = 1 ] || return 0
+  [ "$NO_KUBELET" != 1 ] || return 0
   STUDIO_CP_BIN=${CP_BIN:-${STUDIO_CP_BIN:-}} STUDIO_REAL_NODE_PROXY=1 "$repo/scripts/real-node-up.sh" >&2 ||
-    die "the real node did not start (scripts/real-node-up.sh above; STUDIO_REAL_NODE=0 starts the cluster without it)"
+    die "the real node did not start (scripts/real-node-up.sh above; STUDIO_NO_KUBELET=1 starts the control plane alone)"
 }
 
 # Already running?
@@ -60,25 +54,13 @@ running=()
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler provisioner; do
   if component_pid "$c" >/dev/null; then running+=("$c"); fi
 done
-kubelet_note=""
-if [ -n "$ours" ]; then
-  kubelet_note="kubelet pid $ours"
-elif [ -n "$foreign" ]; then
-  kubelet_note="a studio-kubelet started by hand, pid$foreign"
-elif [ "$NO_KUBELET" = 1 ]; then
-  kubelet_note="no kubelet (STUDIO_NO_KUBELET=1)"
-fi
-if [ "${#running[@]}" = 5 ] && [ -n "$kubelet_note" ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
+if [ "${#running[@]}" = 5 ] && [ -f "$DIR/kubeconfig" ] && api_healthy; then
   start_real_node
-  log "already running (${running[*]}; $kubelet_note); kubeconfig:"
+  log "already running (${running[*]}); kubeconfig:"
   echo "$DIR/kubeconfig"
   exit 0
 fi
-if [ -n "$foreign" ] && [ "$NO_KUBELET" != 1 ]; then
-  die "a studio-kubelet that cluster-up did not start serves $API_URL (pid$foreign): stop it first, or run with STUDIO_NO_KUBELET=1 to keep using it"
-fi
-[ -z "$ours" ] || running+=(kubelet)
-# With etcd and the API server up, a controller or kubelet that exited is restarted
+# With etcd and the API server up, a component that exited is restarted
 # alone: the cluster's objects are kept.
 repair=0
 if component_pid etcd >/dev/null && component_pid kube-apiserver >/dev/null &&
@@ -104,10 +86,6 @@ fi
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   [ -x "$CP_BIN/$b" ] || die "missing $CP_BIN/$b: run scripts/build-controlplane.sh (or set STUDIO_CP_BIN)"
 done
-if [ "$NO_KUBELET" != 1 ]; then
-  [ -x "$TARGET_DIR/studio-kubelet" ] ||
-    die "missing $TARGET_DIR/studio-kubelet: run 'cargo build --workspace --bins' (or set STUDIO_TARGET_DIR)"
-fi
 [ -x "$TARGET_DIR/studio-provisioner" ] ||
   die "missing $TARGET_DIR/studio-provisioner: run 'cargo build --workspace --bins' (or set STUDIO_TARGET_DIR)"
 
@@ -185,14 +163,14 @@ make_pki() {
   write_kubeconfig "$DIR/scheduler.kubeconfig" scheduler
 }
 
-# fresh_state: empty etcd, kubelet state and volumes; the previous run's logs in logs.prev.
+# fresh_state: empty etcd and volumes; the previous run's logs in logs.prev.
 fresh_state() {
-  rm -rf --one-file-system "$DIR/etcd" "$DIR/kubelet" "$DIR/volumes"
+  rm -rf --one-file-system "$DIR/etcd" "$DIR/volumes" "$DIR/kubelet"
   if [ -d "$DIR/logs" ]; then
     rm -rf "$DIR/logs.prev"
     mv "$DIR/logs" "$DIR/logs.prev"
   fi
-  mkdir -p "$DIR/logs" "$DIR/etcd" "$DIR/kubelet"
+  mkdir -p "$DIR/logs" "$DIR/etcd" "$DIR/volumes"
   chmod 700 "$DIR/etcd"
 }
 
@@ -330,13 +308,6 @@ start_provisioner() {
     --volumes-dir "$DIR/volumes"
 }
 
-start_kubelet() {
-  log "starting studio-kubelet (nodes $NODES)"
-  launch kubelet - "$TARGET_DIR/studio-kubelet" --kubeconfig "$DIR/kubeconfig" \
-    --nodes "$NODES" --api-server "$API_URL" --ca-file "$pki/ca.crt" \
-    --bridge "$BRIDGE" --gateway "$BRIDGE_ADDR" --pod-cidr "$POD_CIDR" \
-    --bin-dir "$TARGET_DIR" --state-dir "$DIR/kubelet"
-}
 
 if [ "$repair" = 0 ]; then
   start_etcd
@@ -365,15 +336,6 @@ EOF
 wait_for "the default StorageClass to be created" kube-apiserver storage_class
 component_pid provisioner >/dev/null || start_provisioner
 
-if [ "$NO_KUBELET" != 1 ]; then
-  component_pid kubelet >/dev/null || start_kubelet
-  nodes_ready() {
-    local n
-    n=$(kubectl_ get nodes -o jsonpath='{range .items[*]}{range .status.conditions[?(@.type=="Ready")]}{.status}{"\n"}{end}{end}' | grep -c '^True$')
-    [ "$n" -ge "$(echo "$NODES" | tr ',' '\n' | wc -l)" ]
-  }
-  wait_for "Nodes $NODES to be Ready" kube-apiserver,kubelet nodes_ready
-fi
 
 wait_for "the default ServiceAccount" kube-apiserver,kube-controller-manager \
   kubectl_ get serviceaccount default -n default

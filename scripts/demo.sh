@@ -14,9 +14,8 @@
 # containerd, runc, CNI, kube-proxy) from the images `make images` built from the
 # Dockerfile and pushed to the local registry: the operator from the chart with its
 # image pinned by digest, the example's StudioCluster with spec.image set to the pushed
-# studio-node digest; both with the real node's toleration and node selector (the
-# example file itself stays as it is for real clusters). The write goes through the
-# -primary Service's ClusterIP.
+# studio-node digest (the example file itself stays as it is for real clusters). The
+# write goes through the -primary Service's ClusterIP.
 #
 # Environment: STUDIO_CLUSTER_DIR (default .cache/cluster), STUDIO_CP_BIN (kubectl/helm;
 # default: the output of scripts/build-controlplane.sh), DEMO_NAMESPACE (studio-demo),
@@ -67,8 +66,6 @@ cat >"$values" <<VALUES
 image:
   repository: ${operator_image%@*}
   digest: ${operator_image#*@}
-nodeSelector: {kubernetes.io/hostname: $real_node}
-tolerations: [{key: studio.cms.io/real-node, operator: Exists, effect: NoSchedule}]
 VALUES
 helm upgrade --install "$RELEASE" "$repo/charts/studio-operator" \
   --namespace "$OPERATOR_NS" --create-namespace -f "$values" \
@@ -80,12 +77,10 @@ say "Creating the StudioCluster: kubectl apply -f examples/$(basename "$EXAMPLE"
 kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS" >/dev/null
 name=$(sed -n 's/^  name: *//p' "$EXAMPLE" | head -n1)
 [ -n "$name" ] || die "cannot read metadata.name from $EXAMPLE"
-# The example with the pushed image and the real node's scheduling (a local patch: the
-# API server is not involved).
-patch=$(printf '{"spec": {"image": "%s", "pod": {"nodeSelector": {"kubernetes.io/hostname": "%s"}, "tolerations": [{"key": "studio.cms.io/real-node", "operator": "Exists", "effect": "NoSchedule"}], "affinity": {}}}}' \
-  "$node_image" "$real_node")
+# The example with the pushed image (a local patch: the API server is not involved).
+patch=$(printf '{"spec": {"image": "%s"}}' "$node_image")
 kubectl patch --local -f "$EXAMPLE" --type merge -o yaml -p "$patch" >"$manifest" ||
-  die "cannot set the image and scheduling in a copy of $EXAMPLE"
+  die "cannot set the image in a copy of $EXAMPLE"
 kubectl -n "$NS" apply -f "$manifest"
 
 say "Waiting for Ready: kubectl wait --for=condition=Ready studiocluster/$name (up to ${TIMEOUT}s)"

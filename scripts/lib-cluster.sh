@@ -10,24 +10,22 @@ DIR=${STUDIO_CLUSTER_DIR:-$repo/.cache/cluster}
 TARGET_DIR=${STUDIO_TARGET_DIR:-$repo/target/debug}
 
 # Network layout (see DESIGN.md section 6). Every address traffic goes to belongs to a
-# network namespace created here or by the kubelet.
+# network namespace created here or by the real node's CNI (scripts/lib-real-node.sh).
 BRIDGE=studiobr0
 BRIDGE_ADDR=10.213.0.1
 CP_NETNS=studio-cp
 CP_VETH_HOST=studio-cpv
 CP_ADDR=10.213.0.2
 NET_PREFIX=16
-POD_CIDR=10.213.0.0/16
 SERVICE_CIDR=10.214.0.0/16
 SERVICE_API_IP=10.214.0.1
 API_PORT=6443
 API_URL="https://$CP_ADDR:$API_PORT"
 # Names the STUDIO_CLUSTER_DIR of the cluster that owns the (machine-wide) network names.
 OWNER_FILE=/run/studio-cluster.dir
-NODES=local-1,local-2,local-3
-# Components in start order; stopped in reverse order, the kubelet first. The
-# provisioner (studio-provisioner) makes the PVs of every Node's pods.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler provisioner kubelet)
+# Components in start order; stopped in reverse order (after the real node). The
+# provisioner (studio-provisioner) makes the PVs of the pods.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler provisioner)
 
 log() { echo "[cluster] $*" >&2; }
 die() {
@@ -111,20 +109,6 @@ kill_netns_pids() {
   done
 }
 
-# foreign_kubelets: pids of studio-kubelet processes serving our API server that
-# cluster-up did not start, in this network namespace (a kubelet started by hand).
-foreign_kubelets() {
-  local ours p me
-  ours=$(component_pid kubelet || true)
-  me=$(readlink /proc/self/ns/net)
-  for p in $(pgrep -x studio-kubelet || true); do
-    [ "$p" != "$ours" ] || continue
-    [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$me" ] || continue
-    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$API_URL"; then echo "$p"; fi
-  done
-  return 0
-}
-
 our_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^studio-' || true; }
 
 # teardown: stops everything the cluster started and removes its network objects.
@@ -136,31 +120,9 @@ teardown() {
   if [ -d "$DIR/real-node" ] || ip link show studiorn0 >/dev/null 2>&1; then
     "$repo/scripts/real-node-down.sh" || log "warning: scripts/real-node-down.sh failed"
   fi
-  # 1. the kubelet first: it stops its pods (SIGTERM, grace, SIGKILL).
-  if pid=$(component_pid kubelet); then
-    log "stopping kubelet (pid $pid)"
-    stop_pid "$pid" 20
-  fi
-  rm -f "$(pid_file kubelet)" "$(pid_file kubelet).start"
-  # A studio-kubelet started by hand against this cluster would keep its pods running.
-  for pid in $(foreign_kubelets); do
-    log "stopping a studio-kubelet that cluster-up did not start (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do
-      if ! kill -0 "$pid" 2>/dev/null || [ "$(proc_state "$pid")" = Z ]; then break; fi
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  # 2. pod processes the kubelet left behind (they outlive a deleted netns: kill first).
-  for ns in $(our_netns); do
-    [ "$ns" = "$CP_NETNS" ] && continue
-    kill_netns_pids "$ns"
-  done
-  # 3. the control plane, newest first.
+  # 1. the control plane, newest first.
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c=${COMPONENTS[$i]}
-    [ "$c" = kubelet ] && continue
     if pid=$(component_pid "$c"); then
       log "stopping $c (pid $pid)"
       stop_pid "$pid" 5
@@ -168,14 +130,14 @@ teardown() {
     rm -f "$(pid_file "$c")" "$(pid_file "$c").start"
   done
   kill_netns_pids "$CP_NETNS"
-  # 4. mounts the kubelet may have made under the state dir.
+  # 2. mounts left under the state dir.
   if [ -d "$DIR" ]; then
     awk -v d="$DIR/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
       log "  unmounting $m"
       umount -l "$m" 2>/dev/null || true
     done
   fi
-  # 5. network namespaces (deleting one removes the veth ends inside it), veths, bridge.
+  # 3. network namespaces (deleting one removes the veth ends inside it), veths, bridge.
   for ns in $(our_netns); do
     kill_netns_pids "$ns"
     ip netns delete "$ns" 2>/dev/null || log "  warning: could not delete netns $ns"
@@ -197,7 +159,6 @@ leftovers() {
   for c in "${COMPONENTS[@]}"; do
     if pid=$(component_pid "$c"); then echo "process $c (pid $pid)"; fi
   done
-  for pid in $(foreign_kubelets); do echo "process studio-kubelet (pid $pid)"; done
   for ns in $(our_netns); do echo "netns $ns"; done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
   ip link show "$CP_VETH_HOST" >/dev/null 2>&1 && echo "veth $CP_VETH_HOST"

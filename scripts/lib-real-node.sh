@@ -8,7 +8,7 @@
 API_URL=${STUDIO_REAL_NODE_API_URL:-$API_URL}
 RN_DIR=$DIR/real-node                 # containerd root/state, kubelet root, logs, pki
 RN_NODE=${STUDIO_REAL_NODE_NAME:-real-1}
-RN_BRIDGE=studiorn0                   # not the process kubelet's studiobr0
+RN_BRIDGE=studiorn0                   # not the control plane's studiobr0
 RN_SUBNET=10.215.0.0/24               # not 10.213.0.0/16 (pods, control plane) nor 10.214.0.0/16 (Services)
 RN_GATEWAY=10.215.0.1
 RN_CNI_NET=studio-real                # CNI network name (host-local keeps its leases under RN_DIR)

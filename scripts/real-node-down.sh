@@ -5,7 +5,7 @@
 # mounts under the real node's directory (rootfs overlays, netns, shm), the bridge
 # studiorn0, the local registry and its storage, the kubelet's cgroups, the iptables
 # chains that were absent before, the sysctls the kubelet rewrote, and the state
-# directory. Idempotent. Leaves the control plane and the process kubelet alone.
+# directory. Idempotent. Leaves the control plane alone.
 set -uo pipefail
 # shellcheck source=scripts/lib-cluster.sh
 source "$(dirname "$0")/lib-cluster.sh"

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Opt-in (issue 10, phase 1): starts a REAL node next to the local control plane:
+# Starts the local cluster's Node (scripts/cluster-up.sh runs it) next to the control plane:
 # containerd (Debian) + runc + the CNI plugins (bridge, host-local, loopback, portmap) on
 # the bridge studiorn0 (10.215.0.0/24), and the upstream kubelet built by
 # scripts/build-node.sh from the control plane's pinned Kubernetes release, registered as
-# the Node real-1 (labels studio.cms.io/real-node=true, taint studio.cms.io/real-node
-# NoSchedule so nothing lands there by accident). The sandbox image is the pause image
+# the Node real-1 (label studio.cms.io/real-node=true). The sandbox image is the pause image
 # built here (tests/realnode/pause.c). It also starts the local image registry
 # (scripts/registry-up.sh, 127.0.0.1:5050, plain HTTP) that containerd pulls from and
-# `make images` pushes to. Nothing of the default `make cluster-up` path uses
-# it; stop it with scripts/real-node-down.sh. See docs/real-node.md.
+# `make images` pushes to. scripts/cluster-down.sh stops it (scripts/real-node-down.sh).
+# See docs/real-node.md.
 #
 # Needs the control plane up (scripts/cluster-up.sh; run both under
 # `flock -o /work/cluster.lock`), unless STUDIO_REAL_NODE_STANDALONE=1: then the kubelet
@@ -232,8 +231,7 @@ mkdir -p "$RN_DIR/kubelet" "$RN_DIR/pod-logs" "$RN_DIR/pki" "$RN_DIR/static"
 kubeconfig_args=()
 if [ "$STANDALONE" != 1 ]; then
   # Credentials as a kubelet gets them: a client certificate for system:node:<name> in
-  # system:nodes, signed by the cluster CA (the Node authorizer then admits it). The
-  # process kubelet uses the admin kubeconfig instead.
+  # system:nodes, signed by the cluster CA (the Node authorizer then admits it).
   pki=$DIR/pki
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$RN_DIR/pki/node.key" 2>/dev/null
   openssl req -new -key "$RN_DIR/pki/node.key" -subj "/O=system:nodes/CN=system:node:$RN_NODE" -out "$RN_DIR/pki/node.csr" 2>/dev/null
@@ -256,8 +254,7 @@ current-context: studio
 KC
   chmod 600 "$RN_DIR/kubelet.kubeconfig"
   kubeconfig_args=(--kubeconfig "$RN_DIR/kubelet.kubeconfig"
-    --node-labels "studio.cms.io/real-node=true"
-    --register-with-taints "studio.cms.io/real-node=true:NoSchedule")
+    --node-labels "studio.cms.io/real-node=true")
 else
   cp "$repo"/tests/realnode/static/*.yaml "$RN_DIR/static/" 2>/dev/null || true
 fi
@@ -299,6 +296,8 @@ fileCheckFrequency: 5s
 # the default 5 min cap of CrashLoopBackOff a killed member would wait minutes for its
 # restart. KubeletCrashLoopBackOffMax is beta (on by default) since 1.35.
 crashLoopBackOff: {maxContainerRestartPeriod: 10s}
+# The only Node: every suite's pods (and operator-bench's 100 clusters) land here.
+maxPods: 250
 YAML
 rn_log "starting kubelet $("$NODE_BIN/kubelet" --version | awk '{print $2}') as node $RN_NODE ($NODE_IP:$RN_KUBELET_PORT)"
 rn_launch kubelet "$NODE_BIN/kubelet" --config "$RN_DIR/kubelet-config.yaml" \

@@ -2,7 +2,7 @@
 # The images' smoke check on the real node (issue 10, part 2; docs/real-node.md), under the
 # cluster lock:
 #   flock -o /work/cluster.lock tests/realnode/image-smoke.sh
-# Brings the control plane up if it is down (without the process kubelet), starts the real
+# Brings the control plane up if it is down (without a Node), starts the real
 # node (and with it the local registry), runs scripts/build-images.sh (`make images`:
 # builds and pushes studio-node and studio-operator, writes their digests), then on the real
 # node:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real node's smoke check (docs/real-node.md), to run under the cluster lock:
 #   flock -o /work/cluster.lock tests/realnode/smoke.sh
-# Brings the control plane up if it is down (without the process kubelet), starts the real
+# Brings the control plane up if it is down (without a Node), starts the real
 # node, runs the pause image and the busybox image on it by nodeSelector, prints
 # `kubectl get nodes -o wide` and the pods with their CNI addresses, checks the busybox
 # pod's HTTP server from the host, then removes the real node and leaves the cluster as

@@ -18,10 +18,6 @@ use k8s_openapi::api::{
 use kube::{Api, api::ListParams};
 use serde_json::json;
 
-/// The name under which the process kubelet runs `<target>/studio-testapp` (it maps an
-/// image name to a host binary). The suites' pods run the pushed image on the real node
-/// instead ([`real_node::testapp_image`]).
-pub const TESTAPP_IMAGE: &str = "registry.studio.local/studio-testapp:dev";
 /// The port the test program listens on.
 pub const TESTAPP_PORT: u16 = 8080;
 

@@ -1,8 +1,9 @@
 //! Fault injection for the end-to-end suites (issue 9): ONE API through which every test
-//! cuts, freezes and kills members, so that the node runtime underneath (today the
-//! process kubelet: each pod a host process in its own network namespace on the bridge
-//! `studiobr0`, the control plane at 10.213.0.2) can change without touching the tests.
-//! Only this file knows about network namespaces, routes and pids.
+//! cuts, freezes and kills members, so that the node runtime underneath (the real node:
+//! containerd containers, each pod in its CNI network namespace on the bridge
+//! `studiorn0`; the control plane at 10.213.0.2) can change without touching the tests.
+//! Only this file (and `studio_harness::runtime`) knows about network namespaces,
+//! routes and pids.
 //!
 //! - [`Member`]: a pod as the nemesis sees it (name, address, where its processes live),
 //!   captured when the fault is injected.

@@ -1,5 +1,5 @@
 //! `scripts/cluster-down.sh` leaves nothing of ours behind: no process (control plane,
-//! kubelet, pods, and the real node's containerd, kubelet, kube-proxy, registry and
+//! provisioner, and the real node's containerd, kubelet, kube-proxy, registry and
 //! containers), no network namespace, veth, bridge, mount, cgroup or nft table.
 //!
 //! The suite runs a whole cluster of its own (`cluster-up`, a pod, `cluster-down`) in a
@@ -179,27 +179,7 @@ fn pid_files(run: &Path) -> Vec<(String, i32)> {
     out
 }
 
-const POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: victim
-spec:
-  terminationGracePeriodSeconds: 30
-  containers:
-  - name: app
-    image: registry.studio.local/studio-testapp:dev
-    env:
-    - {name: PORT, value: "8080"}
-    - name: POD_NAME
-      valueFrom: {fieldRef: {fieldPath: metadata.name}}
-    readinessProbe:
-      httpGet: {path: /readyz, port: 8080}
-      periodSeconds: 1
-"#;
-
-/// A container on the real node (Node real-1, containerd): the image real-node-up
-/// imports, the taint it sets.
+/// A container on the Node real-1 (containerd): the image real-node-up imports.
 const REAL_POD: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -208,7 +188,6 @@ metadata:
 spec:
   terminationGracePeriodSeconds: 5
   nodeSelector: {kubernetes.io/hostname: real-1}
-  tolerations: [{key: studio.cms.io/real-node, operator: Exists, effect: NoSchedule}]
   containers:
   - name: app
     image: studio.local/busybox:1
@@ -282,15 +261,17 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
     )
     .await?;
 
-    // Running pods, so that there are pod processes, pod netns, veths, containers, mounts
-    // and cgroups to remove: one on the process kubelet, one on the real node.
-    kubectl_apply(&sandbox, POD).await?;
+    // A running pod, so that there are containers, a CNI netns, veths, mounts and cgroups
+    // to remove.
     kubectl_apply(&sandbox, REAL_POD).await?;
-    for pod in ["pod/victim", "pod/real-victim"] {
-        let mut wait = sandbox.kubectl();
-        wait.args(["wait", "--for=condition=Ready", pod, "--timeout=120s"]);
-        run("waiting for the pods", wait, Duration::from_secs(130)).await?;
-    }
+    let mut wait = sandbox.kubectl();
+    wait.args([
+        "wait",
+        "--for=condition=Ready",
+        "pod/real-victim",
+        "--timeout=120s",
+    ]);
+    run("waiting for the pod", wait, Duration::from_secs(130)).await?;
     let containers = real_node_tasks(&sandbox).await?;
     ensure!(
         containers.len() >= 2,
@@ -308,29 +289,13 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
             "no pid file of the real node's {c}: {real_components:?}"
         );
     }
-    let mut get = sandbox.kubectl();
-    get.args(["get", "pod", "victim", "-o", "jsonpath={.metadata.uid}"]);
-    let uid = run("reading the pod's uid", get, Duration::from_secs(30)).await?;
-    let short: String = uid
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .take(8)
-        .collect();
-    let mut pids = sandbox.command("ip");
-    pids.args(["netns", "pids", &format!("studio-pod-{short}")]);
-    let pod_processes: Vec<i32> = run("listing the pod's processes", pids, Duration::from_secs(10))
-        .await?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    ensure!(!pod_processes.is_empty(), "the pod has no process");
     let components = pid_files(&cluster.dir.join("run"));
     for c in [
         "etcd",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
-        "kubelet",
+        "provisioner",
     ] {
         ensure!(
             components.iter().any(|(n, _)| n == c),
@@ -350,11 +315,6 @@ async fn cluster_down_leaves_no_process_netns_veth_or_bridge() -> anyhow::Result
     for (name, pid) in &components {
         if !gone(*pid) {
             left.push(format!("process {name} (pid {pid})"));
-        }
-    }
-    for pid in &pod_processes {
-        if !gone(*pid) {
-            left.push(format!("pod process {pid}"));
         }
     }
     for (name, pid) in &real_components {

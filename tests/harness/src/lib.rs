@@ -41,9 +41,7 @@ use kube::{
 pub mod runtime;
 pub mod s3;
 
-pub use runtime::{
-    REAL_NODE, REAL_NODE_TAINT, netns_pids, on_real_node, pod_netns, pod_pids, run_in_netns,
-};
+pub use runtime::{REAL_NODE, REAL_NODE_TAINT, netns_pids, pod_netns, pod_pids, run_in_netns};
 
 /// Where the local cluster lives and the tools to reach it.
 #[derive(Debug, Clone)]
@@ -54,18 +52,13 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// The admin kubeconfig (`<dir>/kubeconfig`).
     pub kubeconfig: PathBuf,
-    /// The workspace's built binaries (`studio-kubelet`, `studio-testapp`, ...).
+    /// The workspace's built binaries (`studio-provisioner`, `kubectl-studio`, ...).
     pub target_dir: PathBuf,
     /// The control-plane binaries (`kubectl`, `helm`, ...).
     pub cp_bin: PathBuf,
 }
 
 impl Cluster {
-    /// The kubelet's state directory.
-    pub fn kubelet_dir(&self) -> PathBuf {
-        self.dir.join("kubelet")
-    }
-
     /// A control-plane binary, e.g. `kubectl` or `helm`.
     pub fn tool(&self, name: &str) -> PathBuf {
         self.cp_bin.join(name)
@@ -152,7 +145,7 @@ pub fn cluster() -> anyhow::Result<&'static Cluster> {
 
 fn start_cluster() -> anyhow::Result<Cluster> {
     let c = cluster_paths()?;
-    for bin in ["studio-kubelet", "studio-testapp"] {
+    for bin in ["studio-provisioner"] {
         if !c.target_dir.join(bin).is_file() {
             bail!(
                 "{} is missing: build the workspace's binaries first (cargo build --workspace --bins)",
@@ -236,31 +229,28 @@ where
     }
 }
 
-/// The container log files of a pod (all its incarnations, oldest first), from
-/// `<kubelet-dir>/pods/<namespace>_<pod>_<uid>/<container>.log` (process kubelet) or
-/// `<real-node>/pod-logs/<namespace>_<pod>_<uid>/<container>/<restart>.log` (real node).
+/// The container log files of a pod (all its incarnations, oldest first), from the real
+/// kubelet's `<real-node>/pod-logs/<namespace>_<pod>_<uid>/<container>/<restart>.log`.
 pub fn pod_log_files(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<PathBuf> {
     let prefix = format!("{namespace}_{pod}_");
-    let roots = [
-        cluster.kubelet_dir().join("pods"),
-        cluster.dir.join("real-node/pod-logs"),
-    ];
-    let mut dirs: Vec<(SystemTime, PathBuf)> = roots
-        .iter()
-        .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| {
-            let t = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(UNIX_EPOCH);
-            (t, e.path())
-        })
-        .collect();
+    let mut dirs: Vec<(SystemTime, PathBuf)> =
+        std::fs::read_dir(cluster.dir.join("real-node/pod-logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| {
+                let t = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                (t, e.path())
+            })
+            .collect();
     dirs.sort();
     let mut files = Vec::new();
     for (_, dir) in dirs {
-        // The real kubelet keeps one directory per container.
+        // One directory per container.
         let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()

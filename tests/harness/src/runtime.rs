@@ -1,8 +1,7 @@
-//! A pod's processes and network namespace, whichever node runs it: the process
-//! kubelet (`studio-pod-<uid>` netns, every process in it belongs to the pod) or the real
-//! node `real-1` (containerd: container PIDs from its task list, the CNI netns pinned
-//! under containerd's state dir). Fault injection (kill -9, SIGSTOP, network cuts) goes
-//! through these, so a test does not care where its pods run.
+//! A pod's processes and network namespace on the local cluster's Node `real-1`
+//! (containerd: container PIDs from its task list, the CNI netns pinned under
+//! containerd's state dir). Fault injection (kill -9, SIGSTOP, network cuts) goes
+//! through these.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,13 +14,9 @@ use crate::{Cluster, cluster};
 
 /// The Node run by the real kubelet (containerd + runc), see `scripts/real-node-up.sh`.
 pub const REAL_NODE: &str = "real-1";
-/// Its taint: only pods that tolerate it run there.
+/// A taint key tolerated by the suites' pods (the Node has no taint since it is the only
+/// one; the toleration is kept so a tainted dedicated node works the same).
 pub const REAL_NODE_TAINT: &str = "studio.cms.io/real-node";
-
-/// Whether the real node runs `pod`.
-pub fn on_real_node(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(REAL_NODE)
-}
 
 /// containerd's socket of the real node.
 pub fn containerd_socket(c: &Cluster) -> PathBuf {
@@ -96,9 +91,6 @@ pub fn container_pid(c: &Cluster, pod: &Pod, container: &str) -> anyhow::Result<
 /// The processes of a pod's containers (not the sandbox's pause process: killing that
 /// would replace the whole sandbox, which is a different fault).
 pub fn pod_pids(pod: &Pod) -> anyhow::Result<Vec<i32>> {
-    if !on_real_node(pod) {
-        return netns_pids(&process_kubelet_netns(pod)?);
-    }
     let c = cluster()?;
     let ids: Vec<String> = pod
         .status
@@ -116,30 +108,9 @@ pub fn pod_pids(pod: &Pod) -> anyhow::Result<Vec<i32>> {
         .collect())
 }
 
-/// The process kubelet's network namespace of a pod.
-fn process_kubelet_netns(pod: &Pod) -> anyhow::Result<PathBuf> {
-    let uid = pod
-        .metadata
-        .uid
-        .as_deref()
-        .ok_or_else(|| anyhow!("pod has no uid"))?;
-    let hex: String = uid
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .take(8)
-        .collect();
-    Ok(PathBuf::from(format!(
-        "/var/run/netns/studio-pod-{}",
-        hex.to_ascii_lowercase()
-    )))
-}
-
 /// The file of a pod's network namespace (it lives as long as the pod's sandbox, across
 /// container restarts).
 pub fn pod_netns(pod: &Pod) -> anyhow::Result<PathBuf> {
-    if !on_real_node(pod) {
-        return process_kubelet_netns(pod);
-    }
     let c = cluster()?;
     let pid = pod_pids(pod)?
         .into_iter()
@@ -159,8 +130,8 @@ pub fn pod_netns(pod: &Pod) -> anyhow::Result<PathBuf> {
     bail!("no netns under {} is the one of pid {pid}", dir.display())
 }
 
-/// Every container process whose network namespace is `netns` (a real node's sandbox
-/// `pause` process is left out: killing it replaces the whole sandbox).
+/// Every container process whose network namespace is `netns` (the sandbox's `pause`
+/// process is left out: killing it replaces the whole sandbox).
 pub fn netns_pids(netns: &Path) -> anyhow::Result<Vec<i32>> {
     let want = std::fs::metadata(netns)
         .with_context(|| format!("Cannot open network namespace {}", netns.display()))?;

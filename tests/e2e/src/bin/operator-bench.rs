@@ -50,11 +50,11 @@ use kube::{
     runtime::watcher,
 };
 use serde_json::{Value, json};
+use studio_e2e::real_node::Images;
 use studio_e2e::{OPERATOR_NS, RELEASE, operator_leader};
 use studio_harness::{Cluster, pod_netns, unique_name, wait_for};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-const NODE_IMAGE: &str = "local/studio-node:dev";
 const FIELD_MANAGER: &str = "operator-bench";
 const BENCH_LABEL: &str = "studio.cms.io/bench";
 
@@ -109,14 +109,20 @@ fn studio_api(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &studio_resource())
 }
 
+/// The pushed studio-node image (images.env), set once by `main`.
+static NODE_IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn cluster_object(name: &str, storage: &str) -> anyhow::Result<DynamicObject> {
+    let image = NODE_IMAGE
+        .get()
+        .ok_or_else(|| anyhow!("the node image is not known yet"))?;
     serde_json::from_value(json!({
         "apiVersion": "studio.cms.io/v1alpha1",
         "kind": "StudioCluster",
         "metadata": {"name": name, "labels": {BENCH_LABEL: "true"}},
         "spec": {
             "nodes": 1,
-            "image": NODE_IMAGE,
+            "image": image,
             "storage": {"size": storage, "pvcRetention": "Delete"}
         }
     }))
@@ -219,6 +225,11 @@ async fn ensure_operator(c: &'static Cluster, client: &Client) -> anyhow::Result
         ],
     )?;
     let chart = c.repo.join("charts/studio-operator");
+    // The operator as `make images` pushed it, pinned by digest.
+    let image = Images::load(c)?.operator;
+    let (repository, digest) = image
+        .split_once('@')
+        .ok_or_else(|| anyhow!("operator image {image} has no digest"))?;
     run_tool(
         c,
         "helm",
@@ -231,9 +242,9 @@ async fn ensure_operator(c: &'static Cluster, client: &Client) -> anyhow::Result
             OPERATOR_NS,
             "--create-namespace",
             "--set",
-            "image.repository=local/studio-operator",
+            &format!("image.repository={repository}"),
             "--set",
-            "image.tag=dev",
+            &format!("image.digest={digest}"),
             "--wait",
             "--timeout",
             "180s",
@@ -1021,13 +1032,12 @@ async fn main() -> anyhow::Result<()> {
     let cluster = studio_harness::cluster()?;
     let client = cluster.client().await?;
     let leader = ensure_operator(cluster, &client).await?;
-    let operator_built = std::fs::metadata(cluster.target_dir.join("studio-operator"))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    eprintln!("[bench] operator leader {leader}; studio-operator binary mtime {operator_built}");
+    let images = Images::load(cluster)?;
+    let _ = NODE_IMAGE.set(images.node.clone());
+    eprintln!(
+        "[bench] operator leader {leader}; operator image {}; node image {}",
+        images.operator, images.node
+    );
 
     let mut namespaces = Vec::new();
     let run = async {

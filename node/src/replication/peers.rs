@@ -246,6 +246,15 @@ impl Shared {
         lock(&self.peers).retain(|_, p| p.streams > 0);
     }
 
+    /// A new primary's quorum clocks start at its promotion: time spent as a replica,
+    /// or frozen (SIGSTOP) before the quorum monitor last ran, must not count as quorum
+    /// loss, or it steps down the moment it is promoted and forces another election.
+    pub(crate) fn restart_quorum_clocks(&self) {
+        let now = Instant::now();
+        *lock(&self.quorum_ok_at) = now;
+        *lock(&self.replicas_ok_at) = now;
+    }
+
     pub fn peers_snapshot(&self) -> Vec<(String, Peer)> {
         let mut v: Vec<_> = lock(&self.peers)
             .iter()
@@ -329,6 +338,20 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_promotion_restarts_the_quorum_clocks() {
+        let s = Shared::default();
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .unwrap_or_else(Instant::now);
+        *lock(&s.quorum_ok_at) = long_ago;
+        *lock(&s.replicas_ok_at) = long_ago;
+        assert!(s.quorum_missing_for() >= Duration::from_secs(9));
+        s.restart_quorum_clocks();
+        assert!(s.quorum_missing_for() < Duration::from_secs(1));
+        assert!(s.isolated_for() < Duration::from_secs(1));
+    }
 
     #[test]
     fn the_peer_table_stays_bounded() {

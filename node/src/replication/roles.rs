@@ -83,6 +83,7 @@ pub async fn promote(state: &Replication, term: u64, _force: bool) -> Result<Rol
         }
     }
     state.repl.forget_peers();
+    state.repl.restart_quorum_clocks();
     state.role.update(|i| i.read_only = false);
     tracing::info!(
         term,

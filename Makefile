@@ -82,7 +82,7 @@ E2E_THREADS ?= 2
 e2e: controlplane bins
 	@export STUDIO_CP_BIN=$$(scripts/build-controlplane.sh); \
 	  scripts/cluster-up.sh >/dev/null; CARGO=$(CARGO) scripts/build-images.sh >/dev/null; \
-	  rc=0; $(CARGO) test -p studio-e2e -- --test-threads=$(E2E_THREADS) || rc=$$?; \
+	  rc=0; $(CARGO) test --no-fail-fast -p studio-e2e -- --test-threads=$(E2E_THREADS) || rc=$$?; \
 	  $(CARGO) test -p studio-e2e --test teardown || rc=$$?; \
 	  scripts/cluster-down.sh >/dev/null || true; exit $$rc
 

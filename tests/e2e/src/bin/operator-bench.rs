@@ -9,8 +9,8 @@
 //! 2. **Scale**: `--clusters` single-node StudioClusters applied at once in a fresh
 //!    namespace; time until every one has condition Ready=True for its generation, while
 //!    the RSS (VmRSS) of the operator's processes and of the nodes' processes is sampled
-//!    every `--rss-interval-ms` (a pod's processes are those in its network namespace,
-//!    `/run/netns/studio-pod-<uid prefix>`, which is what `ip netns pids` lists).
+//!    every `--rss-interval-ms` (a pod's processes are those in its CNI network
+//!    namespace, found by `studio_harness::pod_netns`).
 //! 3. **Cleanup**: deletes the StudioClusters and both namespaces and waits until gone.
 //!
 //! The operator is the helm release `studio-operator` in `studio-system` that
